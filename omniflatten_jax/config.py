@@ -1,0 +1,156 @@
+"""Frozen configuration dataclasses: the one source of truth for shapes and choices.
+
+Every config is a frozen dataclass that round-trips through a plain dict (``to_dict`` /
+``from_dict``) so that it can be written next to checkpoints and exports and read back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal, TypeVar
+
+from omniflatten_jax.vocab import TokenLayout
+
+T = TypeVar("T")
+
+AttentionImpl = Literal["auto", "xla", "cudnn"]
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Builds a config from a dict, rejecting unknown keys by name (a typo is an error)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(names)}")
+    return cls(**data)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A Qwen2 decoder's architecture and numerics (the vocabulary size comes from TokenLayout)."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+    max_position_embeddings: int = 32_768
+    # fp32 master weights; activations and matmuls in `dtype` (bfloat16 on accelerators).
+    param_dtype: str = "float32"
+    dtype: str = "float32"
+    # "auto": cuDNN flash attention on GPU with a 16-bit dtype, XLA otherwise.
+    attention_impl: AttentionImpl = "auto"
+    # Recompute each decoder layer in the backward pass (saves activation memory).
+    remat: bool = False
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+        if self.attention_impl not in ("auto", "xla", "cudnn"):
+            raise ValueError(f"attention_impl must be auto, xla or cudnn, not {self.attention_impl!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A model architecture together with the token layout it is trained with."""
+
+    model: ModelConfig
+    layout: TokenLayout
+
+
+def _qwen2(hidden, mlp, layers, heads, kv_heads, tied, text_vocab) -> Preset:
+    return Preset(
+        ModelConfig(hidden_size=hidden, intermediate_size=mlp, num_layers=layers,
+                    num_heads=heads, num_kv_heads=kv_heads, head_dim=hidden // heads,
+                    tie_embeddings=tied, max_position_embeddings=32_768,
+                    dtype="bfloat16"),
+        TokenLayout(text_tokenizer="qwen2", text_vocab_size=text_vocab, num_speech_codes=4096),
+    )
+
+
+PRESETS: dict[str, Preset] = {
+    # About 3.3M parameters: trains on a laptop CPU in minutes. Text is UTF-8 bytes.
+    "tiny": Preset(
+        ModelConfig(hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4,
+                    num_kv_heads=2, head_dim=64, rope_theta=10_000.0, max_position_embeddings=4096),
+        TokenLayout(text_tokenizer="bytes", text_vocab_size=256, num_speech_codes=256),
+    ),
+    # Hugging Face shapes of Qwen/Qwen2-0.5B, -1.5B and -7B.
+    "qwen2_0_5b": _qwen2(896, 4864, 24, 14, 2, True, 151_936),
+    "qwen2_1_5b": _qwen2(1536, 8960, 28, 12, 2, True, 151_936),
+    "qwen2_7b": _qwen2(3584, 18944, 28, 28, 4, False, 152_064),
+}
+
+
+def preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh axis sizes; one of them may be -1 (all remaining devices).
+
+    Qwen2-0.5B has 2 KV heads, so tensor parallelism beyond 2 does not divide them; data + FSDP
+    is the default. ``rules`` maps logical axis names (on parameters and activations) to mesh axes.
+    """
+
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+    rules: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+        ("batch", ("data", "fsdp")),
+        ("length", None),
+        ("embed", "fsdp"),
+        ("mlp", "tensor"),
+        ("heads", "tensor"),
+        ("kv_heads", "tensor"),
+        ("head_dim", None),
+        ("vocab", "tensor"),
+        ("act_embed", None),
+        ("act_mlp", "tensor"),
+        ("act_heads", "tensor"),
+        ("act_kv_heads", "tensor"),
+        ("act_vocab", "tensor"),
+    )
+
+    @property
+    def axis_names(self) -> tuple[str, str, str]:
+        return ("data", "fsdp", "tensor")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.data, self.fsdp, self.tensor)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlattenConfig:
+    """How dialogue streams become chunks; the defaults follow OmniFlatten (see docs/flatten.md)."""
+
+    speech_chunk: int = 10
+    text_chunk: int = 2
+    # Loss on the user text stream (duplex_4, half_duplex); the method masks the user channel.
+    user_text_loss: bool = False
+    # Mark the start / end of each turn's text inside the text stream with [SOT] / [EOT].
+    text_start_marker: bool = False
+    text_end_marker: bool = True
+    # Chunks by which an assistant turn's text may start before its speech (0: the same chunk).
+    assistant_text_lead_chunks: int = 0
+
+    def __post_init__(self):
+        if self.speech_chunk < 1 or self.text_chunk < 1:
+            raise ValueError(f"chunk sizes must be >= 1, got speech={self.speech_chunk} "
+                             f"text={self.text_chunk}")
+        if self.assistant_text_lead_chunks < 0:
+            raise ValueError("assistant_text_lead_chunks must be >= 0")

@@ -1,0 +1,128 @@
+"""Hugging Face Qwen2 folder -> Orbax checkpoint with the extended token layout.
+
+    python -m omniflatten_jax.export.from_hf --hf_dir Qwen2-0.5B/ --out ckpt/qwen2_0_5b
+
+The text rows keep their ids. The rows the layout adds (speech codes, special tokens, padding)
+are initialised by one rule, `extend_rows`: the mean of the checkpoint's rows plus Gaussian
+noise of 1/10 of their per-dimension standard deviation (seeded). New tokens start as an
+"average token" (the output distribution over text barely moves; Hewitt 2021), yet differ from
+one another so that training can tell them apart. For an untied model the same rule is applied
+to the output layer's rows.
+
+A folder that we exported ourselves carries `token_layout.json`; its layout is used as is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+from safetensors import safe_open
+
+from omniflatten_jax import checkpoint
+from omniflatten_jax.export import hf_config, weight_map
+from omniflatten_jax.model import transformer
+from omniflatten_jax.vocab import LAYOUT_FILENAME, TokenLayout
+
+NEW_ROWS_RULE = "mean of the checkpoint rows + N(0, (0.1 * per-dim std)^2), seeded"
+IGNORED = ("rotary_emb.inv_freq",)  # buffers some old checkpoints carry
+
+
+def extend_rows(rows: np.ndarray, total: int, seed: int) -> np.ndarray:
+    """`rows [n, E]` -> `[total, E]`: new rows are the mean plus small noise (module doc)."""
+    n = rows.shape[0]
+    if total < n:
+        raise ValueError(f"cannot shrink {n} rows to {total}")
+    rng = np.random.default_rng(seed)
+    mean, std = rows.mean(axis=0), rows.std(axis=0)
+    new = mean + 0.1 * std * rng.standard_normal((total - n, rows.shape[1]))
+    return np.concatenate([rows, new.astype(rows.dtype)])
+
+
+def read_safetensors(hf_dir: str) -> dict[str, np.ndarray]:
+    """All tensors of a (possibly sharded) safetensors checkpoint, as float32 numpy arrays."""
+    files = sorted(glob.glob(os.path.join(hf_dir, "*.safetensors")))
+    if not files:
+        raise FileNotFoundError(f"{hf_dir} holds no *.safetensors files (PyTorch .bin "
+                                "checkpoints: re-save them with save_pretrained(safe_serialization=True))")
+    tensors = {}
+    for path in files:
+        with safe_open(path, framework="flax") as f:
+            for name in f.keys():
+                tensors[name] = np.asarray(f.get_tensor(name).astype(jnp.float32))
+    return tensors
+
+
+def import_hf(hf_dir: str, out: str, num_speech_codes: int = 4096,
+              text_tokenizer: str | None = None, seed: int = 0) -> str:
+    """Converts `hf_dir` and writes step 0 of a checkpoint in `out`; returns the step folder."""
+    config_path = os.path.join(hf_dir, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{config_path} not found: --hf_dir must be a local Hugging "
+                                "Face model folder (config.json + *.safetensors)")
+    with open(config_path) as f:
+        hf = json.load(f)
+    cfg = hf_config.model_config_from_hf(hf, config_path)
+    hf_vocab = hf["vocab_size"]
+
+    if os.path.isfile(os.path.join(hf_dir, LAYOUT_FILENAME)):
+        layout = TokenLayout.load(hf_dir)  # our own export: its ids are already laid out
+        if hf_vocab != layout.used_size:
+            raise ValueError(f"{hf_dir}: vocab_size {hf_vocab} != {layout.used_size} ids of its "
+                             f"{LAYOUT_FILENAME}")
+    else:
+        if text_tokenizer is None:
+            text_tokenizer = "qwen2" if hf_vocab >= 151_646 else None
+        if text_tokenizer is None:
+            raise ValueError(f"{hf_dir}: vocab_size {hf_vocab} is smaller than Qwen2's tokenizer;"
+                             " pass --text_tokenizer (e.g. bytes) to say which ids the rows hold")
+        layout = TokenLayout(text_tokenizer, hf_vocab, num_speech_codes)
+
+    tensors = read_safetensors(hf_dir)
+    model = transformer(cfg, layout.vocab_size)
+    params: dict = {}
+    for name, path, transform in weight_map.iter_hf(cfg):
+        if name not in tensors:
+            raise ValueError(f"{hf_dir}: tensor {name} is missing")
+        array = tensors.pop(name)
+        if path[0] in ("embed", "lm_head"):
+            array = extend_rows(array, layout.vocab_size, seed)
+        shape = weight_map.get_path(model.abstract_params, path).shape
+        weight_map.set_path(params, path, weight_map.to_ours(array, shape, transform))
+    if cfg.tie_embeddings and "lm_head.weight" in tensors:
+        tensors.pop("lm_head.weight")  # tied: some writers store the shared matrix twice
+    leftover = [n for n in tensors if not n.endswith(IGNORED)]
+    if leftover:
+        raise ValueError(f"{hf_dir}: tensors this Qwen2 config has no place for: {leftover[:8]}")
+    checkpoint.check_complete(params, model.abstract_params, hf_dir)
+
+    meta = checkpoint.CheckpointMeta(cfg, layout, ({
+        "kind": "hf_import", "path": os.path.abspath(hf_dir), "hf_vocab_size": hf_vocab,
+        "new_rows": NEW_ROWS_RULE, "seed": seed},))
+    return checkpoint.save_params(out, 0, params, meta)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hf_dir", required=True, help="local Hugging Face Qwen2 folder")
+    parser.add_argument("--out", required=True, help="checkpoint folder to write (step 0)")
+    parser.add_argument("--num_speech_codes", type=int, default=4096)
+    parser.add_argument("--text_tokenizer", choices=("qwen2", "bytes"), default=None,
+                        help="which tokenizer's ids the text rows hold (default: qwen2)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the new rows' noise")
+    args = parser.parse_args(argv)
+    step_dir = import_hf(args.hf_dir, args.out, args.num_speech_codes, args.text_tokenizer,
+                         args.seed)
+    meta = checkpoint.load_meta(step_dir)
+    print(f"wrote {step_dir}: {transformer(meta.model, meta.layout.vocab_size).num_params:,} "
+          f"parameters, vocab {meta.layout.vocab_size} (text {meta.layout.text_vocab_size}, "
+          f"speech {meta.layout.num_speech_codes}, special {len(meta.layout.special_tokens)})")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,72 @@
+"""Orbax checkpoint -> Hugging Face `Qwen2ForCausalLM` folder that transformers loads as is.
+
+    python -m omniflatten_jax.export.to_hf --checkpoint workdir/alignment/checkpoints --out hf/
+
+Writes `config.json`, `model.safetensors`, `generation_config.json`, `token_layout.json` and
+`omniflatten.json` (model config and lineage). The extended vocabulary is kept: speech codes and
+special tokens are part of the model. Only the padding rows that no token uses are dropped, so
+the exported vocabulary is the layout's `used_size`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors.flax import save_file
+
+from omniflatten_jax import checkpoint
+from omniflatten_jax.export import hf_config, weight_map
+from omniflatten_jax.vocab import TokenLayout
+
+
+def generation_config(layout: TokenLayout) -> dict:
+    """Stop at the end of a text or speech span; pad with <pad>."""
+    return {"eos_token_id": [layout.special("[EOT]"), layout.special("[EOS]")],
+            "pad_token_id": layout.special("<pad>"), "do_sample": False}
+
+
+def export_hf(checkpoint_path: str, out: str, dtype: str = "float32") -> str:
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be float32 or bfloat16, not {dtype!r}")
+    params, meta, step_dir = checkpoint.load_params(checkpoint_path)
+    params = jax.tree.map(np.asarray, params)
+    layout, cfg = meta.layout, meta.model
+    tensors = {}
+    for name, path, transform in weight_map.iter_hf(cfg):
+        array = weight_map.to_hf(weight_map.get_path(params, path), transform)
+        if path[0] in ("embed", "lm_head"):
+            array = array[:layout.used_size]  # drop the padding rows
+        tensors[name] = jnp.asarray(np.ascontiguousarray(array), dtype=dtype)
+
+    os.makedirs(out, exist_ok=True)
+    save_file(tensors, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(hf_config.model_config_to_hf(cfg, layout, dtype), f, indent=2)
+    with open(os.path.join(out, "generation_config.json"), "w") as f:
+        json.dump(generation_config(layout), f, indent=2)
+    layout.save(out)
+    with open(os.path.join(out, "omniflatten.json"), "w") as f:
+        json.dump({"checkpoint": step_dir, **meta.to_json()}, f, indent=2)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True,
+                        help="a checkpoints folder (latest step) or one step folder inside it")
+    parser.add_argument("--out", required=True, help="Hugging Face folder to write")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    args = parser.parse_args(argv)
+    out = export_hf(args.checkpoint, args.out, args.dtype)
+    print(f"wrote {out} from {checkpoint.resolve(args.checkpoint)}; load it with "
+          f"transformers.AutoModelForCausalLM.from_pretrained({out!r})")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

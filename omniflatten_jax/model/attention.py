@@ -1,0 +1,85 @@
+"""Grouped-query self-attention with RoPE, packed-sequence masks and a preallocated KV cache."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from omniflatten_jax.config import ModelConfig
+from omniflatten_jax.model.layers import Einsum, apply_rope
+from omniflatten_jax.sharding import constrain
+
+
+class LayerCache(NamedTuple):
+    """One layer's keys and values for `max_len` slots: ``[B, max_len, kv_heads, head_dim]``."""
+
+    k: jax.Array
+    v: jax.Array
+
+
+def attention_impl(cfg: ModelConfig) -> str:
+    """cuDNN flash attention on GPU with a 16-bit dtype, XLA otherwise (or as configured)."""
+    if cfg.attention_impl != "auto":
+        return cfg.attention_impl
+    on_gpu = jax.default_backend() == "gpu"
+    return "cudnn" if on_gpu and cfg.dtype in ("bfloat16", "float16") else "xla"
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        dense = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+        self.q = Einsum("bte,ehd->bthd", (e, h, d), ("embed", "heads", "head_dim"), bias_dims=2,
+                        **dense)
+        self.k = Einsum("bte,ehd->bthd", (e, kv, d), ("embed", "kv_heads", "head_dim"),
+                        bias_dims=2, **dense)
+        self.v = Einsum("bte,ehd->bthd", (e, kv, d), ("embed", "kv_heads", "head_dim"),
+                        bias_dims=2, **dense)
+        self.o = Einsum("bthd,hde->bte", (h, d, e), ("heads", "head_dim", "embed"), **dense)
+        self.rope_theta = cfg.rope_theta
+        self.impl = attention_impl(cfg)
+
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None,
+                 cache: LayerCache | None = None, cache_index: jax.Array | None = None
+                 ) -> tuple[jax.Array, LayerCache | None]:
+        """Self-attention over ``x [B, T, E]``.
+
+        Without a cache: causal within each packed segment (``segment_ids`` 0 marks padding).
+        With a cache: the T new tokens are written at ``cache_index`` and attend to every
+        filled slot up to themselves (prefill, a chunk, or a single token).
+        """
+        q = apply_rope(self.q(x), positions, self.rope_theta)
+        k = apply_rope(self.k(x), positions, self.rope_theta)
+        v = self.v(x)
+        q = constrain(q, ("batch", "length", "act_heads", None))
+        k = constrain(k, ("batch", "length", "act_kv_heads", None))
+        v = constrain(v, ("batch", "length", "act_kv_heads", None))
+        if cache is None:
+            out = self._attend_packed(q, k, v, segment_ids)
+        else:
+            cache = LayerCache(
+                jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), cache_index, 1),
+                jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), cache_index, 1))
+            t, slots = q.shape[1], cache.k.shape[1]
+            query_slot = cache_index + jnp.arange(t)
+            mask = jnp.arange(slots)[None, :] <= query_slot[:, None]  # [T, S]
+            out = jax.nn.dot_product_attention(
+                q, cache.k.astype(q.dtype), cache.v.astype(q.dtype),
+                mask=mask[None, None], implementation="xla")
+        out = constrain(out, ("batch", "length", "act_heads", None))
+        return self.o(out), cache
+
+    def _attend_packed(self, q, k, v, segment_ids):
+        if segment_ids is None:
+            mask = None
+        else:
+            same = segment_ids[:, :, None] == segment_ids[:, None, :]
+            # Padding (segment 0) attends only to itself, so its rows never go empty.
+            own = jnp.eye(q.shape[1], dtype=bool)[None]
+            mask = (same & (segment_ids[:, None, :] != 0)) | own
+            mask = mask[:, None]  # [B, 1, T, T]
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True,
+                                            implementation=self.impl)

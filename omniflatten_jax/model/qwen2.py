@@ -1,0 +1,78 @@
+"""The Qwen2 decoder as Hugging Face defines it, in Flax NNX.
+
+RMSNorm, RoPE, grouped-query attention with q/k/v bias and no o bias, SwiGLU MLP, tied or
+untied embeddings. Parameter names mirror Hugging Face's (see `export/weight_map.py`).
+Use it through `model.Transformer`, which splits it once into pure functions.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from omniflatten_jax.config import ModelConfig
+from omniflatten_jax.model.attention import Attention, LayerCache
+from omniflatten_jax.model.layers import Einsum, RMSNorm, param
+from omniflatten_jax.sharding import constrain
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        e, f = cfg.hidden_size, cfg.intermediate_size
+        dense = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+        self.gate = Einsum("bte,ef->btf", (e, f), ("embed", "mlp"), **dense)
+        self.up = Einsum("bte,ef->btf", (e, f), ("embed", "mlp"), **dense)
+        self.down = Einsum("btf,fe->bte", (f, e), ("mlp", "embed"), **dense)
+
+    def __call__(self, x):
+        hidden = jax.nn.silu(self.gate(x)) * self.up(x)
+        return self.down(constrain(hidden, ("batch", "length", "act_mlp")))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype)
+        self.attn = Attention(cfg, rngs)
+        self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype)
+        self.mlp = MLP(cfg, rngs)
+
+    def __call__(self, x, positions, segment_ids, cache=None, cache_index=None):
+        attn_out, cache = self.attn(self.input_norm(x), positions, segment_ids, cache, cache_index)
+        x = constrain(x + attn_out, ("batch", "length", "act_embed"))
+        x = x + self.mlp(self.post_attn_norm(x))
+        return constrain(x, ("batch", "length", "act_embed")), cache
+
+
+class Qwen2(nnx.Module):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = param(rngs, (vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg.param_dtype)
+        self.layers = nnx.List([DecoderLayer(cfg, rngs) for _ in range(cfg.num_layers)])
+        self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype)
+        self.lm_head = None if cfg.tie_embeddings else param(
+            rngs, (cfg.hidden_size, vocab_size), ("embed", "vocab"), cfg.param_dtype)
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array,
+                 segment_ids: jax.Array | None = None,
+                 cache: tuple[LayerCache, ...] | None = None,
+                 cache_index: jax.Array | None = None):
+        """``tokens [B, T]`` -> fp32 logits ``[B, T, vocab]`` (and the updated cache, if any)."""
+        dtype = jnp.dtype(self.cfg.dtype)
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(dtype)
+        x = constrain(x, ("batch", "length", "act_embed"))
+        new_cache = []
+        for i, layer in enumerate(self.layers):
+            layer_cache = None if cache is None else cache[i]
+            if self.cfg.remat and cache is None:
+                x, _ = nnx.remat(lambda lyr, *a: lyr(*a))(layer, x, positions, segment_ids)
+            else:
+                x, layer_cache = layer(x, positions, segment_ids, layer_cache, cache_index)
+            new_cache.append(layer_cache)
+        x = self.final_norm(x)
+        if self.lm_head is None:
+            logits = jnp.einsum("bte,ve->btv", x, self.embed[...].astype(dtype))
+        else:
+            logits = jnp.einsum("bte,ev->btv", x, self.lm_head[...].astype(dtype))
+        logits = constrain(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
+        return logits, (None if cache is None else tuple(new_cache))

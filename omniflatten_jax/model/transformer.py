@@ -1,0 +1,102 @@
+"""The model as pure functions of a parameter tree: what every hot path jits.
+
+`Transformer` splits the NNX module once into a static graph definition and a plain nested dict
+of arrays (the parameters). Its methods are pure; callers wrap them in ``jax.jit`` with explicit
+shardings from `param_shardings`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh
+
+from omniflatten_jax import sharding
+from omniflatten_jax.config import ModelConfig
+from omniflatten_jax.model.attention import LayerCache
+from omniflatten_jax.model.qwen2 import Qwen2
+
+Params = dict
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeCache:
+    """Preallocated keys/values of every layer plus the number of filled slots."""
+
+    layers: tuple[LayerCache, ...]
+    length: jax.Array  # int32 scalar: slots filled so far (the same for every row)
+
+
+jax.tree_util.register_dataclass(DecodeCache, data_fields=["layers", "length"], meta_fields=[])
+
+
+class Transformer:
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        abstract = nnx.eval_shape(lambda: Qwen2(cfg, vocab_size, nnx.Rngs(0)))
+        self.graphdef, state = nnx.split(abstract, nnx.Param)
+        self.abstract_params: Params = state.to_pure_dict()
+        self.param_axes: Params = jax.tree.map(
+            lambda v: v.get_metadata()["logical_axes"], state,
+            is_leaf=lambda v: isinstance(v, nnx.Variable)).to_pure_dict()
+
+    @property
+    def num_params(self) -> int:
+        return sum(x.size for x in jax.tree.leaves(self.abstract_params))
+
+    def param_shardings(self, mesh: Mesh, rules: sharding.Rules):
+        return sharding.tree_shardings(self.param_axes, self.abstract_params, mesh, rules)
+
+    def init(self, rng: jax.Array, mesh: Mesh | None = None, rules: sharding.Rules = ()) -> Params:
+        """Random parameters (HF's normal(0.02) init), created directly in their shardings."""
+        def make(key):
+            return nnx.state(Qwen2(self.cfg, self.vocab_size, nnx.Rngs(key)),
+                             nnx.Param).to_pure_dict()
+
+        if mesh is None:
+            return jax.jit(make)(rng)
+        return jax.jit(make, out_shardings=self.param_shardings(mesh, rules))(rng)
+
+    def _module(self, params: Params) -> Qwen2:
+        return nnx.merge(self.graphdef, params)
+
+    def logits(self, params: Params, tokens: jax.Array, positions: jax.Array | None = None,
+               segment_ids: jax.Array | None = None) -> jax.Array:
+        """Full forward pass: ``tokens [B, T]`` -> fp32 logits ``[B, T, vocab]``.
+
+        For packed rows pass ``segment_ids`` (0 = padding) and per-segment ``positions``.
+        """
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        logits, _ = self._module(params)(tokens, positions, segment_ids)
+        return logits
+
+    def init_cache(self, batch: int, max_len: int, dtype=None) -> DecodeCache:
+        dtype = jnp.dtype(dtype or self.cfg.dtype)
+        shape = (batch, max_len, self.cfg.num_kv_heads, self.cfg.head_dim)
+        layers = tuple(LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+                       for _ in range(self.cfg.num_layers))
+        return DecodeCache(layers, jnp.zeros((), jnp.int32))
+
+    def extend(self, params: Params, cache: DecodeCache, tokens: jax.Array
+               ) -> tuple[jax.Array, DecodeCache]:
+        """Appends ``tokens [B, T]`` (a prompt, a chunk, or one token) to the cache.
+
+        Returns their logits, equal to the full forward pass over everything cached so far.
+        Writing past the cache's end is the caller's bug: size the cache for the whole dialogue.
+        """
+        t = tokens.shape[1]
+        positions = jnp.broadcast_to(cache.length + jnp.arange(t), tokens.shape)
+        logits, layers = self._module(params)(tokens, positions, None, cache.layers, cache.length)
+        return logits, DecodeCache(layers, cache.length + t)
+
+
+@functools.cache
+def transformer(cfg: ModelConfig, vocab_size: int) -> Transformer:
+    """One `Transformer` per (config, vocab size): its abstract trace is done once."""
+    return Transformer(cfg, vocab_size)

