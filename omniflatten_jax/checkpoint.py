@@ -92,12 +92,17 @@ def check_complete(restored, abstract, where: str) -> None:
                          f"unexpected {extra[:5]}, wrong or unrestored {bad[:5]}")
 
 
-def load_params(path: str | os.PathLike, shardings=None):
-    """Restores ``(params, meta, step_dir)``; params land in `shardings` (default: one device)."""
+def load_params(path: str | os.PathLike, shardings=None, layout: TokenLayout | None = None):
+    """Restores ``(params, meta, step_dir)``; params land in `shardings` (default: one device).
+
+    With `layout`, the checkpoint's token layout must equal it (ids must mean the same tokens).
+    """
     from omniflatten_jax.model import transformer
 
     directory, step = resolve(path)
     meta = load_meta(os.path.join(directory, str(step)))
+    if layout is not None:
+        layout.check_matches(meta.layout, ours="this run", theirs=f"checkpoint {path}")
     model = transformer(meta.model, meta.layout.vocab_size)
     if shardings is None:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

@@ -27,7 +27,7 @@ from safetensors import safe_open
 from omniflatten_jax import checkpoint
 from omniflatten_jax.export import hf_config, weight_map
 from omniflatten_jax.model import transformer
-from omniflatten_jax.vocab import LAYOUT_FILENAME, TokenLayout
+from omniflatten_jax.vocab import LAYOUT_FILENAME, LayoutMismatchError, TokenLayout
 
 NEW_ROWS_RULE = "mean of the checkpoint rows + N(0, (0.1 * per-dim std)^2), seeded"
 IGNORED = ("rotary_emb.inv_freq",)  # buffers some old checkpoints carry
@@ -58,7 +58,7 @@ def read_safetensors(hf_dir: str) -> dict[str, np.ndarray]:
     return tensors
 
 
-def import_hf(hf_dir: str, out: str, num_speech_codes: int = 4096,
+def import_hf(hf_dir: str, out: str, num_speech_codes: int | None = None,
               text_tokenizer: str | None = None, seed: int = 0) -> str:
     """Converts `hf_dir` and writes step 0 of a checkpoint in `out`; returns the step folder."""
     config_path = os.path.join(hf_dir, "config.json")
@@ -72,6 +72,10 @@ def import_hf(hf_dir: str, out: str, num_speech_codes: int = 4096,
 
     if os.path.isfile(os.path.join(hf_dir, LAYOUT_FILENAME)):
         layout = TokenLayout.load(hf_dir)  # our own export: its ids are already laid out
+        if num_speech_codes not in (None, layout.num_speech_codes):
+            raise LayoutMismatchError(
+                f"{hf_dir} was exported with {layout.num_speech_codes} speech codes "
+                f"({LAYOUT_FILENAME}); --num_speech_codes={num_speech_codes} would change ids")
         if hf_vocab != layout.used_size:
             raise ValueError(f"{hf_dir}: vocab_size {hf_vocab} != {layout.used_size} ids of its "
                              f"{LAYOUT_FILENAME}")
@@ -81,7 +85,7 @@ def import_hf(hf_dir: str, out: str, num_speech_codes: int = 4096,
         if text_tokenizer is None:
             raise ValueError(f"{hf_dir}: vocab_size {hf_vocab} is smaller than Qwen2's tokenizer;"
                              " pass --text_tokenizer (e.g. bytes) to say which ids the rows hold")
-        layout = TokenLayout(text_tokenizer, hf_vocab, num_speech_codes)
+        layout = TokenLayout(text_tokenizer, hf_vocab, num_speech_codes or 4096)
 
     tensors = read_safetensors(hf_dir)
     model = transformer(cfg, layout.vocab_size)
@@ -111,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hf_dir", required=True, help="local Hugging Face Qwen2 folder")
     parser.add_argument("--out", required=True, help="checkpoint folder to write (step 0)")
-    parser.add_argument("--num_speech_codes", type=int, default=4096)
+    parser.add_argument("--num_speech_codes", type=int, default=None,
+                        help="speech codebook size (default 4096; an export's own layout wins)")
     parser.add_argument("--text_tokenizer", choices=("qwen2", "bytes"), default=None,
                         help="which tokenizer's ids the text rows hold (default: qwen2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the new rows' noise")

@@ -40,10 +40,9 @@ class Transformer:
         self.vocab_size = vocab_size
         abstract = nnx.eval_shape(lambda: Qwen2(cfg, vocab_size, nnx.Rngs(0)))
         self.graphdef, state = nnx.split(abstract, nnx.Param)
-        self.abstract_params: Params = state.to_pure_dict()
-        self.param_axes: Params = jax.tree.map(
-            lambda v: v.get_metadata()["logical_axes"], state,
-            is_leaf=lambda v: isinstance(v, nnx.Variable)).to_pure_dict()
+        self.abstract_params: Params = nnx.to_pure_dict(state)
+        self.param_axes: Params = nnx.to_pure_dict(
+            state, extract_fn=lambda v: v.get_metadata()["logical_axes"])
 
     @property
     def num_params(self) -> int:
@@ -55,8 +54,8 @@ class Transformer:
     def init(self, rng: jax.Array, mesh: Mesh | None = None, rules: sharding.Rules = ()) -> Params:
         """Random parameters (HF's normal(0.02) init), created directly in their shardings."""
         def make(key):
-            return nnx.state(Qwen2(self.cfg, self.vocab_size, nnx.Rngs(key)),
-                             nnx.Param).to_pure_dict()
+            return nnx.to_pure_dict(
+                nnx.state(Qwen2(self.cfg, self.vocab_size, nnx.Rngs(key)), nnx.Param))
 
         if mesh is None:
             return jax.jit(make)(rng)
