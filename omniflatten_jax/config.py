@@ -154,3 +154,17 @@ class FlattenConfig:
                              f"text={self.text_chunk}")
         if self.assistant_text_lead_chunks < 0:
             raise ValueError("assistant_text_lead_chunks must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW (0.9, 0.95), weight decay 0.1, linear warm-up then cosine decay, clipping."""
+
+    peak_lr: float = 2e-5
+    warmup_steps: int = 100
+    total_steps: int = 10_000
+    end_lr_ratio: float = 0.1  # the cosine ends at peak_lr * end_lr_ratio
+    b1: float = 0.9
+    b2: float = 0.95
+    weight_decay: float = 0.1
+    clip_norm: float = 1.0

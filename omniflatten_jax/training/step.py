@@ -1,0 +1,47 @@
+"""The pure train step: loss (in total and per stream), gradients, optimiser update."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from omniflatten_jax.flatten import Stream
+from omniflatten_jax.model import Params, Transformer
+from omniflatten_jax.training.loss import token_losses
+
+Batch = dict[str, jax.Array]  # tokens, positions, segment_ids, loss_mask, streams: [B, T]
+
+
+def loss_and_metrics(model: Transformer, params: Params, batch: Batch
+                     ) -> tuple[jax.Array, dict[str, Any]]:
+    """Next-token cross-entropy on positions the loss mask marks (position t predicts t+1).
+
+    Returns the mean loss and, per `Stream`, the summed loss and token count so that callers can
+    report ASR text / TTS speech (alignment) or assistant text / speech (dialogue) separately.
+    """
+    inputs = {k: v[:, :-1] for k, v in batch.items()}
+    targets = batch["tokens"][:, 1:]
+    # A target in another packed segment than its input is never predicted.
+    mask = batch["loss_mask"][:, 1:] & (batch["segment_ids"][:, 1:] == inputs["segment_ids"])
+    logits = model.logits(params, inputs["tokens"], inputs["positions"], inputs["segment_ids"])
+    per_token = token_losses(logits, targets) * mask
+    count = jnp.sum(mask)
+    loss = jnp.sum(per_token) / jnp.maximum(count, 1)
+    streams = batch["streams"][:, 1:]
+    per_stream = {s.key: (jnp.sum(jnp.where(streams == s, per_token, 0.0)),
+                          jnp.sum((streams == s) & mask)) for s in Stream if s != Stream.PAD}
+    return loss, {"loss": loss, "tokens": count, "per_stream": per_stream}
+
+
+def train_step(model: Transformer, tx: optax.GradientTransformation, params: Params,
+               opt_state: optax.OptState, batch: Batch):
+    """One optimiser step; jit it with explicit shardings and donate params and opt_state."""
+    grad_fn = jax.value_and_grad(lambda p: loss_and_metrics(model, p, batch), has_aux=True)
+    (_, metrics), grads = grad_fn(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    return params, opt_state, metrics
