@@ -3,7 +3,7 @@
 This runs once per example in numpy (in the data pipeline); everything after it
 (`flatten.ChunkLayout.flatten` / `unflatten`) is dense and shape-static.
 
-Decisions (see docs/flatten.md; the configurable ones live in `FlattenConfig`):
+Decisions (README.md, "Decisions"; the configurable ones live in `FlattenConfig`):
 
 * A turn's text starts in the chunk where its speech starts (an assistant turn may start
   ``assistant_text_lead_chunks`` earlier) and runs ``text_chunk`` tokens per chunk, leading its

@@ -136,7 +136,7 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class FlattenConfig:
-    """How dialogue streams become chunks; the defaults follow OmniFlatten (see docs/flatten.md)."""
+    """How dialogue streams become chunks; the defaults follow OmniFlatten (README: "Decisions")."""
 
     speech_chunk: int = 10
     text_chunk: int = 2
