@@ -83,7 +83,10 @@ def run(workdir: str, steps: int) -> dict[str, float]:
         b_shard = {k: sharding.batch_sharding(mesh, mesh_cfg.rules, v.shape)
                    for k, v in rows.items()}
         batch = jax.device_put(rows, b_shard)
-        step = jax.jit(functools.partial(train_step, model, tx), donate_argnums=(0, 1))
+        o_shard = jax.tree.map(lambda x: x.sharding, opt_state)
+        step = jax.jit(functools.partial(train_step, model, tx),
+                       in_shardings=(p_shard, o_shard, b_shard),
+                       out_shardings=(p_shard, o_shard, None), donate_argnums=(0, 1))
         losses, start = [], time.perf_counter()
         for i in range(1, steps + 1):
             params, opt_state, metrics = step(params, opt_state, batch)

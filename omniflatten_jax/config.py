@@ -56,7 +56,8 @@ class ModelConfig:
             raise ValueError(
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         if self.attention_impl not in ("auto", "xla", "cudnn"):
-            raise ValueError(f"attention_impl must be auto, xla or cudnn, not {self.attention_impl!r}")
+            raise ValueError(
+                f"attention_impl must be auto, xla or cudnn, not {self.attention_impl!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +96,8 @@ def preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}") from None
+        raise ValueError(
+            f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}") from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,8 +12,8 @@ Two families of layouts:
   built in numpy and parsed back exactly by the ``parse_*`` functions.
 
 Every flat sequence comes with a per-position stream id (`Stream`) and a loss mask that marks
-the positions whose token the model is trained to predict. See README.md, "Decisions", for the choices
-that the paper leaves open.
+the positions whose token the model is trained to predict. README.md, "Decisions", lists the
+choices that the paper leaves open.
 """
 
 from __future__ import annotations

@@ -7,11 +7,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omniflatten_jax.chunking import DialogueStreams, TextOverflowError, Turn, dialogue_chunks
+from omniflatten_jax.chunking import (
+    DialogueStreams,
+    TextOverflowError,
+    Turn,
+    dialogue_chunks,
+)
 from omniflatten_jax.config import FlattenConfig
-from omniflatten_jax.flatten import (CHUNKED_STAGES, ChunkLayout, SpokenTurn, Stream,
-                                     asr_sequence, chunk_layout, half_duplex_sequence,
-                                     parse_alignment, parse_half_duplex, tts_sequence)
+from omniflatten_jax.flatten import (
+    CHUNKED_STAGES,
+    ChunkLayout,
+    SpokenTurn,
+    Stream,
+    asr_sequence,
+    chunk_layout,
+    half_duplex_sequence,
+    parse_alignment,
+    parse_half_duplex,
+    tts_sequence,
+)
 from omniflatten_jax.vocab import TokenLayout
 
 LAYOUT = TokenLayout("bytes", 256, 64)

@@ -166,3 +166,19 @@ def test_import_reports_missing_and_unknown_tensors(converted, tmp_path):
     os.remove(broken / "model.safetensors")
     with pytest.raises(FileNotFoundError, match="safetensors"):
         import_hf(str(broken), str(tmp_path / "out3"), text_tokenizer="bytes")
+
+
+def test_transformers_4_config_file_imports_the_same_weights(converted, tmp_path):
+    root, _, params, _ = converted
+    old = tmp_path / "v4"
+    old.mkdir()
+    config = json.loads((root / "hf" / "config.json").read_text())
+    theta = config.pop("rope_parameters")["rope_theta"]
+    (old / "config.json").write_text(json.dumps(config | {"rope_theta": theta,
+                                                          "transformers_version": "4.45.0"}))
+    (old / "model.safetensors").symlink_to(root / "hf" / "model.safetensors")
+    import_hf(str(old), str(tmp_path / "ckpt"), num_speech_codes=64, text_tokenizer="bytes")
+    again, meta, _ = checkpoint.load_params(tmp_path / "ckpt")
+    assert meta.model.rope_theta == theta
+    np.testing.assert_array_equal(np.asarray(again["layers"][1]["attn"]["k"]["kernel"]),
+                                  np.asarray(params["layers"][1]["attn"]["k"]["kernel"]))

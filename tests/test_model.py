@@ -40,7 +40,8 @@ def test_presets_have_hugging_face_shapes():
         assert model.num_params == n_params, name
     tiny = Transformer(PRESETS["tiny"].model, PRESETS["tiny"].layout.vocab_size)
     assert 1e6 <= tiny.num_params <= 5e6
-    assert not PRESETS["qwen2_7b"].model.tie_embeddings and PRESETS["qwen2_0_5b"].model.tie_embeddings
+    assert PRESETS["qwen2_0_5b"].model.tie_embeddings
+    assert not PRESETS["qwen2_7b"].model.tie_embeddings
 
 
 def test_kv_cache_matches_full_forward():
@@ -122,12 +123,14 @@ def test_remat_and_bf16_compute_match():
     seq = tokens((2, 12))
     ref = model.logits(params, seq)
     remat = Transformer(dataclasses.replace(CFG, remat=True), VOCAB)
-    grad = jax.grad(lambda p, m: m.logits(p, seq).sum())
-    np.testing.assert_allclose(remat.logits(params, seq), ref, atol=1e-5)
+    def grad(m):
+        return jax.jit(jax.grad(lambda p: m.logits(p, seq).sum()))(params)
+
+    np.testing.assert_allclose(jax.jit(remat.logits)(params, seq), ref, atol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4),
-                 grad(params, remat), grad(params, model))
+                 grad(remat), grad(model))
     bf16 = Transformer(dataclasses.replace(CFG, dtype="bfloat16"), VOCAB)
-    out = bf16.logits(params, seq)
+    out = jax.jit(bf16.logits)(params, seq)
     assert out.dtype == jnp.float32
     np.testing.assert_allclose(out, ref, atol=0.1)  # bf16 activations: loose by design
 

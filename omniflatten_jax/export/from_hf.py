@@ -48,8 +48,9 @@ def read_safetensors(hf_dir: str) -> dict[str, np.ndarray]:
     """All tensors of a (possibly sharded) safetensors checkpoint, as float32 numpy arrays."""
     files = sorted(glob.glob(os.path.join(hf_dir, "*.safetensors")))
     if not files:
-        raise FileNotFoundError(f"{hf_dir} holds no *.safetensors files (PyTorch .bin "
-                                "checkpoints: re-save them with save_pretrained(safe_serialization=True))")
+        raise FileNotFoundError(
+            f"{hf_dir} holds no *.safetensors files (PyTorch .bin checkpoints: re-save them "
+            "with save_pretrained(safe_serialization=True))")
     tensors = {}
     for path in files:
         with safe_open(path, framework="flax") as f:

@@ -60,9 +60,10 @@ class Attention(nnx.Module):
         if cache is None:
             out = self._attend_packed(q, k, v, segment_ids)
         else:
-            cache = LayerCache(
-                jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), cache_index, 1),
-                jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), cache_index, 1))
+            def write(buf, new):
+                return jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype),
+                                                           cache_index, 1)
+            cache = LayerCache(write(cache.k, k), write(cache.v, v))
             t, slots = q.shape[1], cache.k.shape[1]
             query_slot = cache_index + jnp.arange(t)
             mask = jnp.arange(slots)[None, :] <= query_slot[:, None]  # [T, S]
