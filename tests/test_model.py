@@ -138,3 +138,21 @@ def test_remat_and_bf16_compute_match():
 def test_attention_backend_choice():
     assert attention_impl(CFG) == "xla"  # CPU
     assert attention_impl(dataclasses.replace(CFG, attention_impl="cudnn")) == "cudnn"
+
+
+def test_left_padded_prompts_decode_like_unpadded_ones():
+    model, params = model_and_params()
+    short, long = tokens((1, 5), 5), tokens((1, 9), 6)
+    pad = jnp.zeros((1, 4), jnp.int32)
+    batch = jnp.concatenate([jnp.concatenate([pad, short], 1), long], 0)
+    valid = jnp.concatenate([jnp.concatenate([jnp.zeros((1, 4), bool), jnp.ones((1, 5), bool)], 1),
+                             jnp.ones((1, 9), bool)], 0)
+    cache = model.init_cache(2, 12)
+    logits, cache = jax.jit(model.extend)(params, cache, batch, valid)
+    nxt = tokens((2, 1), 7)
+    step, _ = jax.jit(model.extend)(params, cache, nxt)
+    full_short = model.logits(params, jnp.concatenate([short, nxt[:1]], 1))
+    full_long = model.logits(params, jnp.concatenate([long, nxt[1:]], 1))
+    np.testing.assert_allclose(logits[0, 4:], full_short[0, :5], atol=CACHE_TOL, rtol=0)
+    np.testing.assert_allclose(step[0, 0], full_short[0, 5], atol=CACHE_TOL, rtol=0)
+    np.testing.assert_allclose(step[1, 0], full_long[0, 9], atol=CACHE_TOL, rtol=0)

@@ -43,13 +43,13 @@ class Attention(nnx.Module):
         self.impl = attention_impl(cfg)
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None,
-                 cache: LayerCache | None = None, cache_index: jax.Array | None = None
-                 ) -> tuple[jax.Array, LayerCache | None]:
+                 cache: LayerCache | None = None, cache_index: jax.Array | None = None,
+                 cache_mask: jax.Array | None = None) -> tuple[jax.Array, LayerCache | None]:
         """Self-attention over ``x [B, T, E]``.
 
         Without a cache: causal within each packed segment (``segment_ids`` 0 marks padding).
-        With a cache: the T new tokens are written at ``cache_index`` and attend to every
-        filled slot up to themselves (prefill, a chunk, or a single token).
+        With a cache: the T new tokens are written at slot ``cache_index`` and attend to the
+        slots that ``cache_mask [B, T, slots]`` allows (prefill, a chunk, or a single token).
         """
         q = apply_rope(self.q(x), positions, self.rope_theta)
         k = apply_rope(self.k(x), positions, self.rope_theta)
@@ -64,12 +64,9 @@ class Attention(nnx.Module):
                 return jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype),
                                                            cache_index, 1)
             cache = LayerCache(write(cache.k, k), write(cache.v, v))
-            t, slots = q.shape[1], cache.k.shape[1]
-            query_slot = cache_index + jnp.arange(t)
-            mask = jnp.arange(slots)[None, :] <= query_slot[:, None]  # [T, S]
             out = jax.nn.dot_product_attention(
                 q, cache.k.astype(q.dtype), cache.v.astype(q.dtype),
-                mask=mask[None, None], implementation="xla")
+                mask=cache_mask[:, None], implementation="xla")
         out = constrain(out, ("batch", "length", "act_heads", None))
         return self.o(out), cache
 

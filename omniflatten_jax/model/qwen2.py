@@ -37,8 +37,9 @@ class DecoderLayer(nnx.Module):
         self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype)
         self.mlp = MLP(cfg, rngs)
 
-    def __call__(self, x, positions, segment_ids, cache=None, cache_index=None):
-        attn_out, cache = self.attn(self.input_norm(x), positions, segment_ids, cache, cache_index)
+    def __call__(self, x, positions, segment_ids, cache=None, cache_index=None, cache_mask=None):
+        attn_out, cache = self.attn(self.input_norm(x), positions, segment_ids, cache, cache_index,
+                                    cache_mask)
         x = constrain(x + attn_out, ("batch", "length", "act_embed"))
         x = x + self.mlp(self.post_attn_norm(x))
         return constrain(x, ("batch", "length", "act_embed")), cache
@@ -56,7 +57,7 @@ class Qwen2(nnx.Module):
     def __call__(self, tokens: jax.Array, positions: jax.Array,
                  segment_ids: jax.Array | None = None,
                  cache: tuple[LayerCache, ...] | None = None,
-                 cache_index: jax.Array | None = None):
+                 cache_index: jax.Array | None = None, cache_mask: jax.Array | None = None):
         """``tokens [B, T]`` -> fp32 logits ``[B, T, vocab]`` (and the updated cache, if any)."""
         dtype = jnp.dtype(self.cfg.dtype)
         x = jnp.take(self.embed[...], tokens, axis=0).astype(dtype)
@@ -67,7 +68,8 @@ class Qwen2(nnx.Module):
             if self.cfg.remat and cache is None:
                 x, _ = nnx.remat(lambda lyr, *a: lyr(*a))(layer, x, positions, segment_ids)
             else:
-                x, layer_cache = layer(x, positions, segment_ids, layer_cache, cache_index)
+                x, layer_cache = layer(x, positions, segment_ids, layer_cache, cache_index,
+                                       cache_mask)
             new_cache.append(layer_cache)
         x = self.final_norm(x)
         if self.lm_head is None:

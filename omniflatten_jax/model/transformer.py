@@ -25,13 +25,21 @@ Params = dict
 
 @dataclasses.dataclass(frozen=True)
 class DecodeCache:
-    """Preallocated keys/values of every layer plus the number of filled slots."""
+    """Preallocated keys/values of every layer, and which slots hold real tokens.
+
+    All rows advance through the slots together; a row's padding (for example the left padding
+    of prompts of different lengths) occupies slots that `valid` marks false, and the row's own
+    positions count only its real tokens.
+    """
 
     layers: tuple[LayerCache, ...]
-    length: jax.Array  # int32 scalar: slots filled so far (the same for every row)
+    length: jax.Array  # int32 scalar: slots written so far
+    valid: jax.Array  # bool [B, slots]: slots that hold real tokens
+    next_position: jax.Array  # int32 [B]: RoPE position of each row's next real token
 
 
-jax.tree_util.register_dataclass(DecodeCache, data_fields=["layers", "length"], meta_fields=[])
+jax.tree_util.register_dataclass(
+    DecodeCache, data_fields=["layers", "length", "valid", "next_position"], meta_fields=[])
 
 
 class Transformer:
@@ -80,19 +88,30 @@ class Transformer:
         shape = (batch, max_len, self.cfg.num_kv_heads, self.cfg.head_dim)
         layers = tuple(LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
                        for _ in range(self.cfg.num_layers))
-        return DecodeCache(layers, jnp.zeros((), jnp.int32))
+        return DecodeCache(layers, jnp.zeros((), jnp.int32), jnp.zeros((batch, max_len), bool),
+                           jnp.zeros((batch,), jnp.int32))
 
-    def extend(self, params: Params, cache: DecodeCache, tokens: jax.Array
-               ) -> tuple[jax.Array, DecodeCache]:
+    def extend(self, params: Params, cache: DecodeCache, tokens: jax.Array,
+               valid: jax.Array | None = None) -> tuple[jax.Array, DecodeCache]:
         """Appends ``tokens [B, T]`` (a prompt, a chunk, or one token) to the cache.
 
-        Returns their logits, equal to the full forward pass over everything cached so far.
+        ``valid [B, T]`` marks padding (false) that no later token may attend to. Returns the
+        logits of the new tokens, equal to the full forward pass over each row's real tokens.
         Writing past the cache's end is the caller's bug: size the cache for the whole dialogue.
         """
-        t = tokens.shape[1]
-        positions = jnp.broadcast_to(cache.length + jnp.arange(t), tokens.shape)
-        logits, layers = self._module(params)(tokens, positions, None, cache.layers, cache.length)
-        return logits, DecodeCache(layers, cache.length + t)
+        b, t = tokens.shape
+        valid = jnp.ones((b, t), bool) if valid is None else valid.astype(bool)
+        positions = cache.next_position[:, None] + jnp.cumsum(valid, axis=1) - valid
+        slots = cache.valid.shape[1]
+        slot_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, cache.length))
+        query_slot = cache.length + jnp.arange(t)
+        causal = jnp.arange(slots)[None, :] <= query_slot[:, None]  # [T, S]
+        own = jnp.arange(slots)[None, :] == query_slot[:, None]  # keeps padding rows finite
+        mask = (causal[None] & slot_valid[:, None, :]) | own[None]
+        logits, layers = self._module(params)(tokens, positions, None, cache.layers, cache.length,
+                                              mask)
+        return logits, DecodeCache(layers, cache.length + t, slot_valid,
+                                   cache.next_position + jnp.sum(valid, axis=1, dtype=jnp.int32))
 
 
 @functools.cache
