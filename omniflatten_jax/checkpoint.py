@@ -115,3 +115,58 @@ def load_params(path: str | os.PathLike, shardings=None, layout: TokenLayout | N
             step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
     check_complete(restored["params"], abstract, where)
     return restored["params"], meta, where
+
+
+def abstract_like(tree, shardings):
+    """ShapeDtypeStructs carrying the shardings that restored arrays should land in."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        tree, shardings)
+
+
+class TrainCheckpointer:
+    """Saves and restores a run's whole state: params, optimiser state, data iterator, meta.
+
+    Saves are asynchronous (training continues while the arrays are written); `wait` blocks
+    until they are on disk, so that a caller can say "saved" truthfully.
+    """
+
+    def __init__(self, directory: str | os.PathLike, keep: int):
+        self.directory = os.path.abspath(os.fspath(directory))
+        self._manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=True, create=True))
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, params, opt_state, data_iter, meta: CheckpointMeta) -> None:
+        import grain
+
+        items = dict(params=ocp.args.StandardSave(params),
+                     opt_state=ocp.args.StandardSave(opt_state),
+                     meta=ocp.args.JsonSave(meta.to_json()))
+        if data_iter is not None:
+            items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def restore(self, step: int, abstract_params, abstract_opt_state, data_iter):
+        """Restores the state of `step` into the given targets; `data_iter` is set in place."""
+        import grain
+
+        items = dict(params=ocp.args.StandardRestore(abstract_params),
+                     opt_state=ocp.args.StandardRestore(abstract_opt_state),
+                     meta=ocp.args.JsonRestore())
+        if data_iter is not None:
+            items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        where = os.path.join(self.directory, str(step))
+        check_complete(restored["params"], abstract_params, where)
+        check_complete(restored["opt_state"], abstract_opt_state, where)
+        return restored["params"], restored["opt_state"], CheckpointMeta.from_json(
+            restored["meta"])
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()

@@ -170,3 +170,109 @@ class OptimizerConfig:
     b2: float = 0.95
     weight_decay: float = 0.1
     clip_norm: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeechConfig:
+    """The speech tokenizer: a pretrained file, or the embedded k-means log-mel one fitted here."""
+
+    tokenizer_path: str = ""  # "" = fit the embedded tokenizer on the training audio
+    sample_rate: int = 16_000
+    frame_rate: int = 25
+    n_mels: int = 80
+    n_fft: int = 1024
+    fit_max_frames: int = 200_000
+    fit_max_utterances: int = 1500
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where speech-text data comes from and how it is checked, split and mixed."""
+
+    source: str = "embedded"  # "embedded", "librispeech:DIR" or "manifest:FILE.jsonl"
+    language: str = "en"  # embedded corpus: "en" or "zh"
+    max_utterances: int = 0  # 0 = all
+    max_text_chars: int = 100
+    min_audio_seconds: float = 0.2
+    max_audio_seconds: float = 30.0
+    # Transcripts whose characters per second of audio fall outside this range do not match.
+    chars_per_second: tuple[float, float] = (2.0, 40.0)
+    normalize_text: bool = True  # lowercase, drop punctuation but apostrophes
+    validation_fraction: float = 0.05
+    test_fraction: float = 0.05
+    on_bad_input: str = "skip"  # "skip" (and count) or "stop"
+    asr_fraction: float = 0.5  # share of ASR examples in the alignment mix (the rest is TTS)
+    num_workers: int = 1  # Grain worker processes (0 = in the main process)
+    num_packing_bins: int = 8
+
+    def __post_init__(self):
+        if self.on_bad_input not in ("skip", "stop"):
+            raise ValueError(f"on_bad_input must be skip or stop, not {self.on_bad_input!r}")
+        if not 0.0 <= self.asr_fraction <= 1.0:
+            raise ValueError(f"asr_fraction must lie in [0, 1], got {self.asr_fraction}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 8  # global, over all hosts
+    seq_len: int = 256
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+    eval_every: int = 0  # 0 = evaluate only after training
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    max_examples: int = 100  # held-out utterances for ASR
+    tts_max_examples: int = 32  # TTS is slower: fewer utterances
+    batch_size: int = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything one run needs; named configurations live in experiments/configs/."""
+
+    name: str
+    model: ModelConfig
+    layout: TokenLayout
+    flatten: FlattenConfig = FlattenConfig()
+    speech: SpeechConfig = SpeechConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    mesh: MeshConfig = MeshConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+def _parse(text: str, current: Any) -> Any:
+    if isinstance(current, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"expected true or false, got {text!r}")
+        return text.lower() in ("true", "1")
+    if isinstance(current, tuple):
+        items = [t for t in text.strip("()[] ").split(",") if t.strip()]
+        return tuple(_parse(t.strip(), current[0]) if current else t.strip() for t in items)
+    return type(current)(text)
+
+
+def override(config: Any, assignment: str) -> Any:
+    """Applies ``"train.steps=100"`` to a nested frozen config, parsed by the field's type."""
+    if "=" not in assignment:
+        raise ValueError(f"override {assignment!r} must look like section.field=value")
+    path, text = assignment.split("=", 1)
+    head, *rest = path.strip().split(".")
+    fields = {f.name for f in dataclasses.fields(config)}
+    if head not in fields:
+        raise ValueError(f"{type(config).__name__} has no field {head!r}; fields: {sorted(fields)}")
+    current = getattr(config, head)
+    if rest:
+        value = override(current, ".".join(rest) + "=" + text)
+    else:
+        try:
+            value = _parse(text, current)
+        except ValueError as e:
+            raise ValueError(f"cannot set {path} to {text!r}: {e}") from None
+    return dataclasses.replace(config, **{head: value})

@@ -1,0 +1,1 @@
+"""Everything that turns raw material (audio, transcripts, text dialogues) into training data."""

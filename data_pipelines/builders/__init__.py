@@ -1,0 +1,1 @@
+"""TFDS builders that write array_record files without TensorFlow."""

@@ -1,0 +1,168 @@
+"""TFDS builder of speech-text pairs: token ids for training, audio for the test split only.
+
+Each example holds the transcript's text ids, the ASR input's speech ids (the user's voice),
+the TTS target's speech ids, and (test split only) the ASR input audio as int16. Ids follow
+the token layout saved beside the dataset. Every utterance is checked; a bad one is skipped
+and counted in the build report, or stops the build, by `DataConfig.on_bad_input`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from data_pipelines.corpus import Item
+from omniflatten_jax.config import DataConfig, SpeechConfig
+from omniflatten_jax.evaluation.text_metrics import normalize_transcript
+from omniflatten_jax.speech.audio import AudioError
+from omniflatten_jax.speech.tokenizer import SpeechTokenizer
+from omniflatten_jax.vocab import TokenLayout
+
+log = logging.getLogger(__name__)
+
+NAME = "omniflatten_speech_text"
+MARKERS = 6  # [ASR][SOS] ... [EOS][SOT] ... [EOT] (and the TTS order): six marker tokens
+
+
+class BadInputError(ValueError):
+    """An utterance that cannot become a training example, with the file and the reason."""
+
+
+@dataclasses.dataclass
+class BuildReport:
+    kept: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    examples: list = dataclasses.field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"kept": dict(self.kept), "skipped": {f"{s}/{r}": n for (s, r), n
+                                                     in sorted(self.skipped.items())},
+                "first_skipped": self.examples[:50]}
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildContext:
+    tokenizer: SpeechTokenizer
+    layout: TokenLayout
+    data: DataConfig
+    speech: SpeechConfig
+    seq_len: int
+
+
+def make_example(item: Item, ctx: BuildContext, keep_audio: bool) -> dict:
+    """One checked example; raises BadInputError(reason) naming the utterance."""
+    cfg = ctx.data
+    text = normalize_transcript(item.text) if cfg.normalize_text else item.text.strip()
+    where = f"{item.id} ({getattr(item.audio, 'path', 'synthesised')})"
+    if not text:
+        raise BadInputError("empty_text", f"{where}: the transcript is empty")
+    if len(text) > cfg.max_text_chars:
+        raise BadInputError("text_too_long", f"{where}: {len(text)} characters > "
+                            f"data.max_text_chars={cfg.max_text_chars}")
+    try:
+        wave = item.audio.load(ctx.speech.sample_rate, cfg.min_audio_seconds)
+        tts_wave = (wave if item.tts_audio == item.audio
+                    else item.tts_audio.load(ctx.speech.sample_rate, cfg.min_audio_seconds))
+    except AudioError as e:
+        raise BadInputError("bad_audio", f"{item.id}: {e}") from None
+    seconds = len(wave) / ctx.speech.sample_rate
+    if seconds > cfg.max_audio_seconds:
+        raise BadInputError("audio_too_long", f"{where}: {seconds:.1f} s > "
+                            f"data.max_audio_seconds={cfg.max_audio_seconds}")
+    rate = len(text) / seconds
+    lo, hi = cfg.chars_per_second
+    if not lo <= rate <= hi:
+        raise BadInputError("transcript_mismatch", f"{where}: {rate:.1f} characters per second "
+                            f"of audio lies outside data.chars_per_second={cfg.chars_per_second}:"
+                            " the transcript does not match its audio")
+    text_ids = np.asarray(ctx.layout.tokenizer().encode(text), np.int32)
+    speech_ids = ctx.layout.speech_ids(ctx.tokenizer.encode(wave, ctx.speech.sample_rate))
+    tts_ids = ctx.layout.speech_ids(ctx.tokenizer.encode(tts_wave, ctx.speech.sample_rate))
+    longest = MARKERS + len(text_ids) + max(len(speech_ids), len(tts_ids))
+    if longest > ctx.seq_len:
+        raise BadInputError("longer_than_context", f"{where}: {longest} tokens > "
+                            f"train.seq_len={ctx.seq_len}")
+    audio = (np.clip(wave, -1, 1) * 32767).astype(np.int16) if keep_audio else np.zeros(0, np.int16)
+    return {"id": item.id, "text": text, "speaker": item.speaker, "text_ids": text_ids,
+            "speech_ids": speech_ids, "tts_speech_ids": tts_ids, "audio": audio}
+
+
+class OmniflattenSpeechText(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    # One BuilderConfig per cache key (see `build`): a new corpus, tokenizer or layout is a new
+    # config, so a changed setting can never reuse stale tokens.
+    def __init__(self, *, items: dict[str, list[Item]] | None = None,
+                 context: BuildContext | None = None, report: BuildReport | None = None, **kw):
+        self._items, self._context, self._report = items, context, report
+        super().__init__(**kw)
+
+    def _info(self):
+        tensor = lambda dtype: tfds.features.Tensor(  # noqa: E731
+            shape=(None,), dtype=dtype, encoding=tfds.features.Encoding.ZLIB)
+        return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+            "id": tfds.features.Text(), "text": tfds.features.Text(),
+            "speaker": tfds.features.Text(), "text_ids": tensor(np.int32),
+            "speech_ids": tensor(np.int32), "tts_speech_ids": tensor(np.int32),
+            "audio": tensor(np.int16)}))
+
+    def _split_generators(self, dl_manager):
+        return {split: self._generate_examples(split, items)
+                for split, items in self._items.items() if items}
+
+    def _generate_examples(self, split, items):
+        ctx, report = self._context, self._report
+        start = time.perf_counter()
+        for n, item in enumerate(items, 1):
+            try:
+                example = make_example(item, ctx, keep_audio=split == "test")
+            except BadInputError as e:
+                reason, message = e.args
+                if ctx.data.on_bad_input == "stop":
+                    raise BadInputError(f"{message}. Fix or remove it, or set "
+                                        "data.on_bad_input=skip to skip and count such "
+                                        "utterances.") from None
+                report.skipped[(split, reason)] += 1
+                report.examples.append(message)
+                continue
+            report.kept[split] += 1
+            yield item.id, example
+            if n % 1000 == 0:
+                log.info("  %s: %d/%d utterances (%.0f/s)", split, n, len(items),
+                                n / (time.perf_counter() - start))
+
+
+def build(data_dir: str, config_name: str, items, context: BuildContext) -> BuildReport:
+    """Writes the dataset once per `config_name` (the cache key); returns the build report."""
+    report_path = os.path.join(data_dir, NAME, config_name, "build_report.json")
+    if os.path.isfile(report_path):
+        with open(report_path) as f:
+            saved = json.load(f)
+        report = BuildReport()
+        report.kept.update(saved["kept"])
+        return report
+    report = BuildReport()
+    tfds.disable_progress_bar()  # our own progress lines are in the log
+    config = tfds.core.BuilderConfig(name=config_name)
+    builder = OmniflattenSpeechText(items=items, context=context, report=report, data_dir=data_dir,
+                         config=config, file_format="array_record")
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        verify_ssl=False))
+    context.layout.save(os.path.join(data_dir, NAME, config_name))
+    with open(report_path, "w") as f:
+        json.dump(report.to_json(), f, indent=2)
+    return report
+
+
+def data_source(data_dir: str, config_name: str, split: str, layout: TokenLayout):
+    """The random-access source of one split, after checking its token layout."""
+    folder = os.path.join(data_dir, NAME, config_name)
+    layout.check_matches(TokenLayout.load(folder), ours="this run", theirs=f"dataset {folder}")
+    return tfds.data_source(f"{NAME}/{config_name}", data_dir=data_dir, split=split)

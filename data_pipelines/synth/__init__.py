@@ -1,0 +1,1 @@
+"""Synthetic speech: text sources, the speech synthesiser, voices."""

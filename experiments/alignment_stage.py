@@ -1,0 +1,84 @@
+"""The alignment stage: speech-text data -> ASR/TTS training -> held-out evaluation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+import numpy as np
+
+from data_pipelines.builders.speech_text import data_source
+from data_pipelines.pipelines import alignment_pipeline
+from data_pipelines.prepare import prepare_speech_text
+from omniflatten_jax.config import ExperimentConfig
+from omniflatten_jax.evaluation.alignment import evaluate_alignment, format_table
+from omniflatten_jax.model import transformer
+from omniflatten_jax.training.runner import train_stage
+
+log = logging.getLogger(__name__)
+
+LOSS_NAMES = {"user_text": "asr_text", "assistant_speech": "tts_speech", "control": "markers"}
+
+
+def _decode(record: dict) -> dict:
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in record.items()}
+
+
+def run(cfg: ExperimentConfig, workdir: str, init_from: str | None = None) -> dict:
+    stage_dir = os.path.join(os.path.abspath(workdir), "alignment")
+    prepared = prepare_speech_text(cfg, workdir)
+    train_source = data_source(prepared.data_dir, prepared.config_name, "train", cfg.layout)
+    test_source = data_source(prepared.data_dir, prepared.config_name, "test", cfg.layout)
+    log.info("alignment data: %d train / %d test utterances (%s)", len(train_source),
+             len(test_source), os.path.join(prepared.data_dir, prepared.config_name))
+
+    def make_data(process_index, process_count):
+        return alignment_pipeline(
+            train_source, layout=cfg.layout, seq_len=cfg.train.seq_len,
+            batch_size=cfg.train.batch_size // process_count, asr_fraction=cfg.data.asr_fraction,
+            seed=cfg.train.seed, num_packing_bins=cfg.data.num_packing_bins,
+            num_workers=cfg.data.num_workers, process_index=process_index,
+            process_count=process_count)
+
+    model = transformer(cfg.model, cfg.layout.vocab_size)
+    test = [_decode(test_source[i]) for i in range(min(len(test_source),
+                                                       cfg.eval.max_examples))]
+    train_records = [_decode(train_source[i]) for i in range(len(train_source))]
+    train_texts = [r["text"] for r in train_records]
+    train_codes = cfg.layout.speech_codes(np.concatenate([r["tts_speech_ids"]
+                                                          for r in train_records]))
+
+    def evaluate(params, step):
+        params = jax.device_get(params)
+        result = evaluate_alignment(model, params, cfg.layout, test, train_texts, train_codes,
+                                    max_examples=cfg.eval.max_examples,
+                                    tts_max_examples=cfg.eval.tts_max_examples,
+                                    batch_size=cfg.eval.batch_size)
+        log.info("alignment eval at step %d:\n%s", step, format_table(result))
+        return {"asr_cer": result["asr"]["cer"], "asr_wer": result["asr"]["wer"],
+                "tts_code_accuracy": result["tts"]["code_accuracy"]}
+
+    result = train_stage(cfg, "alignment", stage_dir, make_data, init_from=init_from,
+                         loss_names=LOSS_NAMES, evaluate=evaluate)
+    eval_path = os.path.join(stage_dir, "eval.json")
+    if result.trained_steps == 0 and os.path.isfile(eval_path):
+        with open(eval_path) as f:
+            saved = json.load(f)
+        log.info("alignment eval (step %d, from %s):\n%s", saved["step"], eval_path,
+                 format_table(saved))
+        return saved
+    params = jax.device_get(result.params)
+    evaluation = evaluate_alignment(model, params, cfg.layout, test, train_texts, train_codes,
+                                    max_examples=cfg.eval.max_examples,
+                                    tts_max_examples=cfg.eval.tts_max_examples,
+                                    batch_size=cfg.eval.batch_size)
+    evaluation = {"stage": "alignment", "step": result.step, "split": "test",
+                  "speech_tokenizer": prepared.tokenizer_path, **evaluation}
+    if jax.process_index() == 0:
+        with open(eval_path, "w") as f:
+            json.dump(evaluation, f, indent=2)
+    log.info("alignment eval at step %d (%s):\n%s", result.step, eval_path,
+             format_table(evaluation))
+    return evaluation

@@ -1,0 +1,15 @@
+"""Named configurations: ``--config=NAME`` picks `NAMES[NAME]()`."""
+
+from __future__ import annotations
+
+from experiments.configs import embedded, qwen2_0_5b
+from omniflatten_jax.config import ExperimentConfig
+
+NAMES = {"embedded": embedded.config, "qwen2_0_5b": qwen2_0_5b.config,
+         "qwen2_0_5b_shrunk": qwen2_0_5b.shrunk}
+
+
+def get_config(name: str) -> ExperimentConfig:
+    if name not in NAMES:
+        raise ValueError(f"unknown config {name!r}; choose one of {sorted(NAMES)}")
+    return NAMES[name]()

@@ -1,0 +1,1 @@
+"""Decoding: batched generation under legal-token masks (and, later, full-duplex streaming)."""
