@@ -16,6 +16,7 @@ import time
 from data_pipelines.builders import speech_text
 from data_pipelines.corpus import speech_text_items
 from omniflatten_jax.config import ExperimentConfig, to_dict
+from omniflatten_jax.evaluation.text_metrics import normalize_transcript
 from omniflatten_jax.speech import load_speech_tokenizer
 from omniflatten_jax.speech.audio import AudioError
 from omniflatten_jax.speech.kmeans import KMeansMelTokenizer, MelConfig
@@ -80,9 +81,12 @@ def prepare_speech_text(cfg: ExperimentConfig, workdir: str) -> PreparedData:
     data = {k: v for k, v in to_dict(cfg.data).items()
             if k not in ("asr_fraction", "num_workers", "num_packing_bins")}
     kind = cfg.data.source.split(":")[0]
-    config_name = f"{kind}_{_key(data, cfg.layout.to_dict(), tokenizer_hash, cfg.train.seq_len)}"
+    key = _key(data, cfg.layout.to_dict(), tokenizer_hash, cfg.train.seq_len,
+               str(speech_text.OmniflattenSpeechText.VERSION))
+    config_name = f"{kind}_{key}"
+    train_texts = frozenset(normalize_transcript(item.text) for item in items["train"])
     context = speech_text.BuildContext(load_speech_tokenizer(tokenizer_path), cfg.layout,
-                                       cfg.data, cfg.speech, cfg.train.seq_len)
+                                       cfg.data, cfg.speech, cfg.train.seq_len, train_texts)
     data_dir = os.path.join(data_root, "tfds")
     start = time.perf_counter()
     fresh = not os.path.isdir(os.path.join(data_dir, speech_text.NAME, config_name))

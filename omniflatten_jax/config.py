@@ -201,6 +201,7 @@ class DataConfig:
     validation_fraction: float = 0.05
     test_fraction: float = 0.05
     on_bad_input: str = "skip"  # "skip" (and count) or "stop"
+    # Held-out utterances whose transcript also occurs in train are always dropped (counted).
     asr_fraction: float = 0.5  # share of ASR examples in the alignment mix (the rest is TTS)
     num_workers: int = 1  # Grain worker processes (0 = in the main process)
     num_packing_bins: int = 8

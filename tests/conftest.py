@@ -1,9 +1,42 @@
-"""Test setup: 8 fake CPU devices (for mesh tests), set before JAX's backend starts."""
+"""Test setup: 8 fake CPU devices (for mesh tests), set before JAX's backend starts, and
+absl flags marked parsed (Grain worker processes read them)."""
 
+import json
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
+from absl import flags  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+flags.FLAGS.mark_as_parsed()
+
+SENTENCES = [
+    "hello there", "how are you today", "i am fine thank you", "good morning to you",
+    "see you soon", "what time is it", "it is getting late", "thank you very much",
+    "where do you live", "i live in the city", "do you like music", "yes i love music",
+    "what is your name", "my name is robot", "nice to meet you", "the weather is nice",
+]
+
+
+@pytest.fixture(scope="session")
+def spoken_corpus(tmp_path_factory):
+    """Real synthesised recordings (22.05 kHz wav) and a JSONL manifest naming them."""
+    from data_pipelines.synth.espeak import Synthesizer, Voice
+    from omniflatten_jax.speech.audio import save_audio
+
+    root = tmp_path_factory.mktemp("corpus")
+    synth = Synthesizer()
+    rows = []
+    for i, text in enumerate(SENTENCES):
+        voice = Voice(("en-us", "en+m3", "en+f3")[i % 3], rate=150 + 5 * (i % 5))
+        utt = synth.speak(text, voice)
+        path = root / f"utt{i:02d}.wav"
+        save_audio(path, utt.audio, utt.sample_rate)
+        rows.append({"id": f"utt{i:02d}", "audio": path.name, "text": text,
+                     "split": "test" if i % 4 == 3 else "train"})
+    manifest = root / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root, manifest, rows

@@ -9,6 +9,7 @@ and counted in the build report, or stops the build, by `DataConfig.on_bad_input
 from __future__ import annotations
 
 import collections
+import itertools
 import dataclasses
 import json
 import logging
@@ -54,6 +55,9 @@ class BuildContext:
     data: DataConfig
     speech: SpeechConfig
     seq_len: int
+    # Normalised transcripts of the train split: held-out utterances that repeat one of them
+    # are dropped, so that evaluation measures recognition, not recall of a training text.
+    train_texts: frozenset[str] = frozenset()
 
 
 def make_example(item: Item, ctx: BuildContext, keep_audio: bool) -> dict:
@@ -95,7 +99,7 @@ def make_example(item: Item, ctx: BuildContext, keep_audio: bool) -> dict:
 
 
 class OmniflattenSpeechText(tfds.core.GeneratorBasedBuilder):
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")  # bump when examples change: part of the cache key
 
     # One BuilderConfig per cache key (see `build`): a new corpus, tokenizer or layout is a new
     # config, so a changed setting can never reuse stale tokens.
@@ -114,13 +118,21 @@ class OmniflattenSpeechText(tfds.core.GeneratorBasedBuilder):
             "audio": tensor(np.int16)}))
 
     def _split_generators(self, dl_manager):
-        return {split: self._generate_examples(split, items)
-                for split, items in self._items.items() if items}
+        splits = {}
+        for split, items in self._items.items():
+            examples = self._generate_examples(split, items)
+            first = next(examples, None)  # TFDS cannot write an empty split: leave it out
+            if first is not None:
+                splits[split] = itertools.chain([first], examples)
+        return splits
 
     def _generate_examples(self, split, items):
         ctx, report = self._context, self._report
         start = time.perf_counter()
         for n, item in enumerate(items, 1):
+            if split != "train" and normalize_transcript(item.text) in ctx.train_texts:
+                report.skipped[(split, "text_seen_in_train")] += 1
+                continue
             try:
                 example = make_example(item, ctx, keep_audio=split == "test")
             except BadInputError as e:
@@ -165,4 +177,8 @@ def data_source(data_dir: str, config_name: str, split: str, layout: TokenLayout
     """The random-access source of one split, after checking its token layout."""
     folder = os.path.join(data_dir, NAME, config_name)
     layout.check_matches(TokenLayout.load(folder), ours="this run", theirs=f"dataset {folder}")
-    return tfds.data_source(f"{NAME}/{config_name}", data_dir=data_dir, split=split)
+    builder = tfds.builder(f"{NAME}/{config_name}", data_dir=data_dir)
+    if split not in builder.info.splits:
+        raise ValueError(f"dataset {folder} has no {split!r} examples (see its "
+                         "build_report.json for what was skipped)")
+    return builder.as_data_source(split=split)

@@ -15,7 +15,7 @@ def config() -> ExperimentConfig:
         model=tiny.model,
         layout=tiny.layout,
         data=DataConfig(source="embedded", max_text_chars=100, num_workers=1),
-        train=TrainConfig(steps=700, batch_size=8, seq_len=256, log_every=25,
+        train=TrainConfig(steps=850, batch_size=8, seq_len=256, log_every=25,
                           checkpoint_every=100, keep_checkpoints=2),
         optimizer=OptimizerConfig(peak_lr=2e-3, warmup_steps=50, end_lr_ratio=0.05),
         eval=EvalConfig(max_examples=100, tts_max_examples=32, batch_size=16),

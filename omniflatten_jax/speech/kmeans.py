@@ -83,7 +83,8 @@ class KMeansMelTokenizer:
         return dist.argmin(axis=1).astype(np.int32)
 
     def decode(self, codes: np.ndarray, n_iter: int = 32) -> np.ndarray:
-        """Codes -> audio at `sample_rate` (Griffin-Lim on the centroids' mel spectra)."""
+        """Codes -> exactly ``len(codes) * hop`` samples at `sample_rate` (Griffin-Lim on the
+        centroids' mel spectra), so that decoded speech stays time-aligned with its codes."""
         import librosa
 
         codes = np.asarray(codes)
@@ -93,6 +94,8 @@ class KMeansMelTokenizer:
         wave = librosa.feature.inverse.mel_to_audio(
             np.maximum(mel, 0.0), sr=self.cfg.sample_rate, n_fft=self.cfg.n_fft,
             hop_length=self.cfg.hop, n_iter=n_iter, center=True)
+        n = len(codes) * self.cfg.hop
+        wave = np.pad(wave[:n], (0, max(0, n - len(wave))))
         peak = np.abs(wave).max()
         return (wave / peak * 0.9 if peak > 0 else wave).astype(np.float32)
 

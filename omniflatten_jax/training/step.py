@@ -43,5 +43,5 @@ def train_step(model: Transformer, tx: optax.GradientTransformation, params: Par
     (_, metrics), grads = grad_fn(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     return params, opt_state, metrics

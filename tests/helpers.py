@@ -1,0 +1,22 @@
+"""Small configurations shared by the data and training tests."""
+
+import dataclasses
+
+from omniflatten_jax.config import (DataConfig, EvalConfig, ExperimentConfig, MeshConfig,
+                                    ModelConfig, OptimizerConfig, SpeechConfig, TrainConfig)
+from omniflatten_jax.vocab import TokenLayout
+
+SMALL_MODEL = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                          num_kv_heads=2, head_dim=16, rope_theta=10_000.0)
+
+
+def small_config(source: str, **train) -> ExperimentConfig:
+    return ExperimentConfig(
+        name="test", model=SMALL_MODEL, layout=TokenLayout("bytes", 256, 32),
+        speech=SpeechConfig(fit_max_utterances=64),
+        data=DataConfig(source=source, num_workers=0, num_packing_bins=4),
+        train=dataclasses.replace(TrainConfig(steps=4, batch_size=4, seq_len=128, log_every=1,
+                                              checkpoint_every=2), **train),
+        optimizer=OptimizerConfig(peak_lr=3e-3, warmup_steps=2),
+        mesh=MeshConfig(data=1, fsdp=1, tensor=1),
+        eval=EvalConfig(max_examples=4, tts_max_examples=2, batch_size=4))

@@ -1,0 +1,151 @@
+"""The alignment stage end to end: CLI, resume after a kill, the shrunken 0.5B config, and
+memorisation (the pipeline's end-to-end correctness check)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from data_pipelines.builders.speech_text import data_source
+from data_pipelines.pipelines import alignment_pipeline
+from data_pipelines.prepare import prepare_speech_text
+from experiments.configs import get_config
+from omniflatten_jax import checkpoint
+from omniflatten_jax.config import override
+from omniflatten_jax.evaluation.alignment import transcribe
+from omniflatten_jax.evaluation.text_metrics import cer
+from omniflatten_jax.model import transformer
+from omniflatten_jax.training.metrics import read_metrics
+from omniflatten_jax.training.runner import train_stage
+from tests.helpers import small_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(workdir, manifest, *extra, steps=6):
+    args = [sys.executable, os.path.join(ROOT, "experiments", "run.py"), "--stage=alignment",
+            f"--workdir={workdir}", f"--data=manifest:{manifest}", f"--steps={steps}",
+            "--set=train.batch_size=4", "--set=train.seq_len=128", "--set=train.log_every=1",
+            "--set=train.checkpoint_every=3", "--set=data.num_workers=0",
+            "--set=eval.max_examples=4", "--set=eval.tts_max_examples=2",
+            "--set=speech.fit_max_utterances=64", *extra]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=ROOT)
+
+
+def finish(proc):
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def losses(stage_dir):
+    by_step = {}
+    for row in read_metrics(stage_dir):
+        by_step[row["step"]] = row["loss"]  # a resumed run rewrites steps after its checkpoint
+    return by_step
+
+
+def test_cli_runs_the_stage_then_reports_it_complete(spoken_corpus, tmp_path):
+    _, manifest, _ = spoken_corpus
+    out = finish(run_cli(tmp_path, manifest))
+    stage = tmp_path / "alignment"
+    assert "alignment step 6/6" in out and "ASR CER" in out
+    result = json.loads((stage / "eval.json").read_text())
+    assert set(result["asr"]) == {"n", "cer", "wer"} and result["step"] == 6
+    assert result["baselines"]["asr_empty"]["cer"] == 1.0
+    assert sorted(losses(stage)) == [1, 2, 3, 4, 5, 6]
+    assert any(f.startswith("events") for f in os.listdir(stage / "tensorboard"))
+    row = read_metrics(stage)[-1]
+    assert {"loss/asr_text", "loss/tts_speech", "tokens_per_s", "lr"} <= set(row)
+    again = finish(run_cli(tmp_path, manifest))
+    assert "alignment is complete" in again and "step 1/6" not in again
+    # The trained checkpoint exports to a folder that transformers loads.
+    transformers = pytest.importorskip("transformers")
+    subprocess.run([sys.executable, "-m", "omniflatten_jax.export.to_hf", "--checkpoint",
+                    str(stage / "checkpoints"), "--out", str(tmp_path / "hf")], check=True,
+                   capture_output=True)
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf",
+                                                                    output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
+def test_killed_run_resumes_to_the_same_losses(spoken_corpus, tmp_path):
+    _, manifest, _ = spoken_corpus
+    finish(run_cli(tmp_path / "straight", manifest, steps=8))
+    expected = losses(tmp_path / "straight" / "alignment")
+
+    proc = run_cli(tmp_path / "killed", manifest, steps=8)
+    ckpt = tmp_path / "killed" / "alignment" / "checkpoints" / "3"
+    deadline = time.time() + 300
+    while not (ckpt / "params").is_dir() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    out = finish(run_cli(tmp_path / "killed", manifest, steps=8))
+    assert "resuming from step" in out
+    resumed = losses(tmp_path / "killed" / "alignment")
+    assert sorted(resumed) == sorted(expected)
+    np.testing.assert_allclose([resumed[s] for s in sorted(expected)],
+                               [expected[s] for s in sorted(expected)], rtol=1e-5)
+
+
+def test_shrunken_qwen2_0_5b_config_trains_on_8_devices(spoken_corpus, tmp_path):
+    _, manifest, _ = spoken_corpus
+    cfg = override(get_config("qwen2_0_5b_shrunk"), f"data.source=manifest:{manifest}")
+    cfg = override(override(cfg, "data.num_workers=0"), "speech.fit_max_utterances=64")
+    assert jax.device_count() == 8 and cfg.model.dtype == "bfloat16" and cfg.model.remat
+    prepared = prepare_speech_text(cfg, str(tmp_path))
+    source = data_source(prepared.data_dir, prepared.config_name, "train", cfg.layout)
+
+    def make_data(index, count):
+        return alignment_pipeline(source, layout=cfg.layout, seq_len=cfg.train.seq_len,
+                                  batch_size=cfg.train.batch_size // count, asr_fraction=0.5,
+                                  seed=0, num_packing_bins=4)
+
+    result = train_stage(cfg, "alignment", str(tmp_path / "alignment"), make_data)
+    assert result.trained_steps == 2
+    rows = read_metrics(str(tmp_path / "alignment"))
+    assert all(np.isfinite(r["loss"]) for r in rows)
+    embed = result.params["embed"]
+    assert len(embed.sharding.device_set) == 8 and embed.sharding.spec[1] == "fsdp"
+
+
+def test_memorises_32_utterances(tmp_path):
+    """On 32 training utterances the tiny model reaches ASR CER <= 0.1 on those utterances: a
+    wrong loss mask, layout or packing cannot pass this."""
+    cfg = get_config("embedded")
+    for assignment in ("data.max_utterances=48", "data.validation_fraction=0",
+                       "data.test_fraction=0", "data.num_workers=0", "train.steps=300",
+                       "train.checkpoint_every=300", "train.log_every=50", "data.asr_fraction=0.8",
+                       "optimizer.warmup_steps=20", "eval.max_examples=32"):
+        cfg = override(cfg, assignment)
+    prepared = prepare_speech_text(cfg, str(tmp_path))
+    source = data_source(prepared.data_dir, prepared.config_name, "train", cfg.layout)
+    records = [source[i] for i in range(min(len(source), 32))]
+    assert len(records) == 32
+
+    def make_data(index, count):
+        return alignment_pipeline(records, layout=cfg.layout,
+                                  seq_len=cfg.train.seq_len, batch_size=cfg.train.batch_size,
+                                  asr_fraction=cfg.data.asr_fraction, seed=0,
+                                  num_packing_bins=cfg.data.num_packing_bins)
+
+    start = time.perf_counter()
+    result = train_stage(cfg, "alignment", str(tmp_path / "alignment"), make_data)
+    model = transformer(cfg.model, cfg.layout.vocab_size)
+    hyps = transcribe(model, jax.device_get(result.params), cfg.layout,
+                      [r["speech_ids"] for r in records], max_new=110, batch_size=16)
+    score = cer([r["text"].decode() for r in records], hyps)
+    print(f"memorisation: {cfg.train.steps} steps in {time.perf_counter() - start:.0f} s, "
+          f"CER {score:.3f} on the 32 training utterances")
+    assert score <= 0.1, list(zip([r["text"] for r in records[:4]], hyps[:4]))
+    assert checkpoint.resolve(tmp_path / "alignment" / "checkpoints")[1] == 300
