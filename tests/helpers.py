@@ -2,8 +2,16 @@
 
 import dataclasses
 
-from omniflatten_jax.config import (DataConfig, EvalConfig, ExperimentConfig, MeshConfig,
-                                    ModelConfig, OptimizerConfig, SpeechConfig, TrainConfig)
+from omniflatten_jax.config import (
+    DataConfig,
+    EvalConfig,
+    ExperimentConfig,
+    MeshConfig,
+    ModelConfig,
+    OptimizerConfig,
+    SpeechConfig,
+    TrainConfig,
+)
 from omniflatten_jax.vocab import TokenLayout
 
 SMALL_MODEL = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,

@@ -23,7 +23,6 @@ from omniflatten_jax.evaluation.text_metrics import cer
 from omniflatten_jax.model import transformer
 from omniflatten_jax.training.metrics import read_metrics
 from omniflatten_jax.training.runner import train_stage
-from tests.helpers import small_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

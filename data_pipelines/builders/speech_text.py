@@ -9,8 +9,8 @@ and counted in the build report, or stops the build, by `DataConfig.on_bad_input
 from __future__ import annotations
 
 import collections
-import itertools
 import dataclasses
+import itertools
 import json
 import logging
 import os

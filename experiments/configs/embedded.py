@@ -4,8 +4,14 @@ Sized so that `python experiments/run.py --stage=alignment` finishes on a 2-core
 ten minutes, data synthesis included.
 """
 
-from omniflatten_jax.config import (DataConfig, EvalConfig, ExperimentConfig, OptimizerConfig,
-                                    TrainConfig, preset)
+from omniflatten_jax.config import (
+    DataConfig,
+    EvalConfig,
+    ExperimentConfig,
+    OptimizerConfig,
+    TrainConfig,
+    preset,
+)
 
 
 def config() -> ExperimentConfig:

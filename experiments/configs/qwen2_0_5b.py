@@ -7,8 +7,15 @@ from real weights with ``--init_from`` (a checkpoint written by `export.from_hf`
 
 import dataclasses
 
-from omniflatten_jax.config import (DataConfig, EvalConfig, ExperimentConfig, MeshConfig,
-                                    OptimizerConfig, TrainConfig, preset)
+from omniflatten_jax.config import (
+    DataConfig,
+    EvalConfig,
+    ExperimentConfig,
+    MeshConfig,
+    OptimizerConfig,
+    TrainConfig,
+    preset,
+)
 from omniflatten_jax.vocab import TokenLayout
 
 

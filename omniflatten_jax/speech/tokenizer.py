@@ -57,5 +57,6 @@ def load_speech_tokenizer(path: str | os.PathLike) -> SpeechTokenizer:
         raise FileNotFoundError(f"speech tokenizer {path} does not exist")
     kind = read_kind(path)
     if kind not in LOADERS:
-        raise ValueError(f"{path}: unknown speech tokenizer kind {kind!r}; known: {sorted(LOADERS)}")
+        raise ValueError(
+            f"{path}: unknown speech tokenizer kind {kind!r}; known: {sorted(LOADERS)}")
     return LOADERS[kind](path)

@@ -63,7 +63,6 @@ def train_stage(cfg: ExperimentConfig, stage: str, stage_dir: str, make_data: Da
     lr = learning_rate(dataclasses.replace(cfg.optimizer, total_steps=train.steps))
     ckpt = checkpoint.TrainCheckpointer(os.path.join(stage_dir, "checkpoints"),
                                         train.keep_checkpoints)
-    local_batch = train.batch_size // jax.process_count()
     shape = (train.batch_size, train.seq_len)
 
     with sharding.activate(mesh, rules):
@@ -116,18 +115,26 @@ def train_stage(cfg: ExperimentConfig, stage: str, stage_dir: str, make_data: Da
                           in_shardings=(p_shard, o_shard, b_shard),
                           out_shardings=(p_shard, o_shard, None), donate_argnums=(0, 1))
         writer = MetricsWriter(stage_dir)
-        t0, tokens_seen, window_start = time.perf_counter(), 0, start
+        # Rates and ETA are measured from the end of the first step (which includes compiling).
+        tokens_seen, first_done = 0, None
         try:
             for step in range(start + 1, train.steps + 1):
                 local = next(data_iter)
-                tokens_seen += int(np.sum(local["segment_ids"] > 0)) * jax.process_count()
+                if first_done is not None:
+                    tokens_seen += int(np.sum(local["segment_ids"] > 0)) * jax.process_count()
                 params, opt_state, metrics = step_fn(params, opt_state,
                                                      _global_batch(local, b_shard))
                 if step % train.log_every == 0 or step == train.steps or step == start + 1:
-                    _log_step(stage, step, train.steps, jax.device_get(metrics), lr(step - 1),
-                              tokens_seen / (time.perf_counter() - t0),
-                              (time.perf_counter() - t0) / (step - window_start), loss_names,
-                              writer)
+                    metrics = jax.device_get(metrics)
+                    now = time.perf_counter()
+                    if first_done is None:
+                        first_done, rate, per_step = (now, step), None, None
+                    else:
+                        elapsed = now - first_done[0]
+                        rate = tokens_seen / elapsed
+                        per_step = elapsed / (step - first_done[1])
+                    _log_step(stage, step, train.steps, metrics, lr(step - 1), rate, per_step,
+                              loss_names, writer)
                 if step % train.checkpoint_every == 0 or step == train.steps:
                     ckpt.save(step, params, opt_state, data_iter, meta)
                 if evaluate and train.eval_every and step % train.eval_every == 0 \
@@ -147,12 +154,15 @@ def train_stage(cfg: ExperimentConfig, stage: str, stage_dir: str, make_data: Da
 def _log_step(stage, step, total, metrics, lr_value, tokens_per_s, seconds_per_step,
               loss_names, writer) -> None:
     values = {"loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"]),
-              "lr": float(lr_value), "tokens_per_s": tokens_per_s}
+              "lr": float(lr_value)}
+    if tokens_per_s is not None:
+        values["tokens_per_s"] = tokens_per_s
     for key, (total_loss, count) in metrics["per_stream"].items():
         if count > 0 and key in loss_names:
             values[f"loss/{loss_names[key]}"] = float(total_loss / count)
     writer.write(step, values)
     streams = "  ".join(f"{k[5:]} {v:.3f}" for k, v in values.items() if k.startswith("loss/"))
-    log.info("%s step %d/%d  loss %.3f  %s  grad %.2f  lr %.2e  %.0f tok/s  ETA %s", stage, step,
-             total, values["loss"], streams, values["grad_norm"], values["lr"], tokens_per_s,
-             format_duration(seconds_per_step * (total - step)))
+    speed = ("compiled" if tokens_per_s is None else
+             f"{tokens_per_s:.0f} tok/s  ETA {format_duration(seconds_per_step * (total - step))}")
+    log.info("%s step %d/%d  loss %.3f  %s  grad %.2f  lr %.2e  %s", stage, step, total,
+             values["loss"], streams, values["grad_norm"], values["lr"], speed)
