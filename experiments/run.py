@@ -27,6 +27,8 @@ flags.DEFINE_string("data", None, "embedded | librispeech:DIR | manifest:FILE.js
 flags.DEFINE_integer("steps", None, "training steps (overrides the configuration)")
 flags.DEFINE_string("init_from", None, "a checkpoint to start from (e.g. from export.from_hf)")
 flags.DEFINE_multi_string("set", [], "configuration overrides, e.g. --set=train.batch_size=16")
+flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first (every host of "
+                  "a TPU pod or SLURM job runs the same command; addresses are auto-detected)")
 FLAGS = flags.FLAGS
 
 
@@ -57,6 +59,10 @@ def main(argv):
     if FLAGS.stage in PLANNED:
         raise app.UsageError(f"stage {FLAGS.stage!r} is not built yet (the dialogue curriculum "
                              "is the next issue); run --stage=alignment")
+    if FLAGS.distributed:
+        import jax
+
+        jax.distributed.initialize()
     start = time.perf_counter()
     if FLAGS.stage == "smoke":
         from experiments import smoke

@@ -51,6 +51,13 @@ class ModelConfig:
     # Recompute each decoder layer in the backward pass (saves activation memory).
     remat: bool = False
 
+    ARCHITECTURE = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                    "head_dim", "rope_theta", "rms_norm_eps", "tie_embeddings")
+
+    def architecture(self) -> dict[str, Any]:
+        """The fields that weights depend on (not dtypes, remat or the attention backend)."""
+        return {name: getattr(self, name) for name in self.ARCHITECTURE}
+
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
             raise ValueError(

@@ -26,5 +26,5 @@ def small_config(source: str, **train) -> ExperimentConfig:
         train=dataclasses.replace(TrainConfig(steps=4, batch_size=4, seq_len=128, log_every=1,
                                               checkpoint_every=2), **train),
         optimizer=OptimizerConfig(peak_lr=3e-3, warmup_steps=2),
-        mesh=MeshConfig(data=1, fsdp=1, tensor=1),
+        mesh=MeshConfig(),  # all devices on the fsdp axis
         eval=EvalConfig(max_examples=4, tts_max_examples=2, batch_size=4))

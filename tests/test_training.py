@@ -148,3 +148,45 @@ def test_memorises_32_utterances(tmp_path):
           f"CER {score:.3f} on the 32 training utterances")
     assert score <= 0.1, list(zip([r["text"] for r in records[:4]], hyps[:4]))
     assert checkpoint.resolve(tmp_path / "alignment" / "checkpoints")[1] == 300
+
+
+def test_init_from_a_hugging_face_import(spoken_corpus, tmp_path):
+    """`--init_from` a checkpoint written by export.from_hf: params only, lineage kept."""
+    transformers = pytest.importorskip("transformers")
+    import dataclasses
+
+    from omniflatten_jax.export.from_hf import import_hf
+    from tests.helpers import small_config
+
+    _, manifest, _ = spoken_corpus
+    cfg = small_config(f"manifest:{manifest}", steps=2)
+    m = cfg.model
+    hf = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+        vocab_size=256, hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
+        num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads,
+        num_key_value_heads=m.num_kv_heads, rope_theta=m.rope_theta, rms_norm_eps=m.rms_norm_eps,
+        tie_word_embeddings=True))
+    hf.save_pretrained(tmp_path / "hf")
+    import_hf(str(tmp_path / "hf"), str(tmp_path / "imported"), num_speech_codes=32,
+              text_tokenizer="bytes")
+    imported, _, _ = checkpoint.load_params(tmp_path / "imported")
+    prepared = prepare_speech_text(cfg, str(tmp_path))
+    source = data_source(prepared.data_dir, prepared.config_name, "train", cfg.layout)
+
+    def make_data(index, count):
+        return alignment_pipeline(source, layout=cfg.layout, seq_len=cfg.train.seq_len,
+                                  batch_size=cfg.train.batch_size, asr_fraction=0.5, seed=0,
+                                  num_packing_bins=4)
+
+    # A run with another architecture refuses the checkpoint, naming the difference.
+    wide = dataclasses.replace(cfg, model=dataclasses.replace(m, intermediate_size=256))
+    with pytest.raises(ValueError, match="intermediate_size"):
+        train_stage(wide, "alignment", str(tmp_path / "wide"), make_data,
+                    init_from=str(tmp_path / "imported"))
+    result = train_stage(cfg, "alignment", str(tmp_path / "alignment"), make_data,
+                         init_from=str(tmp_path / "imported"))
+    kinds = [record["kind"] for record in result.meta.lineage]
+    assert kinds == ["hf_import", "init_from", "train"]
+    # Two small steps moved the imported weights, but only a little: training started there.
+    start, end = np.asarray(imported["embed"]), np.asarray(jax.device_get(result.params["embed"]))
+    assert 0 < np.abs(end - start).max() < 0.05

@@ -95,9 +95,11 @@ def train_stage(cfg: ExperimentConfig, stage: str, stage_dir: str, make_data: Da
             if init_from:
                 params, source_meta, where = checkpoint.load_params(init_from, p_shard,
                                                                     cfg.layout)
-                if source_meta.model != cfg.model:
-                    raise ValueError(f"{where} holds a model {source_meta.model}, but this run "
-                                     f"configures {cfg.model}")
+                theirs, ours = source_meta.model.architecture(), cfg.model.architecture()
+                if theirs != ours:
+                    diff = {k: (theirs[k], ours[k]) for k in ours if theirs[k] != ours[k]}
+                    raise ValueError(f"{where} holds another architecture than this run's "
+                                     f"model (checkpoint, run): {diff}")
                 lineage = source_meta.lineage + ({"kind": "init_from", "path": where},)
                 log.info("%s: initialised from %s (params only, fresh optimiser)", stage, where)
             else:
