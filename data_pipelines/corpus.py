@@ -26,7 +26,7 @@ from data_pipelines.synth import voices
 from data_pipelines.synth.chatterbot import load_conversations
 from data_pipelines.synth.espeak import Synthesizer, Voice
 from omniflatten_jax.config import DataConfig
-from omniflatten_jax.speech.audio import AudioError, check_wave, load_audio, resample
+from omniflatten_jax.speech.audio import check_wave, load_audio, resample
 
 SPLITS = ("train", "validation", "test")
 
@@ -150,5 +150,3 @@ def speech_text_items(cfg: DataConfig, seed: int = 0) -> dict[str, list[Item]]:
         items = {s: v[:max(1, int(round(len(v) * keep)))] if v else v for s, v in items.items()}
     return items
 
-
-__all__ = ["AudioError", "Item", "SPLITS", "speech_text_items", "split_of"]

@@ -20,6 +20,16 @@ from omniflatten_jax.training.runner import train_stage
 log = logging.getLogger(__name__)
 
 LOSS_NAMES = {"user_text": "asr_text", "assistant_speech": "tts_speech", "control": "markers"}
+BASELINE_RECORDS = 20_000  # training records read for the trivial baselines
+
+
+def _to_host(params):
+    """Full parameter arrays on this host (gathered from every host on a pod)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(params, tiled=True)
+    return jax.device_get(params)
 
 
 def _decode(record: dict) -> dict:
@@ -45,13 +55,14 @@ def run(cfg: ExperimentConfig, workdir: str, init_from: str | None = None) -> di
     model = transformer(cfg.model, cfg.layout.vocab_size)
     test = [_decode(test_source[i]) for i in range(min(len(test_source),
                                                        cfg.eval.max_examples))]
-    train_records = [_decode(train_source[i]) for i in range(len(train_source))]
+    train_records = [_decode(train_source[i])
+                     for i in range(min(len(train_source), BASELINE_RECORDS))]
     train_texts = [r["text"] for r in train_records]
     train_codes = cfg.layout.speech_codes(np.concatenate([r["tts_speech_ids"]
                                                           for r in train_records]))
 
     def evaluate(params, step):
-        params = jax.device_get(params)
+        params = _to_host(params)
         result = evaluate_alignment(model, params, cfg.layout, test, train_texts, train_codes,
                                     max_examples=cfg.eval.max_examples,
                                     tts_max_examples=cfg.eval.tts_max_examples,
@@ -69,7 +80,7 @@ def run(cfg: ExperimentConfig, workdir: str, init_from: str | None = None) -> di
         log.info("alignment eval (step %d, from %s):\n%s", saved["step"], eval_path,
                  format_table(saved))
         return saved
-    params = jax.device_get(result.params)
+    params = _to_host(result.params)
     evaluation = evaluate_alignment(model, params, cfg.layout, test, train_texts, train_codes,
                                     max_examples=cfg.eval.max_examples,
                                     tts_max_examples=cfg.eval.tts_max_examples,
