@@ -14,6 +14,7 @@ import dataclasses
 import grain
 import numpy as np
 
+from omniflatten_jax.config import FlattenConfig
 from omniflatten_jax.flatten import Stream, asr_sequence, tts_sequence
 from omniflatten_jax.vocab import TokenLayout
 
@@ -57,15 +58,13 @@ class RenamePacked(grain.transforms.Map):
                 "streams": packed["streams"]}
 
 
-def packed_batches(examples: grain.MapDataset, *, layout: TokenLayout, seq_len: int,
+def packed_batches(examples: grain.IterDataset, *, layout: TokenLayout, seq_len: int,
                    batch_size: int, num_packing_bins: int, num_workers: int, seed: int
                    ) -> grain.IterDataset:
     """Laid-out examples -> packed, batched rows (the part shared by every stage)."""
-    ds = examples.map(CheckLength(seq_len)).to_iter_dataset(
-        grain.ReadOptions(num_threads=2, prefetch_buffer_size=64))
     ds = grain.experimental.FirstFitPackIterDataset(
-        ds, length_struct={k: seq_len for k in FIELDS}, num_packing_bins=num_packing_bins,
-        seed=seed, shuffle_bins=True,
+        examples.map(CheckLength(seq_len)), length_struct={k: seq_len for k in FIELDS},
+        num_packing_bins=num_packing_bins, seed=seed, shuffle_bins=True,
         padding_struct={"tokens": layout.special("<pad>"), "streams": int(Stream.PAD),
                         "loss_mask": False})
     ds = ds.map(RenamePacked()).batch(batch_size, drop_remainder=True)
@@ -84,5 +83,24 @@ def alignment_pipeline(source, *, layout: TokenLayout, seq_len: int, batch_size:
         raise ValueError("no training examples for this host: the dataset's train split is "
                          f"empty or smaller than the {process_count} hosts")
     ds = ds.seed(seed).shuffle().repeat(None).random_map(AlignmentExample(layout, asr_fraction))
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=64))
+    return packed_batches(ds, layout=layout, seq_len=seq_len, batch_size=batch_size,
+                          num_packing_bins=num_packing_bins, num_workers=num_workers, seed=seed)
+
+
+def dialogue_pipeline(source, *, stage: str, layout: TokenLayout, flatten: FlattenConfig,
+                      seq_len: int, batch_size: int, seed: int, num_packing_bins: int = 8,
+                      num_workers: int = 0, process_index: int = 0, process_count: int = 1
+                      ) -> grain.IterDataset:
+    """Endless packed rows of a dialogue stage's examples (dialogue_examples.py)."""
+    from data_pipelines.dialogue_examples import StageExamples
+
+    ds = grain.MapDataset.source(source)[process_index::process_count]
+    if len(ds) == 0:
+        raise ValueError("no training dialogues for this host")
+    ds = ds.seed(seed).shuffle().repeat(None).to_iter_dataset(
+        grain.ReadOptions(num_threads=2, prefetch_buffer_size=16))
+    ds = grain.experimental.FlatMapIterDataset(
+        ds, StageExamples(layout, flatten, stage, seq_len))
     return packed_batches(ds, layout=layout, seq_len=seq_len, batch_size=batch_size,
                           num_packing_bins=num_packing_bins, num_workers=num_workers, seed=seed)

@@ -29,7 +29,7 @@ class PreparedData:
     data_dir: str  # the TFDS data_dir
     config_name: str  # the dataset's builder config (its cache key)
     tokenizer_path: str
-    report: speech_text.BuildReport
+    report: speech_text.BuildReport | dict
 
 
 def _key(*parts) -> str:
@@ -96,4 +96,41 @@ def prepare_speech_text(cfg: ExperimentConfig, workdir: str) -> PreparedData:
         log.info("built speech-text dataset %s in %.0f s: kept %s, skipped %d %s",
                         config_name, time.perf_counter() - start, dict(report.kept), skipped,
                         dict(report.to_json()["skipped"]) if skipped else "")
+    return PreparedData(data_dir, config_name, tokenizer_path, report)
+
+
+def prepare_dialogues(cfg: ExperimentConfig, workdir: str) -> PreparedData:
+    """Simulates, tokenizes and writes the dialogue dataset once (same speech tokenizer as
+    the alignment stage, so that speech ids mean the same sounds across stages)."""
+    from data_pipelines.builders import dialogues as dialogue_builder
+    from data_pipelines.dialogue_examples import DIALOGUE_STAGES
+    from data_pipelines.synth.dialogues import text_dialogues
+
+    data_root = os.path.join(os.path.abspath(workdir), "data")
+    os.makedirs(data_root, exist_ok=True)
+    tokenizer_path = speech_tokenizer(cfg, data_root, speech_text_items(cfg.data, cfg.train.seed))
+    with open(tokenizer_path, "rb") as f:
+        tokenizer_hash = hashlib.sha256(f.read()).hexdigest()[:10]
+    splits: dict[str, list] = {"train": [], "validation": [], "test": []}
+    d = cfg.dialogue
+    for uid, turns in text_dialogues(d):
+        u = int(hashlib.md5(uid.encode()).hexdigest()[:8], 16) / 2**32
+        split = ("test" if u < d.test_fraction else "validation"
+                 if u < d.test_fraction + d.validation_fraction else "train")
+        splits[split].append((uid, turns))
+    stages = tuple(s for s in cfg.stages if s in DIALOGUE_STAGES)
+    key = _key(to_dict(d), cfg.layout.to_dict(), tokenizer_hash, to_dict(cfg.flatten),
+               cfg.dialogue_train.seq_len, stages, cfg.data.normalize_text, cfg.train.seed,
+               str(dialogue_builder.OmniflattenDialogues.VERSION))
+    config_name = f"{d.source.split(':')[0]}_{key}"
+    context = dialogue_builder.DialogueContext(
+        load_speech_tokenizer(tokenizer_path), cfg.layout, d, cfg.speech.sample_rate,
+        cfg.train.seed, cfg.flatten, cfg.dialogue_train.seq_len, stages, cfg.data.normalize_text)
+    data_dir = os.path.join(data_root, "tfds")
+    fresh = not os.path.isdir(os.path.join(data_dir, dialogue_builder.NAME, config_name))
+    start = time.perf_counter()
+    report = dialogue_builder.build(data_dir, config_name, splits, context)
+    if fresh:
+        log.info("built dialogue dataset %s in %.0f s: %s", config_name,
+                 time.perf_counter() - start, report)
     return PreparedData(data_dir, config_name, tokenizer_path, report)

@@ -1,9 +1,9 @@
 """The one entry point: ``python experiments/run.py --stage=STAGE [--config=NAME] ...``.
 
-Stages: ``alignment`` (ASR + TTS on speech-text pairs) and ``smoke`` (a one-minute check of
-the library core). The dialogue curriculum (half_duplex, duplex_4, duplex_3, duplex_2, all)
-is the next issue; asking for it now says so. Rerunning a command resumes from the stage's
-latest checkpoint, or reports the stage complete.
+Stages: ``alignment`` (ASR + TTS on speech-text pairs), then the dialogue curriculum
+``half_duplex``, ``duplex_4``, ``duplex_3``, ``duplex_2`` (each from the previous stage's final
+checkpoint), or ``all`` of them in order; ``smoke`` is a one-minute check of the library core.
+Rerunning a command resumes from the stage's latest checkpoint, or reports the stage complete.
 """
 
 from __future__ import annotations
@@ -18,14 +18,17 @@ from absl import logging as absl_logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-PLANNED = ("half_duplex", "duplex_4", "duplex_3", "duplex_2", "all")
+STAGES = ("alignment", "half_duplex", "duplex_4", "duplex_3", "duplex_2", "all", "smoke")
 
-flags.DEFINE_enum("stage", "alignment", ("alignment", "smoke") + PLANNED, "what to run")
+flags.DEFINE_enum("stage", "alignment", STAGES, "what to run")
 flags.DEFINE_string("config", "embedded", "a named configuration (experiments/configs)")
 flags.DEFINE_string("workdir", "./workdir", "where data, checkpoints and metrics go")
 flags.DEFINE_string("data", None, "embedded | librispeech:DIR | manifest:FILE.jsonl")
 flags.DEFINE_integer("steps", None, "training steps (overrides the configuration)")
-flags.DEFINE_string("init_from", None, "a checkpoint to start from (e.g. from export.from_hf)")
+flags.DEFINE_string("init_from", None, "a checkpoint to start from (e.g. from export.from_hf); "
+                    "a dialogue stage defaults to the previous stage's final checkpoint")
+flags.DEFINE_enum("curriculum", None, ("v1", "v2"), "v1: alignment, half_duplex, duplex_4, "
+                  "duplex_3, duplex_2; v2 (the paper's v2) skips duplex_4")
 flags.DEFINE_multi_string("set", [], "configuration overrides, e.g. --set=train.batch_size=16")
 flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first (every host of "
                   "a TPU pod or SLURM job runs the same command; addresses are auto-detected)")
@@ -45,8 +48,11 @@ def build_config():
     cfg = get_config(FLAGS.config)
     if FLAGS.data:
         cfg = override(cfg, f"data.source={FLAGS.data}")
+    if FLAGS.curriculum:
+        cfg = override(cfg, f"curriculum={FLAGS.curriculum}")
     if FLAGS.steps is not None:
-        cfg = override(cfg, f"train.steps={FLAGS.steps}")
+        section = "train" if FLAGS.stage == "alignment" else "dialogue_train"
+        cfg = override(cfg, f"{section}.steps={FLAGS.steps}")
     for assignment in FLAGS.set:
         cfg = override(cfg, assignment)
     return cfg
@@ -56,9 +62,6 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     setup_logging()
-    if FLAGS.stage in PLANNED:
-        raise app.UsageError(f"stage {FLAGS.stage!r} is not built yet (the dialogue curriculum "
-                             "is the next issue); run --stage=alignment")
     if FLAGS.distributed:
         import jax
 
@@ -69,10 +72,30 @@ def main(argv):
 
         smoke.run(FLAGS.workdir, FLAGS.steps or 60)
     else:
-        from experiments import alignment_stage
-
-        alignment_stage.run(build_config(), FLAGS.workdir, FLAGS.init_from)
+        run_stages(build_config())
     logging.getLogger(__name__).info("done in %.0f s", time.perf_counter() - start)
+
+
+def run_stages(cfg) -> None:
+    from experiments import alignment_stage, dialogue_stage
+
+    if FLAGS.stage == "all" and FLAGS.steps is not None:
+        raise app.UsageError("--steps is per stage; with --stage=all use "
+                             "--set=train.steps=N --set=dialogue_train.steps=M")
+    stages = cfg.stages if FLAGS.stage == "all" else (FLAGS.stage,)
+    log = logging.getLogger(__name__)
+    for stage in stages:
+        start = time.perf_counter()
+        # --init_from applies to the first stage run; later ones take their predecessor's.
+        init_from = FLAGS.init_from if stage == stages[0] else None
+        try:
+            if stage == "alignment":
+                alignment_stage.run(cfg, FLAGS.workdir, init_from)
+            else:
+                dialogue_stage.run(cfg, FLAGS.workdir, stage, init_from)
+        except dialogue_stage.MissingPredecessor as e:
+            raise app.UsageError(str(e)) from None
+        log.info("%s finished in %.0f s", stage, time.perf_counter() - start)
 
 
 if __name__ == "__main__":

@@ -221,6 +221,34 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SimulationConfig:
+    """Conversation timing (data_pipelines/synth/conversation.py): every range is uniform."""
+
+    lead_silence_s: tuple[float, float] = (0.2, 0.6)
+    reply_gap_s: tuple[float, float] = (0.1, 0.5)  # (a) the assistant replies after this gap
+    interrupt_probability: float = 0.3  # (b) the user cuts into an assistant turn
+    interrupt_at: tuple[float, float] = (0.3, 0.7)  # ... after this fraction of it
+    reaction_s: tuple[float, float] = (0.1, 0.3)  # ... and the assistant stops this soon
+    wait_s: tuple[float, float] = (0.4, 1.5)  # (c) silence before the user speaks again
+    tail_silence_s: float = 0.5
+    snr_db: tuple[float, float] = (15.0, 30.0)  # noise on the user channel
+
+
+@dataclasses.dataclass(frozen=True)
+class DialogueConfig:
+    """Spoken dialogues for the half_duplex and duplex stages."""
+
+    source: str = "embedded"  # "embedded" (chatterbot-corpus) or "jsonl:FILE"
+    language: str = "en"
+    max_dialogues: int = 0  # 0 = all
+    max_turns: int = 8  # longer dialogues keep their first turns
+    max_turn_chars: int = 100  # a dialogue is cut before its first longer turn
+    validation_fraction: float = 0.05
+    test_fraction: float = 0.05
+    simulation: SimulationConfig = SimulationConfig()
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     steps: int = 1000
     batch_size: int = 8  # global, over all hosts
@@ -253,6 +281,26 @@ class ExperimentConfig:
     optimizer: OptimizerConfig = OptimizerConfig()
     mesh: MeshConfig = MeshConfig()
     eval: EvalConfig = EvalConfig()
+    dialogue: DialogueConfig = DialogueConfig()
+    # The dialogue stages (half_duplex, duplex_*) train with these steps, batch and row length.
+    dialogue_train: TrainConfig = TrainConfig(steps=1000, seq_len=512)
+    # "v1": alignment -> half_duplex -> duplex_4 -> duplex_3 -> duplex_2; "v2" skips duplex_4.
+    curriculum: str = "v1"
+
+    def __post_init__(self):
+        if self.curriculum not in CURRICULA:
+            raise ValueError(f"curriculum must be one of {sorted(CURRICULA)}, "
+                             f"not {self.curriculum!r}")
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return CURRICULA[self.curriculum]
+
+
+CURRICULA = {
+    "v1": ("alignment", "half_duplex", "duplex_4", "duplex_3", "duplex_2"),
+    "v2": ("alignment", "half_duplex", "duplex_3", "duplex_2"),
+}
 
 
 def _parse(text: str, current: Any) -> Any:

@@ -154,6 +154,7 @@ class TokenLayout:
 class TextTokenizer(Protocol):
     def encode(self, text: str) -> list[int]: ...
     def decode(self, ids) -> str: ...
+    def token_bytes(self, token: int) -> bytes: ...  # the UTF-8 bytes one token stands for
 
 
 class ByteTokenizer:
@@ -164,6 +165,9 @@ class ByteTokenizer:
 
     def decode(self, ids) -> str:
         return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+
+    def token_bytes(self, token: int) -> bytes:
+        return bytes([int(token)])
 
 
 QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
@@ -192,6 +196,9 @@ class Qwen2Tokenizer:
 
     def decode(self, ids) -> str:
         return self._enc.decode([int(i) for i in ids if 0 <= int(i) < self._enc.n_vocab])
+
+    def token_bytes(self, token: int) -> bytes:
+        return self._enc.decode_single_token_bytes(int(token))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,6 +31,9 @@ def config() -> ExperimentConfig:
         optimizer=OptimizerConfig(peak_lr=2e-5, warmup_steps=1000, end_lr_ratio=0.1),
         mesh=MeshConfig(data=1, fsdp=-1, tensor=1),
         eval=EvalConfig(max_examples=500, tts_max_examples=100, batch_size=32),
+        # The dialogue stages: max length 8192 as in the paper's half-duplex stage.
+        dialogue_train=TrainConfig(steps=10_000, batch_size=16, seq_len=8192, log_every=50,
+                                   checkpoint_every=1000, keep_checkpoints=3),
     )
 
 
@@ -46,5 +49,7 @@ def shrunk() -> ExperimentConfig:
         cfg, name="qwen2_0_5b_shrunk", model=model,
         layout=TokenLayout("bytes", 256, 64),
         train=dataclasses.replace(cfg.train, steps=2, batch_size=8, seq_len=128, log_every=1,
-                                  checkpoint_every=1))
+                                  checkpoint_every=1),
+        dialogue_train=dataclasses.replace(cfg.dialogue_train, steps=2, batch_size=8,
+                                           seq_len=256, log_every=1, checkpoint_every=1))
 

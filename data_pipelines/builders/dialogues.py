@@ -1,0 +1,204 @@
+"""TFDS builder of simulated spoken dialogues: token streams, turn times and word times.
+
+Per dialogue: both channels as speech ids per frame (the assistant channel holds
+<silent_speech> where the assistant is silent), each turn's role, start/end frames, text ids
+and (user turns) the earliest frame of each text token from the synthesiser's word times, and
+the pattern at each turn change. The test split also keeps both channels' audio (int16), so
+that turn-taking can be evaluated and listened to.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from data_pipelines.dialogue_examples import ROLES, assistant_text_lag, stage_examples
+from data_pipelines.synth import voices
+from data_pipelines.synth.conversation import Conversation, SpokenTurn, simulate
+from omniflatten_jax.chunking import TextOverflowError
+from omniflatten_jax.config import DialogueConfig, FlattenConfig
+from omniflatten_jax.evaluation.text_metrics import normalize_transcript
+from omniflatten_jax.speech.tokenizer import SpeechTokenizer
+from omniflatten_jax.vocab import TokenLayout
+
+log = logging.getLogger(__name__)
+
+NAME = "omniflatten_dialogues"
+
+
+@dataclasses.dataclass(frozen=True)
+class DialogueContext:
+    tokenizer: SpeechTokenizer
+    layout: TokenLayout
+    cfg: DialogueConfig
+    sample_rate: int
+    seed: int
+    flatten: FlattenConfig
+    seq_len: int
+    stages: tuple[str, ...]
+    normalize_text: bool = True
+
+
+def problem(example: dict, ctx: DialogueContext) -> str | None:
+    """Why a simulated dialogue cannot train every configured stage, or None."""
+    try:
+        for stage in ctx.stages:
+            stage_examples(example, ctx.layout, ctx.flatten, stage, ctx.seq_len)
+    except TextOverflowError:
+        return "text_overflow"
+    except ValueError:
+        return "turn_longer_than_context"
+    if assistant_text_lag(example, ctx.layout, ctx.flatten) > 0:
+        return "assistant_text_after_its_speech"
+    return None
+
+
+def token_frames(text: str, ids: list[int], turn: SpokenTurn, layout: TokenLayout,
+                 frame_rate: float) -> np.ndarray:
+    """The frame at which each text token's word starts (tokens before any word: the first)."""
+    tok = layout.tokenizer()
+    # Character offset at which each token starts, from the decoded prefix lengths.
+    byte_starts = np.cumsum([0] + [len(tok.token_bytes(i)) for i in ids[:-1]])
+    char_of_byte = np.zeros(len(text.encode("utf-8")) + 1, np.int64)
+    pos = 0
+    for c, ch in enumerate(text):
+        n = len(ch.encode("utf-8"))
+        char_of_byte[pos:pos + n] = c
+        pos += n
+    char_of_byte[pos:] = len(text)
+    token_chars = char_of_byte[np.minimum(byte_starts, len(char_of_byte) - 1)]
+    word_starts = turn.word_chars[:, 0] if len(turn.word_chars) else np.zeros(1, int)
+    times = turn.word_starts_s if len(turn.word_starts_s) else np.array([turn.start_s])
+    word = np.clip(np.searchsorted(word_starts, token_chars, side="right") - 1, 0, len(times) - 1)
+    return np.floor(times[word] * frame_rate).astype(np.int32)
+
+
+def tokenize(conv: Conversation, ctx: DialogueContext) -> dict:
+    """A simulated conversation -> the arrays the dataset stores."""
+    layout, tok = ctx.layout, ctx.tokenizer
+    rate = tok.frame_rate
+    user = layout.speech_ids(tok.encode(conv.user_audio, conv.sample_rate))
+    assistant_codes = layout.speech_ids(tok.encode(conv.assistant_audio, conv.sample_rate))
+    n = len(user)
+    assistant = np.full(n, layout.special("<silent_speech>"), np.int32)
+    roles, starts, ends, lengths, text_ids, frames = [], [], [], [], [], []
+    text_tok = layout.tokenizer()
+    for turn in conv.turns:
+        start = min(int(np.floor(turn.start_s * rate)), n)
+        end = min(int(np.ceil(turn.end_s * rate)), n)
+        if turn.role == "assistant":
+            assistant[start:end] = assistant_codes[start:end]
+        ids = text_tok.encode(turn.text)
+        roles.append(ROLES.index(turn.role))
+        starts.append(start)
+        ends.append(end)
+        lengths.append(len(ids))
+        text_ids += ids
+        frames += (token_frames(turn.text, ids, turn, layout, rate).tolist()
+                   if turn.role == "user" else [-1] * len(ids))
+    return {"user_speech": user, "assistant_speech": assistant,
+            "turn_roles": np.asarray(roles, np.int32), "turn_starts": np.asarray(starts, np.int32),
+            "turn_ends": np.asarray(ends, np.int32),
+            "turn_text_lengths": np.asarray(lengths, np.int32),
+            "text_ids": np.asarray(text_ids, np.int32),
+            "token_frames": np.asarray(frames, np.int32),
+            "boundaries": ",".join(conv.boundaries), "snr_db": np.float32(conv.snr_db)}
+
+
+class OmniflattenDialogues(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")  # bump when examples change: part of the cache key
+
+    def __init__(self, *, dialogues=None, context: DialogueContext | None = None,
+                 report: collections.Counter | None = None, **kw):
+        self._dialogues, self._context, self._report = dialogues, context, report
+        super().__init__(**kw)
+
+    def _info(self):
+        def tensor(dtype):
+            return tfds.features.Tensor(shape=(None,), dtype=dtype,
+                                        encoding=tfds.features.Encoding.ZLIB)
+
+        ints = ("user_speech", "assistant_speech", "turn_roles", "turn_starts", "turn_ends",
+                "turn_text_lengths", "text_ids", "token_frames")
+        features = {k: tensor(np.int32) for k in ints}
+        features |= {"user_audio": tensor(np.int16), "assistant_audio": tensor(np.int16),
+                     "id": tfds.features.Text(), "boundaries": tfds.features.Text(),
+                     "snr_db": tfds.features.Scalar(np.float32)}
+        return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(features))
+
+    def _split_generators(self, dl_manager):
+        splits = {}
+        for split, dialogues in self._dialogues.items():
+            examples = self._generate_examples(split, dialogues)
+            first = next(examples, None)  # TFDS cannot write an empty split
+            if first is not None:
+                splits[split] = itertools.chain([first], examples)
+        return splits
+
+    def _generate_examples(self, split, dialogues):
+        ctx = self._context
+        start = time.perf_counter()
+        for n, (uid, turns) in enumerate(dialogues, 1):
+            rng = np.random.default_rng([ctx.seed, n, len(uid)])
+            if ctx.normalize_text:
+                turns = [(r, normalize_transcript(t)) for r, t in turns]
+            turns = [(r, t) for r, t in turns if t]
+            conv = simulate(turns, voices.user_voice(ctx.cfg.language, rng),
+                            voices.assistant_voice(ctx.cfg.language), ctx.cfg.simulation, rng,
+                            ctx.sample_rate)
+            example = tokenize(conv, ctx)
+            reason = problem(example, ctx)
+            if reason:
+                self._report[(split, f"skipped_{reason}")] += 1
+                continue
+            keep_audio = split == "test"
+            for channel in ("user", "assistant"):
+                audio = getattr(conv, f"{channel}_audio")
+                example[f"{channel}_audio"] = ((audio * 32767).astype(np.int16) if keep_audio
+                                               else np.zeros(0, np.int16))
+            example["id"] = uid
+            self._report[(split, "kept")] += 1
+            for pattern in conv.boundaries:
+                self._report[(split, pattern)] += 1
+            yield uid, example
+            if n % 500 == 0:
+                log.info("  %s: %d/%d dialogues (%.0f/s)", split, n, len(dialogues),
+                         n / (time.perf_counter() - start))
+
+
+def build(data_dir: str, config_name: str, dialogues, context: DialogueContext) -> dict:
+    """Writes the dataset once per `config_name`; returns its report (counts per split)."""
+    folder = os.path.join(data_dir, NAME, config_name)
+    report_path = os.path.join(folder, "build_report.json")
+    if os.path.isfile(report_path):
+        with open(report_path) as f:
+            return json.load(f)
+    report: collections.Counter = collections.Counter()
+    tfds.disable_progress_bar()
+    builder = OmniflattenDialogues(dialogues=dialogues, context=context, report=report,
+                                   data_dir=data_dir,
+                                   config=tfds.core.BuilderConfig(name=config_name),
+                                   file_format="array_record")
+    builder.download_and_prepare()
+    context.layout.save(folder)
+    summary = {f"{split}/{what}": count for (split, what), count in sorted(report.items())}
+    with open(report_path, "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def data_source(data_dir: str, config_name: str, split: str, layout: TokenLayout):
+    folder = os.path.join(data_dir, NAME, config_name)
+    layout.check_matches(TokenLayout.load(folder), ours="this run", theirs=f"dataset {folder}")
+    builder = tfds.builder(f"{NAME}/{config_name}", data_dir=data_dir)
+    if split not in builder.info.splits:
+        raise ValueError(f"dialogue dataset {folder} has no {split!r} dialogues")
+    return builder.as_data_source(split=split)

@@ -1,0 +1,72 @@
+"""Text dialogues: the embedded chatterbot conversations, or the user's JSONL.
+
+JSONL: one dialogue per line, ``{"turns": [{"role": "user"|"assistant", "text": ...}, ...]}``.
+Consecutive turns of one role are merged (the simulator alternates speakers). A dialogue is
+cut before its first turn longer than `max_turn_chars` and after `max_turns` turns; one left
+with no assistant turn is dropped (and counted by the caller).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from data_pipelines.synth.chatterbot import load_conversations
+from omniflatten_jax.config import DialogueConfig
+
+Dialogue = list[tuple[str, str]]  # (role, text)
+
+
+def _merge(turns: Dialogue) -> Dialogue:
+    merged: Dialogue = []
+    for role, text in turns:
+        if merged and merged[-1][0] == role:
+            merged[-1] = (role, merged[-1][1] + " " + text)
+        else:
+            merged.append((role, text))
+    return merged
+
+
+def _trim(turns: Dialogue, cfg: DialogueConfig) -> Dialogue:
+    kept: Dialogue = []
+    for role, text in turns[:cfg.max_turns]:
+        if len(text) > cfg.max_turn_chars:
+            break
+        kept.append((role, text))
+    return kept
+
+
+def read_jsonl(path: str) -> list[tuple[str, Dialogue]]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"dialogue file {path} does not exist")
+    dialogues = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                turns = [(t["role"], str(t["text"]).strip()) for t in json.loads(line)["turns"]]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{n}: expected {{\"turns\": [{{\"role\": ..., "
+                                 f"\"text\": ...}}]}} ({e})") from None
+            bad = sorted({r for r, _ in turns} - {"user", "assistant"})
+            if bad:
+                raise ValueError(f"{path}:{n}: roles must be user or assistant, not {bad}")
+            dialogues.append((f"line{n}", [(r, t) for r, t in turns if t]))
+    return dialogues
+
+
+def text_dialogues(cfg: DialogueConfig) -> list[tuple[str, Dialogue]]:
+    """(id, turns) of every usable dialogue of `cfg.source`, in a stable order."""
+    kind, _, arg = cfg.source.partition(":")
+    if kind == "embedded":
+        raw = [(f"chatterbot-{cfg.language}-{i:04d}",
+                [("user" if j % 2 == 0 else "assistant", t) for j, t in enumerate(conv)])
+               for i, conv in enumerate(load_conversations(cfg.language))]
+    elif kind == "jsonl" and arg:
+        raw = read_jsonl(arg)
+    else:
+        raise ValueError(f"unknown dialogue source {cfg.source!r}: use embedded or jsonl:FILE")
+    dialogues = [(uid, _trim(_merge(turns), cfg)) for uid, turns in raw]
+    dialogues = [(uid, t) for uid, t in dialogues if any(r == "assistant" for r, _ in t)]
+    return dialogues[:cfg.max_dialogues] if cfg.max_dialogues else dialogues
