@@ -2,8 +2,8 @@
 
 Per dialogue: both channels as speech ids per frame (the assistant channel holds
 <silent_speech> where the assistant is silent), each turn's role, start/end frames, text ids
-and (user turns) the earliest frame of each text token from the synthesiser's word times, and
-the pattern at each turn change. The test split also keeps both channels' audio (int16), so
+and the frame at which each text token's word starts (the synthesiser's word times; the
+chunking uses them for user text only), and the pattern at each turn change. The test split also keeps both channels' audio (int16), so
 that turn-taking can be evaluated and listened to.
 """
 
@@ -102,8 +102,7 @@ def tokenize(conv: Conversation, ctx: DialogueContext) -> dict:
         ends.append(end)
         lengths.append(len(ids))
         text_ids += ids
-        frames += (token_frames(turn.text, ids, turn, layout, rate).tolist()
-                   if turn.role == "user" else [-1] * len(ids))
+        frames += token_frames(turn.text, ids, turn, layout, rate).tolist()
     return {"user_speech": user, "assistant_speech": assistant,
             "turn_roles": np.asarray(roles, np.int32), "turn_starts": np.asarray(starts, np.int32),
             "turn_ends": np.asarray(ends, np.int32),
@@ -114,7 +113,7 @@ def tokenize(conv: Conversation, ctx: DialogueContext) -> dict:
 
 
 class OmniflattenDialogues(tfds.core.GeneratorBasedBuilder):
-    VERSION = tfds.core.Version("1.0.0")  # bump when examples change: part of the cache key
+    VERSION = tfds.core.Version("1.1.0")  # bump when examples change: part of the cache key
 
     def __init__(self, *, dialogues=None, context: DialogueContext | None = None,
                  report: collections.Counter | None = None, **kw):
