@@ -3,8 +3,8 @@
 Per dialogue: both channels as speech ids per frame (the assistant channel holds
 <silent_speech> where the assistant is silent), each turn's role, start/end frames, text ids
 and the frame at which each text token's word starts (the synthesiser's word times; the
-chunking uses them for user text only), and the pattern at each turn change. The test split also keeps both channels' audio (int16), so
-that turn-taking can be evaluated and listened to.
+chunking uses them for user text only), and the pattern at each turn change. The test split
+also keeps both channels' audio (int16), so that turn-taking can be evaluated and heard.
 """
 
 from __future__ import annotations
