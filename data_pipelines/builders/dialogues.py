@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import itertools
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ import time
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data_pipelines.builders import common
 from data_pipelines.dialogue_examples import ROLES, assistant_text_lag, stage_examples
 from data_pipelines.synth import voices
 from data_pipelines.synth.conversation import Conversation, SpokenTurn, simulate
@@ -134,13 +134,7 @@ class OmniflattenDialogues(tfds.core.GeneratorBasedBuilder):
         return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(features))
 
     def _split_generators(self, dl_manager):
-        splits = {}
-        for split, dialogues in self._dialogues.items():
-            examples = self._generate_examples(split, dialogues)
-            first = next(examples, None)  # TFDS cannot write an empty split
-            if first is not None:
-                splits[split] = itertools.chain([first], examples)
-        return splits
+        return common.non_empty_splits(self._generate_examples, self._dialogues)
 
     def _generate_examples(self, split, dialogues):
         ctx = self._context
@@ -195,9 +189,4 @@ def build(data_dir: str, config_name: str, dialogues, context: DialogueContext) 
 
 
 def data_source(data_dir: str, config_name: str, split: str, layout: TokenLayout):
-    folder = os.path.join(data_dir, NAME, config_name)
-    layout.check_matches(TokenLayout.load(folder), ours="this run", theirs=f"dataset {folder}")
-    builder = tfds.builder(f"{NAME}/{config_name}", data_dir=data_dir)
-    if split not in builder.info.splits:
-        raise ValueError(f"dialogue dataset {folder} has no {split!r} dialogues")
-    return builder.as_data_source(split=split)
+    return common.data_source(NAME, data_dir, config_name, split, layout)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import itertools
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ import time
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data_pipelines.builders import common
 from data_pipelines.corpus import Item
 from omniflatten_jax.config import DataConfig, SpeechConfig
 from omniflatten_jax.evaluation.text_metrics import normalize_transcript
@@ -118,13 +118,7 @@ class OmniflattenSpeechText(tfds.core.GeneratorBasedBuilder):
             "audio": tensor(np.int16)}))
 
     def _split_generators(self, dl_manager):
-        splits = {}
-        for split, items in self._items.items():
-            examples = self._generate_examples(split, items)
-            first = next(examples, None)  # TFDS cannot write an empty split: leave it out
-            if first is not None:
-                splits[split] = itertools.chain([first], examples)
-        return splits
+        return common.non_empty_splits(self._generate_examples, self._items)
 
     def _generate_examples(self, split, items):
         ctx, report = self._context, self._report
@@ -174,11 +168,4 @@ def build(data_dir: str, config_name: str, items, context: BuildContext) -> Buil
 
 
 def data_source(data_dir: str, config_name: str, split: str, layout: TokenLayout):
-    """The random-access source of one split, after checking its token layout."""
-    folder = os.path.join(data_dir, NAME, config_name)
-    layout.check_matches(TokenLayout.load(folder), ours="this run", theirs=f"dataset {folder}")
-    builder = tfds.builder(f"{NAME}/{config_name}", data_dir=data_dir)
-    if split not in builder.info.splits:
-        raise ValueError(f"dataset {folder} has no {split!r} examples (see its "
-                         "build_report.json for what was skipped)")
-    return builder.as_data_source(split=split)
+    return common.data_source(NAME, data_dir, config_name, split, layout)
