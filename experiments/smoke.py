@@ -75,7 +75,7 @@ def run(workdir: str, steps: int) -> dict[str, float]:
     print(f"smoke: tiny preset ({model.num_params:,} params) on mesh {dict(mesh.shape)}; "
           f"{len(seqs)} examples (ASR, TTS, duplex_3) in rows of {length} tokens")
 
-    tx = make_optimizer(OptimizerConfig(peak_lr=3e-3, warmup_steps=5, total_steps=steps))
+    tx = make_optimizer(OptimizerConfig(peak_lr=3e-3, warmup_steps=5), steps)
     with sharding.activate(mesh, mesh_cfg.rules):
         p_shard = model.param_shardings(mesh, mesh_cfg.rules)
         params = model.init(jax.random.key(0), mesh, mesh_cfg.rules)

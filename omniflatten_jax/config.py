@@ -167,11 +167,12 @@ class FlattenConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    """AdamW (0.9, 0.95), weight decay 0.1, linear warm-up then cosine decay, clipping."""
+    """AdamW (0.9, 0.95), weight decay 0.1, linear warm-up then cosine decay, clipping.
+
+    The schedule spans the stage's `TrainConfig.steps` (passed in, not repeated here)."""
 
     peak_lr: float = 2e-5
     warmup_steps: int = 100
-    total_steps: int = 10_000
     end_lr_ratio: float = 0.1  # the cosine ends at peak_lr * end_lr_ratio
     b1: float = 0.9
     b2: float = 0.95

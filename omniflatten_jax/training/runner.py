@@ -59,8 +59,8 @@ def train_stage(cfg: ExperimentConfig, stage: str, stage_dir: str, make_data: Da
     mesh = sharding.make_mesh(cfg.mesh)
     rules = cfg.mesh.rules
     model = transformer(cfg.model, cfg.layout.vocab_size)
-    tx = make_optimizer(dataclasses.replace(cfg.optimizer, total_steps=train.steps))
-    lr = learning_rate(dataclasses.replace(cfg.optimizer, total_steps=train.steps))
+    tx = make_optimizer(cfg.optimizer, train.steps)
+    lr = learning_rate(cfg.optimizer, train.steps)
     ckpt = checkpoint.TrainCheckpointer(os.path.join(stage_dir, "checkpoints"),
                                         train.keep_checkpoints)
     shape = (train.batch_size, train.seq_len)
