@@ -1,0 +1,90 @@
+"""Turn-taking metrics of a duplex model, from its generated assistant speech stream.
+
+Definitions (frames are speech tokens; one token lasts ``1000 / frame_rate`` ms, 40 ms at
+25 Hz):
+
+* Assistant turn-taking: an event is each point where a user turn ends and the reference
+  continues with an assistant reply. ``d`` = frames from the user's last frame + 1 to the
+  first non-silent assistant speech token the model generated (0: at once).
+* User interruption: an event is each point where the user starts speaking over an assistant
+  turn. ``d`` = frames from the user's first frame to the first <silent_speech> the model
+  generated (0: it was silent at once).
+* Acc@K: the share of events with ``d < K`` (the switch happened within the first K tokens).
+* A failure is no switch within 1.5 s (``d * frame_ms >= 1500``, or never before the dialogue
+  ends). Failures count as misses for every K. The average response time ``d * frame_ms`` is
+  taken over the successes only; the failure rate is reported beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+KS = (1, 5, 10, 25)
+TIMEOUT_MS = 1500.0
+
+
+def delay(mask: np.ndarray, start: int) -> int | None:
+    """Frames from `start` to the first true entry of `mask` at or after it (None if none)."""
+    hits = np.flatnonzero(mask[start:])
+    return int(hits[0]) if len(hits) else None
+
+
+def events(roles: Sequence[str], starts: Sequence[int], ends: Sequence[int],
+           boundaries: Sequence[str]) -> list[tuple[str, int]]:
+    """``(kind, frame)`` per turn change: "assistant" at a user turn's end followed by a
+    reply, "interruption" at the start of a user turn that cut into the assistant."""
+    found = []
+    for i, pattern in enumerate(boundaries):
+        if roles[i] == "user" and roles[i + 1] == "assistant" and pattern == "reply":
+            found.append(("assistant", int(ends[i])))
+        elif roles[i] == "assistant" and pattern == "interrupt":
+            found.append(("interruption", int(starts[i + 1])))
+    return found
+
+
+def turn_taking_metrics(dialogues: Sequence[tuple[np.ndarray, list[tuple[str, int]]]],
+                        silent_id: int, frame_rate: float, ks: Sequence[int] = KS,
+                        timeout_ms: float = TIMEOUT_MS) -> dict:
+    """`dialogues`: (generated assistant speech ids per frame, `events`) pairs."""
+    frame_ms = 1000.0 / frame_rate
+    delays: dict[str, list[float | None]] = {"assistant": [], "interruption": []}
+    for speech, found in dialogues:
+        speech = np.asarray(speech)
+        for kind, frame in found:
+            mask = speech != silent_id if kind == "assistant" else speech == silent_id
+            d = delay(mask, frame)
+            delays[kind].append(None if d is None or d * frame_ms >= timeout_ms else d)
+    result = {}
+    for kind, ds in delays.items():
+        ok = [d for d in ds if d is not None]
+        result[kind] = {
+            "events": len(ds),
+            **{f"acc@{k}": (sum(d < k for d in ok) / len(ds) if ds else None) for k in ks},
+            "avg_response_ms": float(np.mean(ok) * frame_ms) if ok else None,
+            "failure_rate": (len(ds) - len(ok)) / len(ds) if ds else None,
+        }
+    return {"frame_ms": frame_ms, "timeout_ms": timeout_ms, **result}
+
+
+PAPER = {  # OmniFlatten v2 (OMNIFLATTEN.md): Acc@1/5/10/25 in %, average response in ms
+    "assistant": {"acc": (20.6, 53.6, 66.3, 71.7), "avg_response_ms": 193},
+    "interruption": {"acc": (10.9, 30.9, 41.8, 51.8), "avg_response_ms": 287},
+}
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{'turn-taking':<14}{'events':>7}" + "".join(f"{f'Acc@{k}':>8}" for k in KS)
+             + f"{'avg ms':>8}{'fail':>6}"]
+    for kind in ("assistant", "interruption"):
+        r = result[kind]
+        fmt = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+        lines.append(f"{kind:<14}{r['events']:>7}" + "".join(f"{fmt(r[f'acc@{k}']):>8}"
+                                                           for k in KS)
+                     + f"{'-' if r['avg_response_ms'] is None else round(r['avg_response_ms']):>8}"
+                     + f"{fmt(r['failure_rate']):>6}")
+        paper = PAPER[kind]
+        lines.append(f"{'  paper':<14}{'':>7}" + "".join(f"{a:>8}" for a in paper["acc"])
+                     + f"{paper['avg_response_ms']:>8}{'':>6}")
+    return "\n".join(lines)

@@ -1,0 +1,54 @@
+"""Turn-taking metrics on hand-made token sequences with known answers."""
+
+import numpy as np
+import pytest
+
+from omniflatten_jax.evaluation.turn_taking import events, format_table, turn_taking_metrics
+
+S = 0  # <silent_speech>
+A = 7  # any speech code
+
+
+def speech(*runs):
+    return np.concatenate([np.full(n, token) for token, n in runs])
+
+
+def test_events_from_turns_and_patterns():
+    roles = ["user", "assistant", "user", "assistant", "user"]
+    starts, ends = [0, 12, 20, 40, 60], [10, 25, 30, 50, 70]
+    found = events(roles, starts, ends, ["reply", "interrupt", "reply", "wait"])
+    assert found == [("assistant", 10), ("interruption", 20), ("assistant", 30)]
+
+
+def test_assistant_turn_taking_known_answers():
+    # Event at frame 10. Dialogue 1 speaks at once (d=0), 2 after 3 frames, 3 after 12,
+    # 4 after 40 frames = 1.6 s (a failure), 5 never speaks (a failure).
+    dialogues = [(speech((S, 10), (A, 5)), [("assistant", 10)]),
+                 (speech((S, 13), (A, 5)), [("assistant", 10)]),
+                 (speech((S, 22), (A, 5)), [("assistant", 10)]),
+                 (speech((S, 50), (A, 5)), [("assistant", 10)]),
+                 (speech((S, 60)), [("assistant", 10)])]
+    r = turn_taking_metrics(dialogues, silent_id=S, frame_rate=25)["assistant"]
+    assert r["events"] == 5
+    assert r["acc@1"] == pytest.approx(1 / 5)
+    assert r["acc@5"] == pytest.approx(2 / 5)
+    assert r["acc@10"] == pytest.approx(2 / 5)
+    assert r["acc@25"] == pytest.approx(3 / 5)
+    assert r["failure_rate"] == pytest.approx(2 / 5)
+    assert r["avg_response_ms"] == pytest.approx((0 + 3 + 12) / 3 * 40)
+
+
+def test_interruption_known_answers_and_timeout_edge():
+    # The user cuts in at frame 20: the model falls silent after 2 frames; in the second
+    # dialogue it talks on for exactly 1.5 s (37.5 frames -> 38 frames is a failure).
+    dialogues = [(speech((A, 22), (S, 10)), [("interruption", 20)]),
+                 (speech((A, 58), (S, 10)), [("interruption", 20)]),
+                 (speech((A, 57), (S, 10)), [("interruption", 20)])]
+    r = turn_taking_metrics(dialogues, silent_id=S, frame_rate=25)
+    assert r["frame_ms"] == 40 and r["timeout_ms"] == 1500
+    i = r["interruption"]
+    assert i["acc@5"] == pytest.approx(1 / 3) and i["acc@25"] == pytest.approx(1 / 3)
+    assert i["failure_rate"] == pytest.approx(1 / 3)  # d=38 fails, d=37 (1480 ms) succeeds
+    assert i["avg_response_ms"] == pytest.approx((2 + 37) / 2 * 40)
+    assert r["assistant"]["events"] == 0 and r["assistant"]["acc@1"] is None
+    assert "interruption" in format_table(r) and "paper" in format_table(r)
