@@ -61,12 +61,12 @@ class Item:
     tts_audio: FileAudio | SynthAudio  # how the model should say it (TTS target)
 
 
-def split_of(key: str, cfg: DataConfig) -> str:
+def split_of(key: str, validation_fraction: float, test_fraction: float) -> str:
     """A stable split from a hash of `key` (a conversation, chapter or utterance id)."""
     u = int(hashlib.md5(key.encode()).hexdigest()[:8], 16) / 2**32
-    if u < cfg.test_fraction:
+    if u < test_fraction:
         return "test"
-    if u < cfg.test_fraction + cfg.validation_fraction:
+    if u < test_fraction + validation_fraction:
         return "validation"
     return "train"
 
@@ -75,7 +75,8 @@ def embedded_items(cfg: DataConfig, seed: int = 0) -> dict[str, list[Item]]:
     items: dict[str, list[Item]] = {s: [] for s in SPLITS}
     assistant = voices.assistant_voice(cfg.language)
     for c, conversation in enumerate(load_conversations(cfg.language)):
-        split = split_of(f"conversation-{c}", cfg)
+        split = split_of(f"conversation-{c}", cfg.validation_fraction,
+                         cfg.test_fraction)
         for t, text in enumerate(conversation):
             rng = np.random.default_rng([seed, c, t])
             voice = voices.user_voice(cfg.language, rng)
@@ -94,7 +95,7 @@ def librispeech_items(root: str, cfg: DataConfig) -> dict[str, list[Item]]:
     for path in transcripts:
         folder = os.path.dirname(path)
         speaker, chapter = folder.split(os.sep)[-2:]
-        split = split_of(f"{speaker}-{chapter}", cfg)
+        split = split_of(f"{speaker}-{chapter}", cfg.validation_fraction, cfg.test_fraction)
         with open(path, encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
                 if not line.strip():
@@ -124,7 +125,8 @@ def manifest_items(path: str, cfg: DataConfig) -> dict[str, list[Item]]:
                 raise ValueError(f"{path}:{n}: expected {{\"audio\": path, \"text\": ...}}, "
                                  f"got {line.strip()[:80]!r} ({e})") from None
             uid = str(row.get("id", f"line{n}"))
-            split = row.get("split") or split_of(uid, cfg)
+            split = (row.get("split")
+                     or split_of(uid, cfg.validation_fraction, cfg.test_fraction))
             if split not in SPLITS:
                 raise ValueError(f"{path}:{n}: split must be one of {SPLITS}, not {split!r}")
             ref = FileAudio(audio if os.path.isabs(audio) else os.path.join(base, audio))

@@ -14,7 +14,7 @@ import os
 import time
 
 from data_pipelines.builders import speech_text
-from data_pipelines.corpus import speech_text_items
+from data_pipelines.corpus import speech_text_items, split_of
 from omniflatten_jax.config import ExperimentConfig, to_dict
 from omniflatten_jax.evaluation.text_metrics import normalize_transcript
 from omniflatten_jax.speech import load_speech_tokenizer
@@ -114,10 +114,7 @@ def prepare_dialogues(cfg: ExperimentConfig, workdir: str) -> PreparedData:
     splits: dict[str, list] = {"train": [], "validation": [], "test": []}
     d = cfg.dialogue
     for uid, turns in text_dialogues(d):
-        u = int(hashlib.md5(uid.encode()).hexdigest()[:8], 16) / 2**32
-        split = ("test" if u < d.test_fraction else "validation"
-                 if u < d.test_fraction + d.validation_fraction else "train")
-        splits[split].append((uid, turns))
+        splits[split_of(uid, d.validation_fraction, d.test_fraction)].append((uid, turns))
     stages = tuple(s for s in cfg.stages if s in DIALOGUE_STAGES)
     key = _key(to_dict(d), cfg.layout.to_dict(), tokenizer_hash, to_dict(cfg.flatten),
                cfg.dialogue_train.seq_len, stages, cfg.data.normalize_text, cfg.train.seed,
