@@ -36,8 +36,9 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def speech_tokenizer(cfg: ExperimentConfig, data_root: str, items) -> str:
-    """The tokenizer file: the configured one, or the embedded k-means one fitted once."""
+def speech_tokenizer(cfg: ExperimentConfig, data_root: str, items=None) -> str:
+    """The tokenizer file: the configured one, or the embedded k-means one fitted once
+    (on `items`, the speech-text corpus, read from `cfg.data` when not given)."""
     if cfg.speech.tokenizer_path:
         tok = load_speech_tokenizer(cfg.speech.tokenizer_path)
         if tok.num_codes != cfg.layout.num_speech_codes:
@@ -51,6 +52,7 @@ def speech_tokenizer(cfg: ExperimentConfig, data_root: str, items) -> str:
     if os.path.isfile(path):
         return path
     start = time.perf_counter()
+    items = items or speech_text_items(cfg.data, cfg.train.seed)
     waves = []
     for item in items["train"][:cfg.speech.fit_max_utterances]:
         for audio in {item.audio, item.tts_audio}:
@@ -108,7 +110,7 @@ def prepare_dialogues(cfg: ExperimentConfig, workdir: str) -> PreparedData:
 
     data_root = os.path.join(os.path.abspath(workdir), "data")
     os.makedirs(data_root, exist_ok=True)
-    tokenizer_path = speech_tokenizer(cfg, data_root, speech_text_items(cfg.data, cfg.train.seed))
+    tokenizer_path = speech_tokenizer(cfg, data_root)  # the corpus is read only to fit one
     with open(tokenizer_path, "rb") as f:
         tokenizer_hash = hashlib.sha256(f.read()).hexdigest()[:10]
     splits: dict[str, list] = {"train": [], "validation": [], "test": []}

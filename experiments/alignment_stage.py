@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -53,20 +54,26 @@ def run(cfg: ExperimentConfig, workdir: str, init_from: str | None = None) -> di
             process_count=process_count)
 
     model = transformer(cfg.model, cfg.layout.vocab_size)
-    test = [_decode(test_source[i]) for i in range(min(len(test_source),
-                                                       cfg.eval.max_examples))]
-    train_records = [_decode(train_source[i])
-                     for i in range(min(len(train_source), BASELINE_RECORDS))]
-    train_texts = [r["text"] for r in train_records]
-    train_codes = cfg.layout.speech_codes(np.concatenate([r["tts_speech_ids"]
-                                                          for r in train_records]))
+
+    @functools.cache
+    def held_out():
+        """Test records and the baselines' training statistics, read once, when first needed."""
+        test = [_decode(test_source[i])
+                for i in range(min(len(test_source), cfg.eval.max_examples))]
+        train = [_decode(train_source[i])
+                 for i in range(min(len(train_source), BASELINE_RECORDS))]
+        codes = cfg.layout.speech_codes(np.concatenate([r["tts_speech_ids"] for r in train]))
+        return test, [r["text"] for r in train], codes
+
+    def evaluation_of(params) -> dict:
+        test, train_texts, train_codes = held_out()
+        return evaluate_alignment(model, _to_host(params), cfg.layout, test, train_texts,
+                                  train_codes, max_examples=cfg.eval.max_examples,
+                                  tts_max_examples=cfg.eval.tts_max_examples,
+                                  batch_size=cfg.eval.batch_size)
 
     def evaluate(params, step):
-        params = _to_host(params)
-        result = evaluate_alignment(model, params, cfg.layout, test, train_texts, train_codes,
-                                    max_examples=cfg.eval.max_examples,
-                                    tts_max_examples=cfg.eval.tts_max_examples,
-                                    batch_size=cfg.eval.batch_size)
+        result = evaluation_of(params)
         log.info("alignment eval at step %d:\n%s", step, format_table(result))
         return {"asr_cer": result["asr"]["cer"], "asr_wer": result["asr"]["wer"],
                 "tts_code_accuracy": result["tts"]["code_accuracy"]}
@@ -80,13 +87,8 @@ def run(cfg: ExperimentConfig, workdir: str, init_from: str | None = None) -> di
         log.info("alignment eval (step %d, from %s):\n%s", saved["step"], eval_path,
                  format_table(saved))
         return saved
-    params = _to_host(result.params)
-    evaluation = evaluate_alignment(model, params, cfg.layout, test, train_texts, train_codes,
-                                    max_examples=cfg.eval.max_examples,
-                                    tts_max_examples=cfg.eval.tts_max_examples,
-                                    batch_size=cfg.eval.batch_size)
     evaluation = {"stage": "alignment", "step": result.step, "split": "test",
-                  "speech_tokenizer": prepared.tokenizer_path, **evaluation}
+                  "speech_tokenizer": prepared.tokenizer_path, **evaluation_of(result.params)}
     if jax.process_index() == 0:
         with open(eval_path, "w") as f:
             json.dump(evaluation, f, indent=2)
