@@ -3,7 +3,9 @@
 Each starts, by default, from the final checkpoint of the stage before it in the curriculum
 (same workdir), params only with a fresh optimiser; the runner checks every weight and the
 token layout and records the lineage. Its held-out cross-entropy per stream goes to
-``<workdir>/<stage>/eval.json``.
+``<workdir>/<stage>/eval.json``; a duplex stage adds the turn-taking metrics of the test
+dialogues decoded live, and writes the settings the duplex command reads beside its
+checkpoints (``<workdir>/<stage>/inference.json``).
 """
 
 from __future__ import annotations
@@ -12,16 +14,26 @@ import dataclasses
 import json
 import logging
 import os
+import time
 
 import jax
+import numpy as np
 
 from data_pipelines.builders.dialogues import data_source
-from data_pipelines.dialogue_examples import stage_examples
+from data_pipelines.dialogue_examples import ROLES, stage_examples
 from data_pipelines.pipelines import dialogue_pipeline
 from data_pipelines.prepare import prepare_dialogues
 from omniflatten_jax import checkpoint
-from omniflatten_jax.config import ExperimentConfig
+from omniflatten_jax.config import ExperimentConfig, to_dict
 from omniflatten_jax.evaluation.cross_entropy import stream_cross_entropy
+from omniflatten_jax.evaluation.turn_taking import (
+    evaluate_turn_taking,
+    events,
+    format_table,
+    turn_taking_metrics,
+)
+from omniflatten_jax.flatten import CHUNKED_STAGES, chunk_layout
+from omniflatten_jax.inference.duplex import INFERENCE_SETTINGS
 from omniflatten_jax.model import transformer
 from omniflatten_jax.training.runner import train_stage
 
@@ -86,7 +98,12 @@ def run(cfg: ExperimentConfig, workdir: str, stage: str, init_from: str | None =
     eval_path = os.path.join(stage_dir, "eval.json")
     if result.trained_steps == 0 and os.path.isfile(eval_path):
         with open(eval_path) as f:
-            return json.load(f)
+            saved = json.load(f)
+        if "turn_taking" in saved:
+            log.info("%s turn-taking (saved, %d test dialogues):\n%s", stage,
+                     saved["turn_taking"]["dialogues"],
+                     format_table(saved["turn_taking"], saved["turn_taking_data"]))
+        return saved
     test = [seq for i in range(min(len(test_source), cfg.eval.max_examples))
             for seq in stage_examples(test_source[i], cfg.layout, cfg.flatten, stage,
                                       train.seq_len)]
@@ -96,9 +113,51 @@ def run(cfg: ExperimentConfig, workdir: str, stage: str, init_from: str | None =
     evaluation = {"stage": stage, "step": result.step, "split": "test",
                   "examples": len(test), "cross_entropy": ce,
                   "lineage": list(result.meta.lineage)}
+    log.info("%s test cross-entropy (nats/token): overall %.3f  %s", stage, ce["overall"],
+             "  ".join(f"{k} {v:.3f}" for k, v in ce["per_stream"].items()))
+    if stage in CHUNKED_STAGES:
+        evaluation |= turn_taking(cfg, stage, model, jax.device_get(result.params), test_source)
+        write_inference_settings(cfg, stage, stage_dir, prepared.tokenizer_path)
     if jax.process_index() == 0:
         with open(eval_path, "w") as f:
             json.dump(evaluation, f, indent=2)
-    log.info("%s test cross-entropy (nats/token): overall %.3f  %s", stage, ce["overall"],
-             "  ".join(f"{k} {v:.3f}" for k, v in ce["per_stream"].items()))
     return evaluation
+
+
+def turn_taking(cfg: ExperimentConfig, stage: str, model, params, test_source) -> dict:
+    """Every test dialogue decoded live; the metrics of the model and of the data itself."""
+    start = time.perf_counter()
+    records = [test_source[i] for i in range(min(len(test_source), cfg.eval.max_examples))]
+    dialogues = [(np.asarray(r["user_speech"]), turn_events(r)) for r in records]
+    chunk = chunk_layout(stage, cfg.flatten)
+    result = evaluate_turn_taking(
+        model, params, cfg.layout, chunk, cfg.flatten, dialogues,
+        frame_rate=cfg.speech.frame_rate, batch_size=cfg.eval.batch_size,
+        context_chunks=cfg.dialogue_train.seq_len // chunk.chunk_len)
+    data = turn_taking_metrics([(r["assistant_speech"], found) for r, (_, found)
+                                in zip(records, dialogues)],
+                               cfg.layout.special("<silent_speech>"), cfg.speech.frame_rate)
+    result["dialogues"] = len(records)
+    log.info("%s turn-taking on %d test dialogues, decoded live in %.0f s:\n%s", stage,
+             len(records), time.perf_counter() - start, format_table(result, data))
+    return {"turn_taking": result, "turn_taking_data": data}
+
+
+def turn_events(record) -> list[tuple[str, int]]:
+    """A dialogue record's turn changes, for `turn_taking.events`."""
+    boundaries = record["boundaries"]  # TFDS text: bytes
+    boundaries = boundaries.decode() if isinstance(boundaries, bytes) else str(boundaries)
+    return events([ROLES[int(r)] for r in record["turn_roles"]], record["turn_starts"],
+                  record["turn_ends"], boundaries.split(","))
+
+
+def write_inference_settings(cfg: ExperimentConfig, stage: str, stage_dir: str,
+                             tokenizer_path: str) -> None:
+    """What the duplex command needs besides the weights: found beside the checkpoints."""
+    chunk = chunk_layout(stage, cfg.flatten)
+    settings = {"stage": stage, "config": cfg.name, "flatten": to_dict(cfg.flatten),
+                "speech": to_dict(cfg.speech), "speech_tokenizer": os.path.abspath(tokenizer_path),
+                "context_chunks": cfg.dialogue_train.seq_len // chunk.chunk_len}
+    if jax.process_index() == 0:
+        with open(os.path.join(stage_dir, INFERENCE_SETTINGS), "w") as f:
+            json.dump(settings, f, indent=2)

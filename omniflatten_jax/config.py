@@ -243,6 +243,10 @@ class DialogueConfig:
     language: str = "en"
     max_dialogues: int = 0  # 0 = all
     max_turns: int = 8  # longer dialogues keep their first turns
+    # Embedded corpus: consecutive conversations are joined until a dialogue has this many
+    # turns. Chatterbot holds mostly single question-answer pairs, and only an assistant turn
+    # followed by a user turn can be interrupted or waited after (1 = no joining).
+    join_to_turns: int = 6
     max_turn_chars: int = 100  # a dialogue is cut before its first longer turn
     validation_fraction: float = 0.05
     test_fraction: float = 0.05

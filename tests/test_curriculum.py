@@ -55,6 +55,13 @@ def test_all_stages_hand_over_and_resume(spoken_corpus, dialogue_file, tmp_path)
             record = [r for r in meta.lineage if r["kind"] == "init_from"][-1]
             assert record["path"] == str(tmp_path / previous / "checkpoints" / "2")
             assert set(evaluation["cross_entropy"]["per_stream"]) >= {"assistant_speech"}
+        if stage.startswith("duplex"):  # test dialogues decoded live, scored beside the data
+            tt, data = evaluation["turn_taking"], evaluation["turn_taking_data"]
+            assert tt["dialogues"] > 0 and tt["assistant"]["events"] > 0
+            assert tt["assistant"]["events"] == data["assistant"]["events"]
+            assert data["assistant"]["failure_rate"] == 0.0  # the data always replies in time
+            settings = json.loads((tmp_path / stage / "inference.json").read_text())
+            assert settings["stage"] == stage and os.path.isfile(settings["speech_tokenizer"])
         previous = stage
     kinds = [r.get("stage", r["kind"]) for r in meta.lineage]
     assert kinds == ["random_init", "alignment", "init_from", "half_duplex", "init_from",

@@ -29,19 +29,26 @@ def user_channel(batch, n_chunks, seed=0):
     return LAYOUT.speech_ids(rng.integers(0, 32, (batch, n_chunks * CFG.speech_chunk)))
 
 
-def recompute_greedy(model, params, chunk, user):
-    """The reference: every generated token from a full forward pass over all before it."""
+def recompute_greedy(model, params, chunk, user, context=None, keep=None):
+    """The reference: every generated token from a full forward pass over the context before
+    it. With `context`, the context starts at chunk `start`, which jumps to ``c - keep`` when
+    chunk c would make it longer than `context` chunks (the decoder's sliding window)."""
     masks = [legal_ids(LAYOUT, s, CFG) for s, w in chunk.streams[1:] for _ in range(w)]
     seq = np.zeros((user.shape[0], 0), np.int32)
-    width = chunk.streams[0][1]
-    total = user.shape[1] // width * chunk.chunk_len
+    width, n = chunk.streams[0][1], chunk.chunk_len
+    n_chunks = user.shape[1] // width
+    context = context or n_chunks
+    start = 0
     # Causal attention: right padding cannot change earlier logits, so one shape suffices.
     forward = jax.jit(model.logits)
-    for lo in range(0, user.shape[1], width):
-        seq = np.concatenate([seq, user[:, lo:lo + width]], axis=1)
+    for c in range(n_chunks):
+        if c - start == context:
+            start = c - keep
+        seq = np.concatenate([seq, user[:, c * width:(c + 1) * width]], axis=1)
         for legal in masks:
-            padded = np.pad(seq, ((0, 0), (0, total - seq.shape[1])))
-            logits = np.asarray(forward(params, jnp.asarray(padded)))[:, seq.shape[1] - 1]
+            window = seq[:, start * n:]
+            padded = np.pad(window, ((0, 0), (0, context * n - window.shape[1])))
+            logits = np.asarray(forward(params, jnp.asarray(padded)))[:, window.shape[1] - 1]
             token = np.where(legal, logits, -np.inf).argmax(-1)
             seq = np.concatenate([seq, token[:, None]], axis=1)
     return seq
@@ -52,7 +59,7 @@ def test_cached_decoding_equals_recomputing(stage):
     model, params = model_and_params()
     chunk = chunk_layout(stage, CFG)
     user = user_channel(2, 3)
-    decoder = DuplexDecoder(model, params, LAYOUT, chunk, CFG, batch=2, max_chunks=3)
+    decoder = DuplexDecoder(model, params, LAYOUT, chunk, CFG, batch=2, context_chunks=3)
     np.testing.assert_array_equal(decoder.run(user), recompute_greedy(model, params, chunk, user))
 
 
@@ -62,7 +69,7 @@ def test_sampled_tokens_are_legal_at_every_position(stage):
     chunk = chunk_layout(stage, CFG)
     n_chunks = 4
     user = user_channel(3, n_chunks, seed=1)
-    decoder = DuplexDecoder(model, params, LAYOUT, chunk, CFG, batch=3, max_chunks=n_chunks,
+    decoder = DuplexDecoder(model, params, LAYOUT, chunk, CFG, batch=3, context_chunks=n_chunks,
                             sampling=Sampling(temperature=1.5, top_k=50), seed=3)
     flat = decoder.run(user)
     streams = chunk.stream_ids(n_chunks)
@@ -71,18 +78,29 @@ def test_sampled_tokens_are_legal_at_every_position(stage):
         legal = legal_ids(LAYOUT, stream, CFG)
         assert legal[flat[:, streams == stream]].all(), stream
     # Sampling really samples (and is seeded): another seed gives other tokens.
-    again = DuplexDecoder(model, params, LAYOUT, chunk, CFG, batch=3, max_chunks=n_chunks,
+    again = DuplexDecoder(model, params, LAYOUT, chunk, CFG, batch=3, context_chunks=n_chunks,
                           sampling=Sampling(temperature=1.5, top_k=50), seed=3).run(user)
-    other = DuplexDecoder(model, params, LAYOUT, chunk, CFG, batch=3, max_chunks=n_chunks,
+    other = DuplexDecoder(model, params, LAYOUT, chunk, CFG, batch=3, context_chunks=n_chunks,
                           sampling=Sampling(temperature=1.5, top_k=50), seed=4).run(user)
     np.testing.assert_array_equal(again, flat)
     assert not np.array_equal(other, flat)
 
 
-def test_decoder_refuses_more_chunks_than_sized():
+@pytest.mark.parametrize("keep", [0, 1, 2])
+def test_sliding_context_equals_recomputing_over_the_window(keep):
+    model, params = model_and_params()
+    chunk = chunk_layout("duplex_3", CFG)
+    user = user_channel(2, 7, seed=2)
+    decoder = DuplexDecoder(model, params, LAYOUT, chunk, CFG, batch=2, context_chunks=3,
+                            keep_chunks=keep)
+    got = decoder.run(user)
+    assert decoder.slides == {0: 2, 1: 2, 2: 4}[keep]  # at chunks 3,6 | 3,5 | 3,4,5,6
+    np.testing.assert_array_equal(got, recompute_greedy(model, params, chunk, user, 3, keep))
+
+
+def test_decoder_refuses_a_partial_chunk():
     model, params = model_and_params()
     decoder = DuplexDecoder(model, params, LAYOUT, chunk_layout("duplex_2", CFG), CFG,
-                            batch=1, max_chunks=1)
-    decoder.step(user_channel(1, 1))
-    with pytest.raises(ValueError, match="sized for 1 chunks"):
-        decoder.step(user_channel(1, 1))
+                            batch=1, context_chunks=2)
+    with pytest.raises(ValueError, match="not whole chunks"):
+        decoder.run(user_channel(1, 2)[:, :-1])

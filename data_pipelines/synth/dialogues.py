@@ -1,7 +1,9 @@
 """Text dialogues: the embedded chatterbot conversations, or the user's JSONL.
 
 JSONL: one dialogue per line, ``{"turns": [{"role": "user"|"assistant", "text": ...}, ...]}``.
-Consecutive turns of one role are merged (the simulator alternates speakers). A dialogue is
+The embedded conversations, mostly single exchanges, are joined into longer dialogues
+(`DialogueConfig.join_to_turns`). Consecutive turns of one role are merged (the simulator
+alternates speakers). A dialogue is
 cut before its first turn longer than `max_turn_chars` and after `max_turns` turns; one left
 with no assistant turn is dropped (and counted by the caller).
 """
@@ -36,6 +38,22 @@ def _trim(turns: Dialogue, cfg: DialogueConfig) -> Dialogue:
     return kept
 
 
+def join_conversations(raw: list[tuple[str, Dialogue]], min_turns: int
+                       ) -> list[tuple[str, Dialogue]]:
+    """Consecutive conversations joined until each has `min_turns` turns (the last group may
+    have fewer); a joined dialogue keeps the id of its first conversation."""
+    joined: list[tuple[str, Dialogue]] = []
+    uid, turns = "", []
+    for conv_id, conv in raw:
+        uid, turns = (uid or conv_id), turns + conv
+        if len(turns) >= min_turns:
+            joined.append((uid, turns))
+            uid, turns = "", []
+    if turns:
+        joined.append((uid, turns))
+    return joined
+
+
 def read_jsonl(path: str) -> list[tuple[str, Dialogue]]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"dialogue file {path} does not exist")
@@ -63,6 +81,10 @@ def text_dialogues(cfg: DialogueConfig) -> list[tuple[str, Dialogue]]:
         raw = [(f"chatterbot-{cfg.language}-{i:04d}",
                 [("user" if j % 2 == 0 else "assistant", t) for j, t in enumerate(conv)])
                for i, conv in enumerate(load_conversations(cfg.language))]
+        # Each conversation is cut at its own long turns before joining, not the whole join.
+        raw = join_conversations([(uid, t) for uid, t in
+                                  ((uid, _trim(turns, cfg)) for uid, turns in raw) if t],
+                                 cfg.join_to_turns)
     elif kind == "jsonl" and arg:
         raw = read_jsonl(arg)
     else:

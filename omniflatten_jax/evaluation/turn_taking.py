@@ -21,6 +21,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from omniflatten_jax.config import FlattenConfig
+from omniflatten_jax.flatten import ChunkLayout
+from omniflatten_jax.inference.duplex import decode_dialogues
+from omniflatten_jax.model import Params, Transformer
+from omniflatten_jax.vocab import TokenLayout
+
 KS = (1, 5, 10, 25)
 TIMEOUT_MS = 1500.0
 
@@ -68,22 +74,44 @@ def turn_taking_metrics(dialogues: Sequence[tuple[np.ndarray, list[tuple[str, in
     return {"frame_ms": frame_ms, "timeout_ms": timeout_ms, **result}
 
 
+Dialogue = tuple[np.ndarray, list[tuple[str, int]]]  # (user speech ids per frame, `events`)
+
+
+def evaluate_turn_taking(model: Transformer, params: Params, layout: TokenLayout,
+                         chunk: ChunkLayout, cfg: FlattenConfig, dialogues: Sequence[Dialogue],
+                         *, frame_rate: float, context_chunks: int, batch_size: int = 8) -> dict:
+    """Decodes each held-out dialogue live (user channel fed as recorded, chunk by chunk;
+    everything else generated greedily) and scores the generated assistant speech."""
+    streams = decode_dialogues(model, params, layout, chunk, cfg, [u for u, _ in dialogues],
+                               context_chunks=context_chunks, batch_size=batch_size)
+    generated = [s["assistant_speech"].reshape(-1)[:len(user)]
+                 for s, (user, _) in zip(streams, dialogues)]
+    return turn_taking_metrics([(g, found) for g, (_, found) in zip(generated, dialogues)],
+                               layout.special("<silent_speech>"), frame_rate)
+
+
 PAPER = {  # OmniFlatten v2 (OMNIFLATTEN.md): Acc@1/5/10/25 in %, average response in ms
     "assistant": {"acc": (20.6, 53.6, 66.3, 71.7), "avg_response_ms": 193},
     "interruption": {"acc": (10.9, 30.9, 41.8, 51.8), "avg_response_ms": 287},
 }
 
 
-def format_table(result: dict) -> str:
+def format_table(result: dict, reference: dict | None = None) -> str:
+    """The model's rows, the simulated data's own timing (`reference`: the metrics of the
+    recorded assistant channel) and the paper's figures."""
+    fmt = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     lines = [f"{'turn-taking':<14}{'events':>7}" + "".join(f"{f'Acc@{k}':>8}" for k in KS)
              + f"{'avg ms':>8}{'fail':>6}"]
+
+    def row(name, r):
+        ms = "-" if r["avg_response_ms"] is None else round(r["avg_response_ms"])
+        return (f"{name:<14}{r['events']:>7}" + "".join(f"{fmt(r[f'acc@{k}']):>8}" for k in KS)
+                + f"{ms:>8}{fmt(r['failure_rate']):>6}")
+
     for kind in ("assistant", "interruption"):
-        r = result[kind]
-        fmt = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
-        lines.append(f"{kind:<14}{r['events']:>7}" + "".join(f"{fmt(r[f'acc@{k}']):>8}"
-                                                           for k in KS)
-                     + f"{'-' if r['avg_response_ms'] is None else round(r['avg_response_ms']):>8}"
-                     + f"{fmt(r['failure_rate']):>6}")
+        lines.append(row(kind, result[kind]))
+        if reference is not None:
+            lines.append(row("  data", reference[kind]))
         paper = PAPER[kind]
         lines.append(f"{'  paper':<14}{'':>7}" + "".join(f"{a:>8}" for a in paper["acc"])
                      + f"{paper['avg_response_ms']:>8}{'':>6}")

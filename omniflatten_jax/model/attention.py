@@ -79,5 +79,7 @@ class Attention(nnx.Module):
             own = jnp.eye(q.shape[1], dtype=bool)[None]
             mask = (same & (segment_ids[:, None, :] != 0)) | own
             mask = mask[:, None]  # [B, 1, T, T]
+        # cuDNN takes the mask as a bias, which it trains on only for even lengths.
+        impl = "xla" if self.impl == "cudnn" and q.shape[1] % 2 else self.impl
         return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True,
-                                            implementation=self.impl)
+                                            implementation=impl)

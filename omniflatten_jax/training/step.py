@@ -22,11 +22,13 @@ def loss_and_metrics(model: Transformer, params: Params, batch: Batch
     Returns the mean loss and, per `Stream`, the summed loss and token count so that callers can
     report ASR text / TTS speech (alignment) or assistant text / speech (dialogue) separately.
     """
-    inputs = {k: v[:, :-1] for k, v in batch.items()}
     targets = batch["tokens"][:, 1:]
+    segments = batch["segment_ids"]
     # A target in another packed segment than its input is never predicted.
-    mask = batch["loss_mask"][:, 1:] & (batch["segment_ids"][:, 1:] == inputs["segment_ids"])
-    logits = model.logits(params, inputs["tokens"], inputs["positions"], inputs["segment_ids"])
+    mask = batch["loss_mask"][:, 1:] & (segments[:, 1:] == segments[:, :-1])
+    # The whole row goes through the model (the last logit predicts nothing): cuDNN flash
+    # attention trains only on even lengths, and seq_len is even where T - 1 would not be.
+    logits = model.logits(params, batch["tokens"], batch["positions"], segments)[:, :-1]
     per_token = token_losses(logits, targets) * mask
     count = jnp.sum(mask)
     loss = jnp.sum(per_token) / jnp.maximum(count, 1)

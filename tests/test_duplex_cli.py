@@ -1,0 +1,96 @@
+"""The duplex command on a short synthesised recording: files, durations, events, errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import soundfile
+
+from omniflatten_jax import checkpoint
+from omniflatten_jax.config import FlattenConfig, to_dict
+from omniflatten_jax.model import transformer
+from omniflatten_jax.speech.audio import resample
+from omniflatten_jax.speech.kmeans import KMeansMelTokenizer, MelConfig
+from omniflatten_jax.vocab import TokenLayout
+from tests.helpers import SMALL_MODEL
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAYOUT = TokenLayout("bytes", 256, 32)
+
+
+@pytest.fixture(scope="module")
+def stage_dir(tmp_path_factory):
+    """A duplex_3 stage folder as experiments/run.py leaves it: checkpoints, inference.json,
+    and a speech tokenizer fitted on real synthesised speech."""
+    from data_pipelines.synth.espeak import Synthesizer, Voice
+
+    root = tmp_path_factory.mktemp("duplex_3")
+    synth = Synthesizer()
+    waves = [resample(u.audio, u.sample_rate, 16_000) for u in
+             (synth.speak(t, Voice("en-us")) for t in ("good morning", "see you tomorrow"))]
+    tokenizer = KMeansMelTokenizer.fit(waves, MelConfig(), LAYOUT.num_speech_codes, seed=0)
+    tokenizer.save(str(root / "tokenizer.npz"))
+    model = transformer(SMALL_MODEL, LAYOUT.vocab_size)
+    checkpoint.save_params(root / "checkpoints", 1, model.init(jax.random.key(0)),
+                           checkpoint.CheckpointMeta(SMALL_MODEL, LAYOUT))
+    settings = {"stage": "duplex_3", "flatten": to_dict(FlattenConfig(text_chunk=8)),
+                "speech_tokenizer": str(root / "tokenizer.npz"), "context_chunks": 4}
+    (root / "inference.json").write_text(json.dumps(settings))
+    return root
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "omniflatten_jax.inference.duplex", *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+def test_a_recording_streams_through_the_model(stage_dir, tmp_path):
+    from data_pipelines.synth.espeak import Synthesizer, Voice
+
+    utt = Synthesizer().speak("hello, could you tell me what time it is", Voice("en+f3"))
+    # Not the tokenizer's format: stereo FLAC at 44.1 kHz, with a second of silence after.
+    wave = np.concatenate([resample(utt.audio, utt.sample_rate, 44_100), np.zeros(44_100)])
+    path = tmp_path / "user.flac"
+    soundfile.write(path, np.stack([wave, 0.5 * wave], axis=1), 44_100)
+    out = tmp_path / "out"
+    result = run_cli("--checkpoint", str(stage_dir / "checkpoints"), "--input", str(path),
+                     "--out_dir", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {"output.wav", "assistant_text.txt", "assistant_text.json", "events.json",
+            "timeline.png"} <= set(os.listdir(out))
+    audio, rate = soundfile.read(out / "output.wav")
+    seconds = len(wave) / 44_100
+    assert rate == 16_000 and abs(len(audio) / rate - seconds) <= 1 / 16_000
+    report = json.loads((out / "events.json").read_text())
+    n_chunks = int(np.ceil(seconds * 25 / 10))
+    assert report["chunks"] == n_chunks and report["latency_ms"]["mean"] > 0
+    # Turns alternate, lie inside the recording, and the output is silent outside them.
+    kinds = [e["event"] for e in report["events"]]
+    assert kinds == ["took_turn", "yielded"] * (len(kinds) // 2)
+    speaking = np.zeros(len(audio), bool)
+    times = [e["time_s"] for e in report["events"]]
+    for start, end in zip(times[::2], times[1::2]):
+        assert 0 <= start < end <= seconds + 0.4
+        speaking[int(round(start * rate)):int(round(end * rate))] = True
+    assert not np.any(audio[~speaking])
+    assert (out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for turn in json.loads((out / "assistant_text.json").read_text()):
+        assert 0 <= turn["start_s"] < turn["end_s"] <= n_chunks * 0.4 + 1e-6
+    assert "real-time factor" in result.stdout
+
+
+def test_unreadable_input_is_a_clear_error(stage_dir, tmp_path):
+    bad = tmp_path / "notes.wav"
+    bad.write_text("this is not audio")
+    result = run_cli("--checkpoint", str(stage_dir / "checkpoints"), "--input", str(bad),
+                     "--out_dir", str(tmp_path / "out"))
+    assert result.returncode != 0
+    assert f"{bad}: cannot be read as audio" in result.stderr
+    assert "Traceback" not in result.stderr
+    missing = run_cli("--checkpoint", str(tmp_path / "nowhere"), "--input", str(bad),
+                      "--out_dir", str(tmp_path / "out"))
+    assert missing.returncode != 0 and "does not exist" in missing.stderr
