@@ -3,9 +3,9 @@
 Each starts, by default, from the final checkpoint of the stage before it in the curriculum
 (same workdir), params only with a fresh optimiser; the runner checks every weight and the
 token layout and records the lineage. Its held-out cross-entropy per stream goes to
-``<workdir>/<stage>/eval.json``; a duplex stage adds the turn-taking metrics of the test
-dialogues decoded live, and writes the settings the duplex command reads beside its
-checkpoints (``<workdir>/<stage>/inference.json``).
+``<workdir>/<stage>/eval.json``; half_duplex adds its generated replies to held-out turns; a
+duplex stage adds the turn-taking metrics of the test dialogues decoded live, and writes the
+settings the duplex command reads beside its checkpoints (``<workdir>/<stage>/inference.json``).
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ import jax
 import numpy as np
 
 from data_pipelines.builders.dialogues import data_source
-from data_pipelines.dialogue_examples import ROLES, stage_examples
+from data_pipelines.dialogue_examples import ROLES, spoken_turns, stage_examples
 from data_pipelines.pipelines import dialogue_pipeline
 from data_pipelines.prepare import prepare_dialogues
 from omniflatten_jax import checkpoint
 from omniflatten_jax.config import ExperimentConfig, to_dict
 from omniflatten_jax.evaluation.cross_entropy import stream_cross_entropy
+from omniflatten_jax.evaluation.half_duplex import evaluate_replies
 from omniflatten_jax.evaluation.turn_taking import (
     evaluate_turn_taking,
     events,
@@ -115,6 +116,8 @@ def run(cfg: ExperimentConfig, workdir: str, stage: str, init_from: str | None =
                   "lineage": list(result.meta.lineage)}
     log.info("%s test cross-entropy (nats/token): overall %.3f  %s", stage, ce["overall"],
              "  ".join(f"{k} {v:.3f}" for k, v in ce["per_stream"].items()))
+    if stage == "half_duplex":
+        evaluation["replies"] = replies(cfg, model, jax.device_get(result.params), test_source)
     if stage in CHUNKED_STAGES:
         evaluation |= turn_taking(cfg, stage, model, jax.device_get(result.params), test_source)
         write_inference_settings(cfg, stage, stage_dir, prepared.tokenizer_path)
@@ -122,6 +125,24 @@ def run(cfg: ExperimentConfig, workdir: str, stage: str, init_from: str | None =
         with open(eval_path, "w") as f:
             json.dump(evaluation, f, indent=2)
     return evaluation
+
+
+def replies(cfg: ExperimentConfig, model, params, test_source) -> dict:
+    """Held-out assistant turns generated half-duplex (text, then its speech)."""
+    start = time.perf_counter()
+    dialogues = [spoken_turns(test_source[i])
+                 for i in range(min(len(test_source), cfg.eval.max_examples))]
+    result = evaluate_replies(model, params, cfg.layout, cfg.flatten, dialogues,
+                              max_prompt=cfg.dialogue_train.seq_len // 2,
+                              max_examples=cfg.eval.max_examples,
+                              batch_size=cfg.eval.batch_size)
+    log.info("half_duplex replies to %d held-out turns in %.0f s: reply CER %.3f (empty reply "
+             "%.3f), exact %.1f%%; speech ended with [EOS] %.1f%%, length ratio %.2f; e.g. %s",
+             result["replies"], time.perf_counter() - start, result["reply_cer"],
+             result["empty_reply_cer"], 100 * result["exact_replies"],
+             100 * result["speech_ended"], result["speech_length_ratio"],
+             result["examples"][:2])
+    return result
 
 
 def turn_taking(cfg: ExperimentConfig, stage: str, model, params, test_source) -> dict:

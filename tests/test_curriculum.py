@@ -55,6 +55,9 @@ def test_all_stages_hand_over_and_resume(spoken_corpus, dialogue_file, tmp_path)
             record = [r for r in meta.lineage if r["kind"] == "init_from"][-1]
             assert record["path"] == str(tmp_path / previous / "checkpoints" / "2")
             assert set(evaluation["cross_entropy"]["per_stream"]) >= {"assistant_speech"}
+        if stage == "half_duplex":  # replies generated turn by turn
+            assert evaluation["replies"]["replies"] > 0
+            assert evaluation["replies"]["empty_reply_cer"] == 1.0
         if stage.startswith("duplex"):  # test dialogues decoded live, scored beside the data
             tt, data = evaluation["turn_taking"], evaluation["turn_taking_data"]
             assert tt["dialogues"] > 0 and tt["assistant"]["events"] > 0
