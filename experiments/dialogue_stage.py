@@ -109,18 +109,19 @@ def run(cfg: ExperimentConfig, workdir: str, stage: str, init_from: str | None =
             for seq in stage_examples(test_source[i], cfg.layout, cfg.flatten, stage,
                                       train.seq_len)]
     model = transformer(cfg.model, cfg.layout.vocab_size)
-    ce = stream_cross_entropy(model, jax.device_get(result.params), test, train.seq_len,
-                              cfg.layout.special("<pad>"), cfg.eval.batch_size)
+    params = jax.device_get(result.params)
+    ce = stream_cross_entropy(model, params, test, train.seq_len, cfg.layout.special("<pad>"),
+                              cfg.eval.batch_size)
     evaluation = {"stage": stage, "step": result.step, "split": "test",
                   "examples": len(test), "cross_entropy": ce,
                   "lineage": list(result.meta.lineage)}
     log.info("%s test cross-entropy (nats/token): overall %.3f  %s", stage, ce["overall"],
              "  ".join(f"{k} {v:.3f}" for k, v in ce["per_stream"].items()))
     if stage == "half_duplex":
-        evaluation["replies"] = replies(cfg, model, jax.device_get(result.params), test_source)
+        evaluation["replies"] = replies(cfg, model, params, test_source)
     if stage in CHUNKED_STAGES:
-        evaluation |= turn_taking(cfg, stage, model, jax.device_get(result.params), test_source)
         write_inference_settings(cfg, stage, stage_dir, prepared.tokenizer_path)
+        evaluation |= turn_taking(cfg, stage, model, params, test_source)
     if jax.process_index() == 0:
         with open(eval_path, "w") as f:
             json.dump(evaluation, f, indent=2)

@@ -68,6 +68,7 @@ def test_a_recording_streams_through_the_model(stage_dir, tmp_path):
     report = json.loads((out / "events.json").read_text())
     n_chunks = int(np.ceil(seconds * 25 / 10))
     assert report["chunks"] == n_chunks and report["latency_ms"]["mean"] > 0
+    assert report["context_slides"] >= 1  # 4-chunk context over a longer recording
     # Turns alternate, lie inside the recording, and the output is silent outside them.
     kinds = [e["event"] for e in report["events"]]
     assert kinds == ["took_turn", "yielded"] * (len(kinds) // 2)

@@ -36,6 +36,7 @@ def test_assistant_turn_taking_known_answers():
     assert r["acc@25"] == pytest.approx(3 / 5)
     assert r["failure_rate"] == pytest.approx(2 / 5)
     assert r["avg_response_ms"] == pytest.approx((0 + 3 + 12) / 3 * 40)
+    assert r["already"] == 0  # nobody spoke over the user's last frame (frame 9)
 
 
 def test_interruption_known_answers_and_timeout_edge():
@@ -52,3 +53,14 @@ def test_interruption_known_answers_and_timeout_edge():
     assert i["avg_response_ms"] == pytest.approx((2 + 37) / 2 * 40)
     assert r["assistant"]["events"] == 0 and r["assistant"]["acc@1"] is None
     assert "interruption" in format_table(r) and "paper" in format_table(r)
+
+
+def test_already_counts_models_in_the_target_state_before_the_event():
+    # Assistant event at 10: the first model talks over the user from frame 8 (d=0, already);
+    # interruption at 20: the second model had stopped at frame 15 (d=0, already).
+    r = turn_taking_metrics([(speech((S, 8), (A, 10)), [("assistant", 10)]),
+                             (speech((A, 15), (S, 10)), [("interruption", 20)]),
+                             (speech((A, 20), (S, 10)), [("interruption", 20)])],
+                            silent_id=S, frame_rate=25)
+    assert r["assistant"]["acc@1"] == 1 and r["assistant"]["already"] == 1
+    assert r["interruption"]["acc@1"] == 1 and r["interruption"]["already"] == pytest.approx(1 / 2)

@@ -13,6 +13,10 @@ Definitions (frames are speech tokens; one token lasts ``1000 / frame_rate`` ms,
 * A failure is no switch within 1.5 s (``d * frame_ms >= 1500``, or never before the dialogue
   ends). Failures count as misses for every K. The average response time ``d * frame_ms`` is
   taken over the successes only; the failure rate is reported beside it.
+* ``already``: the share of events where the model was in the target state on the frame before
+  the event (speaking while the user's last frame was heard; silent when the user cut in).
+  These count as ``d = 0`` under the definitions above, as the paper's wording reads; the share
+  shows how much of Acc@1 is a model that talks over the user, or was not talking at all.
 """
 
 from __future__ import annotations
@@ -56,12 +60,14 @@ def turn_taking_metrics(dialogues: Sequence[tuple[np.ndarray, list[tuple[str, in
     """`dialogues`: (generated assistant speech ids per frame, `events`) pairs."""
     frame_ms = 1000.0 / frame_rate
     delays: dict[str, list[float | None]] = {"assistant": [], "interruption": []}
+    already = {"assistant": 0, "interruption": 0}
     for speech, found in dialogues:
         speech = np.asarray(speech)
         for kind, frame in found:
             mask = speech != silent_id if kind == "assistant" else speech == silent_id
             d = delay(mask, frame)
             delays[kind].append(None if d is None or d * frame_ms >= timeout_ms else d)
+            already[kind] += bool(frame > 0 and mask[frame - 1])
     result = {}
     for kind, ds in delays.items():
         ok = [d for d in ds if d is not None]
@@ -70,6 +76,7 @@ def turn_taking_metrics(dialogues: Sequence[tuple[np.ndarray, list[tuple[str, in
             **{f"acc@{k}": (sum(d < k for d in ok) / len(ds) if ds else None) for k in ks},
             "avg_response_ms": float(np.mean(ok) * frame_ms) if ok else None,
             "failure_rate": (len(ds) - len(ok)) / len(ds) if ds else None,
+            "already": already[kind] / len(ds) if ds else None,
         }
     return {"frame_ms": frame_ms, "timeout_ms": timeout_ms, **result}
 
@@ -101,12 +108,12 @@ def format_table(result: dict, reference: dict | None = None) -> str:
     recorded assistant channel) and the paper's figures."""
     fmt = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     lines = [f"{'turn-taking':<14}{'events':>7}" + "".join(f"{f'Acc@{k}':>8}" for k in KS)
-             + f"{'avg ms':>8}{'fail':>6}"]
+             + f"{'avg ms':>8}{'fail':>6}{'already':>9}"]
 
     def row(name, r):
         ms = "-" if r["avg_response_ms"] is None else round(r["avg_response_ms"])
         return (f"{name:<14}{r['events']:>7}" + "".join(f"{fmt(r[f'acc@{k}']):>8}" for k in KS)
-                + f"{ms:>8}{fmt(r['failure_rate']):>6}")
+                + f"{ms:>8}{fmt(r['failure_rate']):>6}{fmt(r.get('already')):>9}")
 
     for kind in ("assistant", "interruption"):
         lines.append(row(kind, result[kind]))
