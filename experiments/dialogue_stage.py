@@ -105,9 +105,9 @@ def run(cfg: ExperimentConfig, workdir: str, stage: str, init_from: str | None =
                      saved["turn_taking"]["dialogues"],
                      format_table(saved["turn_taking"], saved["turn_taking_data"]))
         return saved
-    test = [seq for i in range(min(len(test_source), cfg.eval.max_examples))
-            for seq in stage_examples(test_source[i], cfg.layout, cfg.flatten, stage,
-                                      train.seq_len)]
+    records = [test_source[i] for i in range(min(len(test_source), cfg.eval.max_examples))]
+    test = [seq for record in records
+            for seq in stage_examples(record, cfg.layout, cfg.flatten, stage, train.seq_len)]
     model = transformer(cfg.model, cfg.layout.vocab_size)
     params = jax.device_get(result.params)
     ce = stream_cross_entropy(model, params, test, train.seq_len, cfg.layout.special("<pad>"),
@@ -118,21 +118,20 @@ def run(cfg: ExperimentConfig, workdir: str, stage: str, init_from: str | None =
     log.info("%s test cross-entropy (nats/token): overall %.3f  %s", stage, ce["overall"],
              "  ".join(f"{k} {v:.3f}" for k, v in ce["per_stream"].items()))
     if stage == "half_duplex":
-        evaluation["replies"] = replies(cfg, model, params, test_source)
+        evaluation["replies"] = replies(cfg, model, params, records)
     if stage in CHUNKED_STAGES:
         write_inference_settings(cfg, stage, stage_dir, prepared.tokenizer_path)
-        evaluation |= turn_taking(cfg, stage, model, params, test_source)
+        evaluation |= turn_taking(cfg, stage, model, params, records)
     if jax.process_index() == 0:
         with open(eval_path, "w") as f:
             json.dump(evaluation, f, indent=2)
     return evaluation
 
 
-def replies(cfg: ExperimentConfig, model, params, test_source) -> dict:
+def replies(cfg: ExperimentConfig, model, params, records) -> dict:
     """Held-out assistant turns generated half-duplex (text, then its speech)."""
     start = time.perf_counter()
-    dialogues = [spoken_turns(test_source[i])
-                 for i in range(min(len(test_source), cfg.eval.max_examples))]
+    dialogues = [spoken_turns(record) for record in records]
     result = evaluate_replies(model, params, cfg.layout, cfg.flatten, dialogues,
                               max_prompt=cfg.dialogue_train.seq_len // 2,
                               max_examples=cfg.eval.max_examples,
@@ -146,10 +145,9 @@ def replies(cfg: ExperimentConfig, model, params, test_source) -> dict:
     return result
 
 
-def turn_taking(cfg: ExperimentConfig, stage: str, model, params, test_source) -> dict:
+def turn_taking(cfg: ExperimentConfig, stage: str, model, params, records) -> dict:
     """Every test dialogue decoded live; the metrics of the model and of the data itself."""
     start = time.perf_counter()
-    records = [test_source[i] for i in range(min(len(test_source), cfg.eval.max_examples))]
     dialogues = [(np.asarray(r["user_speech"]), turn_events(r)) for r in records]
     chunk = chunk_layout(stage, cfg.flatten)
     result = evaluate_turn_taking(

@@ -24,11 +24,13 @@ import time
 
 import numpy as np
 
+from omniflatten_jax.config import FlattenConfig
 from omniflatten_jax.flatten import ChunkLayout, Stream
 from omniflatten_jax.inference.duplex import DuplexDecoder
 from omniflatten_jax.inference.engine import Sampling
 from omniflatten_jax.model import Params, Transformer
 from omniflatten_jax.speech.audio import load_audio, save_audio
+from omniflatten_jax.speech.tokenizer import SpeechDecoder, SpeechTokenizer
 from omniflatten_jax.vocab import TokenLayout
 
 
@@ -54,7 +56,8 @@ class LiveResult:
 
 
 def stream_recording(model: Transformer, params: Params, layout: TokenLayout, chunk: ChunkLayout,
-                     flatten, tokenizer, audio_path: str, *, context_chunks: int,
+                     flatten: FlattenConfig, tokenizer: SpeechTokenizer, audio_path: str, *,
+                     context_chunks: int,
                      sampling: Sampling = Sampling(), seed: int = 0) -> LiveResult:
     """Decodes `audio_path` (any format, rate, channel count) chunk by chunk."""
     wave = load_audio(audio_path, tokenizer.sample_rate)
@@ -85,7 +88,8 @@ def speech_runs(speech: np.ndarray, silent_id: int) -> list[tuple[int, int]]:
     return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
 
 
-def assistant_audio(result: LiveResult, layout: TokenLayout, decoder) -> np.ndarray:
+def assistant_audio(result: LiveResult, layout: TokenLayout, decoder: SpeechDecoder
+                    ) -> np.ndarray:
     """Samples for exactly the input's duration: zeros, and each spoken run decoded in place."""
     hop = result.sample_rate / result.frame_rate
     out = np.zeros(len(result.user_wave), np.float32)
@@ -133,7 +137,7 @@ def turn_events(result: LiveResult, layout: TokenLayout) -> list[dict]:
     return found
 
 
-def write_outputs(result: LiveResult, layout: TokenLayout, decoder, out_dir: str,
+def write_outputs(result: LiveResult, layout: TokenLayout, decoder: SpeechDecoder, out_dir: str,
                   title: str = "") -> dict:
     """Writes the command's files into `out_dir`; returns the summary it prints."""
     from omniflatten_jax.inference.timeline import plot_timeline
