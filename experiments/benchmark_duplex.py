@@ -79,11 +79,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from experiments.configs import get_config
-    from omniflatten_jax.config import override
 
-    cfg = get_config(FLAGS.config)
-    for assignment in FLAGS.set:
-        cfg = override(cfg, assignment)
+    cfg = get_config(FLAGS.config, FLAGS.set)
     if FLAGS.chunks < 1:
         raise app.UsageError("--chunks must be >= 1")
     r = measure(cfg, FLAGS.stage, FLAGS.chunks, FLAGS.batch, FLAGS.checkpoint)

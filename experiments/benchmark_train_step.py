@@ -64,12 +64,9 @@ def main(argv):
     import jax
 
     from experiments.configs import get_config
-    from omniflatten_jax.config import override
     from omniflatten_jax.model import transformer
 
-    cfg = get_config(FLAGS.config)
-    for assignment in FLAGS.set:
-        cfg = override(cfg, assignment)
+    cfg = get_config(FLAGS.config, FLAGS.set)
     impls = FLAGS.attention or (["xla", "cudnn"] if jax.default_backend() == "gpu" else ["xla"])
     n_params = transformer(cfg.model, cfg.layout.vocab_size).num_params
     tokens = FLAGS.batch * FLAGS.seq_len

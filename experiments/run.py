@@ -43,19 +43,16 @@ def setup_logging() -> None:
 
 def build_config():
     from experiments.configs import get_config
-    from omniflatten_jax.config import override
 
-    cfg = get_config(FLAGS.config)
+    overrides = []
     if FLAGS.data:
-        cfg = override(cfg, f"data.source={FLAGS.data}")
+        overrides.append(f"data.source={FLAGS.data}")
     if FLAGS.curriculum:
-        cfg = override(cfg, f"curriculum={FLAGS.curriculum}")
+        overrides.append(f"curriculum={FLAGS.curriculum}")
     if FLAGS.steps is not None:
         section = "train" if FLAGS.stage == "alignment" else "dialogue_train"
-        cfg = override(cfg, f"{section}.steps={FLAGS.steps}")
-    for assignment in FLAGS.set:
-        cfg = override(cfg, assignment)
-    return cfg
+        overrides.append(f"{section}.steps={FLAGS.steps}")
+    return get_config(FLAGS.config, overrides + list(FLAGS.set))
 
 
 def main(argv):

@@ -34,7 +34,6 @@ def describe(tokens, layout, tok) -> str:
 
 def main(argv=None):
     from experiments.configs import get_config
-    from omniflatten_jax.config import override
     from omniflatten_jax.flatten import chunk_layout
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -45,9 +44,7 @@ def main(argv=None):
     parser.add_argument("--index", type=int, default=0, help="which test dialogue")
     parser.add_argument("--set", action="append", default=[], help="config overrides")
     args = parser.parse_args(argv)
-    cfg = get_config(args.config)
-    for assignment in args.set:
-        cfg = override(cfg, assignment)
+    cfg = get_config(args.config, args.set)
 
     from data_pipelines.builders.dialogues import data_source
     from data_pipelines.dialogue_examples import duplex_windows

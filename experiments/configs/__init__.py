@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from experiments.configs import embedded, qwen2_0_5b
-from omniflatten_jax.config import ExperimentConfig
+from omniflatten_jax.config import ExperimentConfig, override
 
 NAMES = {"embedded": embedded.config, "qwen2_0_5b": qwen2_0_5b.config,
          "qwen2_0_5b_shrunk": qwen2_0_5b.shrunk}
 
 
-def get_config(name: str) -> ExperimentConfig:
+def get_config(name: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """The named configuration with ``section.field=value`` overrides applied in order."""
     if name not in NAMES:
         raise ValueError(f"unknown config {name!r}; choose one of {sorted(NAMES)}")
-    return NAMES[name]()
+    cfg = NAMES[name]()
+    for assignment in overrides:
+        cfg = override(cfg, assignment)
+    return cfg
