@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 from absl import app, flags
 
@@ -38,7 +37,7 @@ def measure(cfg, stage: str, n_chunks: int, batch: int, checkpoint: str | None) 
 
     from omniflatten_jax.checkpoint import load_params
     from omniflatten_jax.flatten import chunk_layout
-    from omniflatten_jax.inference.duplex import DuplexDecoder
+    from omniflatten_jax.inference.duplex import DuplexDecoder, training_window
     from omniflatten_jax.model import transformer
 
     if checkpoint:
@@ -50,17 +49,14 @@ def measure(cfg, stage: str, n_chunks: int, batch: int, checkpoint: str | None) 
     model = transformer(model_cfg, cfg.layout.vocab_size)
     chunk = chunk_layout(stage, cfg.flatten)
     decoder = DuplexDecoder(model, params, cfg.layout, chunk, cfg.flatten, batch=batch,
-                            context_chunks=cfg.dialogue_train.seq_len // chunk.chunk_len)
+                            context_chunks=training_window(cfg.dialogue_train.seq_len, chunk))
     compile_s = decoder.compile()
     rng = np.random.default_rng(0)
     width = chunk.streams[0][1]
-    times = []
     for _ in range(n_chunks):
-        user = cfg.layout.speech_ids(rng.integers(0, cfg.layout.num_speech_codes, (batch, width)))
-        start = time.perf_counter()
-        decoder.step(user)  # returns host numpy: the chunk is complete
-        times.append(time.perf_counter() - start)
-    ms = np.asarray(times) * 1000
+        decoder.step(cfg.layout.speech_ids(
+            rng.integers(0, cfg.layout.num_speech_codes, (batch, width))))
+    ms = np.asarray(decoder.chunk_ms)
     chunk_ms = 1000 * width / cfg.speech.frame_rate
     return {
         "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),

@@ -34,7 +34,7 @@ from omniflatten_jax.evaluation.turn_taking import (
     turn_taking_metrics,
 )
 from omniflatten_jax.flatten import CHUNKED_STAGES, chunk_layout
-from omniflatten_jax.inference.duplex import INFERENCE_SETTINGS
+from omniflatten_jax.inference.duplex import INFERENCE_SETTINGS, training_window
 from omniflatten_jax.model import transformer
 from omniflatten_jax.training.runner import train_stage
 
@@ -153,7 +153,7 @@ def turn_taking(cfg: ExperimentConfig, stage: str, model, params, records) -> di
     result = evaluate_turn_taking(
         model, params, cfg.layout, chunk, cfg.flatten, dialogues,
         frame_rate=cfg.speech.frame_rate, batch_size=cfg.eval.batch_size,
-        context_chunks=cfg.dialogue_train.seq_len // chunk.chunk_len)
+        context_chunks=training_window(cfg.dialogue_train.seq_len, chunk))
     data = turn_taking_metrics([(r["assistant_speech"], found) for r, (_, found)
                                 in zip(records, dialogues)],
                                cfg.layout.special("<silent_speech>"), cfg.speech.frame_rate)
@@ -177,7 +177,7 @@ def write_inference_settings(cfg: ExperimentConfig, stage: str, stage_dir: str,
     chunk = chunk_layout(stage, cfg.flatten)
     settings = {"stage": stage, "config": cfg.name, "flatten": to_dict(cfg.flatten),
                 "speech": to_dict(cfg.speech), "speech_tokenizer": os.path.abspath(tokenizer_path),
-                "context_chunks": cfg.dialogue_train.seq_len // chunk.chunk_len}
+                "context_chunks": training_window(cfg.dialogue_train.seq_len, chunk)}
     if jax.process_index() == 0:
         with open(os.path.join(stage_dir, INFERENCE_SETTINGS), "w") as f:
             json.dump(settings, f, indent=2)

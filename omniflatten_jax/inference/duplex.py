@@ -62,6 +62,12 @@ def chunk_masks(layout: TokenLayout, chunk: ChunkLayout,
     return legal, pattern.astype(np.int32)
 
 
+def training_window(seq_len: int, chunk: ChunkLayout) -> int:
+    """Chunks per training window (`dialogue_examples.duplex_windows`): the most context a
+    duplex model saw in training, and so the most its decoder attends to."""
+    return seq_len // chunk.chunk_len
+
+
 @functools.partial(jax.jit, static_argnames=("model",), donate_argnames=("cache",))
 def _prefill(model: Transformer, params: Params, cache, tokens):
     return model.extend(params, cache, tokens)[1]
@@ -97,6 +103,7 @@ class DuplexDecoder:
         self.recent: collections.deque[np.ndarray] = collections.deque(maxlen=max(keep, 1))
         self.key = jax.random.key(seed)
         self.chunks_done = self.in_cache = self.slides = 0
+        self.chunk_ms: list[float] = []  # wall time of each `step`, the slide included
 
     def compile(self) -> float:
         """Compiles every call streaming makes, on scratch caches, ahead of the first chunk (a
@@ -135,6 +142,7 @@ class DuplexDecoder:
 
     def step(self, user_chunk: np.ndarray) -> np.ndarray:
         """One chunk: ``user_chunk [B, speech_chunk]`` ids -> the generated ``[B, rest]``."""
+        start = time.perf_counter()
         user_chunk = np.asarray(user_chunk, np.int32)
         if self.in_cache == self.context_chunks:
             self._slide()
@@ -142,7 +150,8 @@ class DuplexDecoder:
         out, self.cache = feed_and_generate(
             self.model, self.params, self.cache, jnp.asarray(user_chunk), None,
             self.legal, self.pattern, self.no_stop, key, sampling=self.sampling)
-        out = np.asarray(out)
+        out = np.asarray(out)  # on the host: the chunk is complete
+        self.chunk_ms.append((time.perf_counter() - start) * 1000)
         self.recent.append(np.concatenate([user_chunk, out], axis=1))
         self.chunks_done += 1
         self.in_cache += 1

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 
 import numpy as np
 
@@ -69,16 +68,9 @@ def stream_recording(model: Transformer, params: Params, layout: TokenLayout, ch
     decoder = DuplexDecoder(model, params, layout, chunk, flatten, batch=1,
                             context_chunks=context_chunks, sampling=sampling, seed=seed)
     compile_s = decoder.compile()
-    rows, times = [], []
-    for c in range(n_chunks):
-        fed = padded[None, c * width:(c + 1) * width]
-        start = time.perf_counter()
-        generated = decoder.step(fed)  # host numpy: the chunk is complete
-        times.append((time.perf_counter() - start) * 1000)
-        rows.append(np.concatenate([fed, generated], axis=1)[0])
-    streams = chunk.unflatten(np.concatenate(rows))
+    streams = chunk.unflatten(decoder.run(padded[None])[0])  # one chunk at a time, timed
     return LiveResult(wave, tokenizer.sample_rate, tokenizer.frame_rate, width, user, streams,
-                      np.asarray(times), compile_s, decoder.slides)
+                      np.asarray(decoder.chunk_ms), compile_s, decoder.slides)
 
 
 def speech_runs(speech: np.ndarray, silent_id: int) -> list[tuple[int, int]]:
