@@ -2,8 +2,8 @@
 
 Long dialogues become several examples, never truncated ones:
 
-* duplex stages: the dense per-chunk streams are cut at chunk boundaries into windows of at
-  most ``seq_len // chunk_len`` chunks; every chunk lands in exactly one window.
+* duplex stages: the dense per-chunk streams are cut at chunk boundaries into windows of
+  `StagePlan.context_chunks` chunks at most; every chunk lands in exactly one window.
 * half_duplex: consecutive turns are grouped greedily into sequences of at most ``seq_len``
   tokens; a single turn longer than that cannot be split and is reported at build time.
 """
@@ -17,16 +17,10 @@ import numpy as np
 
 from omniflatten_jax.chunking import DialogueStreams, Turn, dialogue_chunks
 from omniflatten_jax.config import FlattenConfig
-from omniflatten_jax.flatten import (
-    CHUNKED_STAGES,
-    FlatSequence,
-    SpokenTurn,
-    chunk_layout,
-    half_duplex_sequence,
-)
+from omniflatten_jax.flatten import FlatSequence, SpokenTurn, half_duplex_sequence
+from omniflatten_jax.stages import StagePlan
 from omniflatten_jax.vocab import TokenLayout
 
-DIALOGUE_STAGES = ("half_duplex",) + CHUNKED_STAGES
 ROLES = ("user", "assistant")
 
 
@@ -43,19 +37,22 @@ def dialogue_streams(record) -> DialogueStreams:
     return DialogueStreams(record["user_speech"], record["assistant_speech"], tuple(turns))
 
 
+def turn_changes(record) -> list[str]:
+    """The pattern of each turn change of a record: ``reply``, ``interrupt`` or ``wait``."""
+    boundaries = record["boundaries"]  # TFDS text: bytes
+    boundaries = boundaries.decode() if isinstance(boundaries, bytes) else str(boundaries)
+    return boundaries.split(",") if boundaries else []
 
 
 def _example(seq: FlatSequence) -> dict:
     return {"tokens": seq.tokens, "streams": seq.streams, "loss_mask": seq.loss_mask}
 
 
-def duplex_windows(record, layout: TokenLayout, cfg: FlattenConfig, stage: str,
-                   seq_len: int) -> list[FlatSequence]:
-    chunk = chunk_layout(stage, cfg)
-    per_window = seq_len // chunk.chunk_len
-    if per_window < 1:
-        raise ValueError(f"seq_len {seq_len} is shorter than one {stage} chunk "
-                         f"({chunk.chunk_len} tokens)")
+def duplex_windows(record, layout: TokenLayout, plan: StagePlan,
+                   per_window: int | None = None) -> list[FlatSequence]:
+    """A duplex stage's windows of `plan.context_chunks` chunks (or `per_window`)."""
+    chunk, cfg = plan.chunk, plan.flatten
+    per_window = per_window or plan.context_chunks
     chunks = dialogue_chunks(dialogue_streams(record), layout, cfg)
     n_chunks = len(chunks["user_speech"])
     windows = []
@@ -93,11 +90,10 @@ def half_duplex_groups(record, layout: TokenLayout, cfg: FlattenConfig,
     return groups
 
 
-def stage_examples(record, layout: TokenLayout, cfg: FlattenConfig, stage: str,
-                   seq_len: int) -> list[FlatSequence]:
-    if stage == "half_duplex":
-        return half_duplex_groups(record, layout, cfg, seq_len)
-    return duplex_windows(record, layout, cfg, stage, seq_len)
+def stage_examples(record, layout: TokenLayout, plan: StagePlan) -> list[FlatSequence]:
+    if plan.chunk is None:
+        return half_duplex_groups(record, layout, plan.flatten, plan.train.seq_len)
+    return duplex_windows(record, layout, plan)
 
 
 def assistant_text_lag(record, layout: TokenLayout, cfg: FlattenConfig) -> int:
@@ -115,14 +111,11 @@ def assistant_text_lag(record, layout: TokenLayout, cfg: FlattenConfig) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class StageExamples(grain.experimental.FlatMapTransform):
-    """A dialogue record -> its examples for `stage` (see the module docstring)."""
+    """A dialogue record -> its examples for `plan` (see the module docstring)."""
 
     layout: TokenLayout
-    cfg: FlattenConfig
-    stage: str
-    seq_len: int
+    plan: StagePlan
     max_fan_out: int = 256
 
     def flat_map(self, record):
-        return [_example(s) for s in stage_examples(record, self.layout, self.cfg, self.stage,
-                                                    self.seq_len)]
+        return [_example(s) for s in stage_examples(record, self.layout, self.plan)]

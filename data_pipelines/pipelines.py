@@ -1,10 +1,9 @@
 """Grain pipelines per stage: read -> lay out (flatten.py) -> pack -> batch -> prefetch.
 
-Rows come out as ``{tokens, positions, segment_ids, loss_mask, streams}``, each
-``[local_batch, seq_len]``: several examples packed per row (segment ids start at 1; 0 is
-padding; positions restart per example). Each host reads its own shard of the records, and
-the iterator's state can be saved and restored (Orbax + `grain.checkpoint`) to resume on the
-same data.
+Rows come out as `omniflatten_jax.batch.FIELDS`, each ``[local_batch, seq_len]``: several
+examples packed per row (segment ids start at 1; 0 is padding; positions restart per
+example). Each host reads its own shard of the records, and the iterator's state can be saved
+and restored (Orbax + `grain.checkpoint`) to resume on the same data.
 """
 
 from __future__ import annotations
@@ -14,11 +13,13 @@ import dataclasses
 import grain
 import numpy as np
 
-from omniflatten_jax.config import FlattenConfig
+from omniflatten_jax.batch import FIELDS
 from omniflatten_jax.flatten import Stream, asr_sequence, tts_sequence
+from omniflatten_jax.stages import StagePlan
 from omniflatten_jax.vocab import TokenLayout
 
-FIELDS = ("tokens", "streams", "loss_mask")
+EXAMPLE_FIELDS = ("tokens", "streams", "loss_mask")  # what packing aligns; it adds the rest
+PACKED_NAMES = {"positions": "tokens_positions", "segment_ids": "tokens_segment_ids"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +53,10 @@ class CheckLength(grain.transforms.Map):
 
 @dataclasses.dataclass(frozen=True)
 class RenamePacked(grain.transforms.Map):
+    """Grain's packing names positions and segment ids after the field they index."""
+
     def map(self, packed):
-        return {"tokens": packed["tokens"], "positions": packed["tokens_positions"],
-                "segment_ids": packed["tokens_segment_ids"], "loss_mask": packed["loss_mask"],
-                "streams": packed["streams"]}
+        return {k: packed[PACKED_NAMES.get(k, k)] for k in FIELDS}
 
 
 def packed_batches(examples: grain.IterDataset, *, layout: TokenLayout, seq_len: int,
@@ -63,7 +64,7 @@ def packed_batches(examples: grain.IterDataset, *, layout: TokenLayout, seq_len:
                    ) -> grain.IterDataset:
     """Laid-out examples -> packed, batched rows (the part shared by every stage)."""
     ds = grain.experimental.FirstFitPackIterDataset(
-        examples.map(CheckLength(seq_len)), length_struct={k: seq_len for k in FIELDS},
+        examples.map(CheckLength(seq_len)), length_struct={k: seq_len for k in EXAMPLE_FIELDS},
         num_packing_bins=num_packing_bins, seed=seed, shuffle_bins=True,
         padding_struct={"tokens": layout.special("<pad>"), "streams": int(Stream.PAD),
                         "loss_mask": False})
@@ -88,19 +89,19 @@ def alignment_pipeline(source, *, layout: TokenLayout, seq_len: int, batch_size:
                           num_packing_bins=num_packing_bins, num_workers=num_workers, seed=seed)
 
 
-def dialogue_pipeline(source, *, stage: str, layout: TokenLayout, flatten: FlattenConfig,
-                      seq_len: int, batch_size: int, seed: int, num_packing_bins: int = 8,
-                      num_workers: int = 0, process_index: int = 0, process_count: int = 1
-                      ) -> grain.IterDataset:
-    """Endless packed rows of a dialogue stage's examples (dialogue_examples.py)."""
+def dialogue_pipeline(source, *, plan: StagePlan, layout: TokenLayout, batch_size: int,
+                      num_packing_bins: int = 8, num_workers: int = 0, process_index: int = 0,
+                      process_count: int = 1) -> grain.IterDataset:
+    """Endless packed rows of a dialogue stage's examples (dialogue_examples.py), in rows of
+    the plan's ``train.seq_len``, shuffled with its ``train.seed``."""
     from data_pipelines.dialogue_examples import StageExamples
 
     ds = grain.MapDataset.source(source)[process_index::process_count]
     if len(ds) == 0:
         raise ValueError("no training dialogues for this host")
+    seed = plan.train.seed
     ds = ds.seed(seed).shuffle().repeat(None).to_iter_dataset(
         grain.ReadOptions(num_threads=2, prefetch_buffer_size=16))
-    ds = grain.experimental.FlatMapIterDataset(
-        ds, StageExamples(layout, flatten, stage, seq_len))
-    return packed_batches(ds, layout=layout, seq_len=seq_len, batch_size=batch_size,
+    ds = grain.experimental.FlatMapIterDataset(ds, StageExamples(layout, plan))
+    return packed_batches(ds, layout=layout, seq_len=plan.train.seq_len, batch_size=batch_size,
                           num_packing_bins=num_packing_bins, num_workers=num_workers, seed=seed)

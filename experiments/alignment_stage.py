@@ -15,30 +15,22 @@ from data_pipelines.pipelines import alignment_pipeline
 from data_pipelines.prepare import prepare_speech_text
 from omniflatten_jax.config import ExperimentConfig
 from omniflatten_jax.evaluation.alignment import evaluate_alignment, format_table
-from omniflatten_jax.model import transformer
+from omniflatten_jax.placement import PlacedModel
+from omniflatten_jax.stages import StagePlan
 from omniflatten_jax.training.runner import train_stage
 
 log = logging.getLogger(__name__)
 
-LOSS_NAMES = {"user_text": "asr_text", "assistant_speech": "tts_speech", "control": "markers"}
 BASELINE_RECORDS = 20_000  # training records read for the trivial baselines
-
-
-def _to_host(params):
-    """Full parameter arrays on this host (gathered from every host on a pod)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        return multihost_utils.process_allgather(params, tiled=True)
-    return jax.device_get(params)
 
 
 def _decode(record: dict) -> dict:
     return {k: v.decode() if isinstance(v, bytes) else v for k, v in record.items()}
 
 
-def run(cfg: ExperimentConfig, workdir: str, init_from: str | None = None) -> dict:
-    stage_dir = os.path.join(os.path.abspath(workdir), "alignment")
+def run(cfg: ExperimentConfig, plan: StagePlan, workdir: str,
+        init_from: str | None = None) -> dict:
+    stage_dir = os.path.join(os.path.abspath(workdir), plan.name)
     prepared = prepare_speech_text(cfg, workdir)
     train_source = data_source(prepared.data_dir, prepared.config_name, "train", cfg.layout)
     test_source = data_source(prepared.data_dir, prepared.config_name, "test", cfg.layout)
@@ -47,13 +39,11 @@ def run(cfg: ExperimentConfig, workdir: str, init_from: str | None = None) -> di
 
     def make_data(process_index, process_count):
         return alignment_pipeline(
-            train_source, layout=cfg.layout, seq_len=cfg.train.seq_len,
-            batch_size=cfg.train.batch_size // process_count, asr_fraction=cfg.data.asr_fraction,
-            seed=cfg.train.seed, num_packing_bins=cfg.data.num_packing_bins,
-            num_workers=cfg.data.num_workers, process_index=process_index,
-            process_count=process_count)
-
-    model = transformer(cfg.model, cfg.layout.vocab_size)
+            train_source, layout=cfg.layout, seq_len=plan.train.seq_len,
+            batch_size=plan.train.batch_size // process_count,
+            asr_fraction=cfg.data.asr_fraction, seed=plan.train.seed,
+            num_packing_bins=cfg.data.num_packing_bins, num_workers=cfg.data.num_workers,
+            process_index=process_index, process_count=process_count)
 
     @functools.cache
     def held_out():
@@ -65,21 +55,21 @@ def run(cfg: ExperimentConfig, workdir: str, init_from: str | None = None) -> di
         codes = cfg.layout.speech_codes(np.concatenate([r["tts_speech_ids"] for r in train]))
         return test, [r["text"] for r in train], codes
 
-    def evaluation_of(params) -> dict:
+    def evaluation_of(placed: PlacedModel) -> dict:
         test, train_texts, train_codes = held_out()
-        return evaluate_alignment(model, _to_host(params), cfg.layout, test, train_texts,
-                                  train_codes, max_examples=cfg.eval.max_examples,
+        return evaluate_alignment(placed, cfg.layout, test, train_texts, train_codes,
+                                  max_examples=cfg.eval.max_examples,
                                   tts_max_examples=cfg.eval.tts_max_examples,
                                   batch_size=cfg.eval.batch_size)
 
-    def evaluate(params, step):
-        result = evaluation_of(params)
+    def evaluate(placed: PlacedModel, step):
+        result = evaluation_of(placed)
         log.info("alignment eval at step %d:\n%s", step, format_table(result))
         return {"asr_cer": result["asr"]["cer"], "asr_wer": result["asr"]["wer"],
                 "tts_code_accuracy": result["tts"]["code_accuracy"]}
 
-    result = train_stage(cfg, "alignment", stage_dir, make_data, init_from=init_from,
-                         loss_names=LOSS_NAMES, evaluate=evaluate)
+    result = train_stage(cfg, plan, stage_dir, make_data, init_from=init_from,
+                         evaluate=evaluate, speech_tokenizer=prepared.speech_tokenizer_bytes())
     eval_path = os.path.join(stage_dir, "eval.json")
     if result.trained_steps == 0 and os.path.isfile(eval_path):
         with open(eval_path) as f:
@@ -87,8 +77,8 @@ def run(cfg: ExperimentConfig, workdir: str, init_from: str | None = None) -> di
         log.info("alignment eval (step %d, from %s):\n%s", saved["step"], eval_path,
                  format_table(saved))
         return saved
-    evaluation = {"stage": "alignment", "step": result.step, "split": "test",
-                  "speech_tokenizer": prepared.tokenizer_path, **evaluation_of(result.params)}
+    evaluation = {"stage": plan.name, "step": result.step, "split": "test",
+                  "speech_tokenizer": prepared.tokenizer_path, **evaluation_of(result.placed)}
     if jax.process_index() == 0:
         with open(eval_path, "w") as f:
             json.dump(evaluation, f, indent=2)

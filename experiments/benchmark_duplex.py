@@ -9,8 +9,9 @@ times each call to completion. Without --checkpoint the configuration's model is
 initialised (same shapes, same cost). A chunk holds ``speech_chunk`` speech frames, so it
 covers ``speech_chunk / frame_rate`` seconds of audio; the real-time factor is the mean chunk
 decode time over that (below 1: faster than real time). The decoder is compiled before the
-first chunk (reported apart). The context slides as in live use (the training window,
-``dialogue_train.seq_len // chunk_len`` chunks), its prefills included.
+first chunk (reported apart). The context slides as in live use (the stage plan's training
+window, `StagePlan.context_chunks`), its prefills included. Parameters are placed once
+(``--params``: sharded over the devices, or replicated on each).
 """
 
 from __future__ import annotations
@@ -27,29 +28,32 @@ flags.DEFINE_string("checkpoint", None, "a checkpoint to decode with (default: r
 flags.DEFINE_enum("stage", "duplex_3", ("duplex_4", "duplex_3", "duplex_2"), "chunk layout")
 flags.DEFINE_integer("chunks", 60, "chunks to decode and time")
 flags.DEFINE_integer("batch", 1, "dialogues decoded together")
+flags.DEFINE_enum("params", "sharded", ("sharded", "replicated"), "parameter placement")
 flags.DEFINE_multi_string("set", [], "configuration overrides, e.g. --set=model.dtype=float32")
 FLAGS = flags.FLAGS
 
 
-def measure(cfg, stage: str, n_chunks: int, batch: int, checkpoint: str | None) -> dict:
+def measure(cfg, stage: str, n_chunks: int, batch: int, checkpoint: str | None,
+            params: str = "sharded") -> dict:
     import jax
     import numpy as np
 
-    from omniflatten_jax.checkpoint import load_params
-    from omniflatten_jax.flatten import chunk_layout
-    from omniflatten_jax.inference.duplex import DuplexDecoder, training_window
+    from omniflatten_jax import checkpoint as ckpt
+    from omniflatten_jax.inference.duplex import DuplexDecoder, DuplexSettings
     from omniflatten_jax.model import transformer
+    from omniflatten_jax.placement import PlacedModel
+    from omniflatten_jax.stages import plan_stage
 
     if checkpoint:
-        params, meta, _ = load_params(checkpoint, layout=cfg.layout)
-        model_cfg = meta.model
+        placed = PlacedModel.restore(checkpoint, cfg.mesh, params, layout=cfg.layout)
+        settings = DuplexSettings.of_checkpoint(ckpt.load_meta(checkpoint), checkpoint)
     else:
-        model_cfg = cfg.model
-        params = transformer(model_cfg, cfg.layout.vocab_size).init(jax.random.key(0))
-    model = transformer(model_cfg, cfg.layout.vocab_size)
-    chunk = chunk_layout(stage, cfg.flatten)
-    decoder = DuplexDecoder(model, params, cfg.layout, chunk, cfg.flatten, batch=batch,
-                            context_chunks=training_window(cfg.dialogue_train.seq_len, chunk))
+        model = transformer(cfg.model, cfg.layout.vocab_size)
+        placed = PlacedModel.create(model, model.init(jax.random.key(0)), cfg.mesh, params)
+        settings = DuplexSettings.of_plan(plan_stage(cfg, stage))
+    model, chunk = placed.model, settings.chunk
+    decoder = DuplexDecoder(placed, cfg.layout, chunk, settings.flatten, batch=batch,
+                            context_chunks=settings.context_chunks)
     compile_s = decoder.compile()
     rng = np.random.default_rng(0)
     width = chunk.streams[0][1]
@@ -57,11 +61,12 @@ def measure(cfg, stage: str, n_chunks: int, batch: int, checkpoint: str | None) 
         decoder.step(cfg.layout.speech_ids(
             rng.integers(0, cfg.layout.num_speech_codes, (batch, width))))
     ms = np.asarray(decoder.chunk_ms)
-    chunk_ms = 1000 * width / cfg.speech.frame_rate
+    chunk_ms = 1000 * width / cfg.speech.mel.frame_rate
     return {
         "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
-        "jax": jax.__version__, "params": model.num_params, "dtype": model_cfg.dtype,
-        "stage": stage, "batch": batch, "chunk_tokens": chunk.chunk_len,
+        "jax": jax.__version__, "params": model.num_params, "dtype": model.cfg.dtype,
+        "placement": placed.placement, "devices": placed.mesh.size,
+        "stage": chunk.name, "batch": batch, "chunk_tokens": chunk.chunk_len,
         "chunk_audio_ms": chunk_ms, "compile_s": compile_s,
         "mean_ms": float(ms.mean()), "p50_ms": float(np.percentile(ms, 50)),
         "p95_ms": float(np.percentile(ms, 95)), "max_ms": float(ms.max()),
@@ -79,8 +84,9 @@ def main(argv):
     cfg = get_config(FLAGS.config, FLAGS.set)
     if FLAGS.chunks < 1:
         raise app.UsageError("--chunks must be >= 1")
-    r = measure(cfg, FLAGS.stage, FLAGS.chunks, FLAGS.batch, FLAGS.checkpoint)
-    print(f"{FLAGS.config} ({r['params'] / 1e6:.1f}M params, {r['dtype']}) on {r['device']} "
+    r = measure(cfg, FLAGS.stage, FLAGS.chunks, FLAGS.batch, FLAGS.checkpoint, FLAGS.params)
+    print(f"{FLAGS.config} ({r['params'] / 1e6:.1f}M params, {r['dtype']}, {r['placement']} "
+          f"over {r['devices']} devices) on {r['device']} "
           f"[{r['backend']}, jax {r['jax']}], {r['stage']}, batch {r['batch']}: "
           f"{r['chunk_tokens']} tokens per {r['chunk_audio_ms']:.0f} ms chunk")
     print(f"  compiled in {r['compile_s']:.1f} s beforehand; over {FLAGS.chunks} chunks: mean "

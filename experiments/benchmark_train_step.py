@@ -1,6 +1,10 @@
 """Train-step time of a configuration with each attention backend (XLA, and cuDNN on GPU).
 
     python experiments/benchmark_train_step.py --config=qwen2_0_5b --batch=4 --seq_len=2048
+    python experiments/benchmark_train_step.py --config=qwen2_0_5b --stage=half_duplex
+
+Rows default to the stage plan's (``--stage``, alignment by default): its global batch and row
+length; ``--batch`` / ``--seq_len`` override them.
 
 One device, the real train step (loss on packed rows, gradients, AdamW update, donated
 state), random parameters and tokens; each step is timed to completion after one compiling
@@ -20,8 +24,10 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 flags.DEFINE_string("config", "embedded", "a named configuration (experiments/configs)")
-flags.DEFINE_integer("batch", 4, "rows per step")
-flags.DEFINE_integer("seq_len", 1024, "tokens per row (packed into 4 segments)")
+flags.DEFINE_string("stage", "alignment", "whose planned batch and row length to time")
+flags.DEFINE_integer("batch", None, "rows per step (default: the stage plan's batch)")
+flags.DEFINE_integer("seq_len", None, "tokens per row, packed into 4 segments (default: the "
+                     "stage plan's row length)")
 flags.DEFINE_integer("steps", 10, "timed steps after the compiling one")
 flags.DEFINE_list("attention", None, "backends to time (default: xla, plus cudnn on GPU)")
 flags.DEFINE_multi_string("set", [], "configuration overrides, e.g. --set=model.remat=false")
@@ -65,16 +71,19 @@ def main(argv):
 
     from experiments.configs import get_config
     from omniflatten_jax.model import transformer
+    from omniflatten_jax.stages import plan_stage
 
     cfg = get_config(FLAGS.config, FLAGS.set)
+    plan = plan_stage(cfg, FLAGS.stage)
+    batch, seq_len = FLAGS.batch or plan.train.batch_size, FLAGS.seq_len or plan.train.seq_len
     impls = FLAGS.attention or (["xla", "cudnn"] if jax.default_backend() == "gpu" else ["xla"])
     n_params = transformer(cfg.model, cfg.layout.vocab_size).num_params
-    tokens = FLAGS.batch * FLAGS.seq_len
+    tokens = batch * seq_len
     print(f"{FLAGS.config}: {n_params / 1e6:.1f}M params, {cfg.model.dtype}, remat "
-          f"{cfg.model.remat}, batch {FLAGS.batch} x {FLAGS.seq_len} on "
+          f"{cfg.model.remat}, batch {batch} x {seq_len} ({plan.name}) on "
           f"{jax.devices()[0].device_kind} [jax {jax.__version__}]")
     for impl in impls:
-        seconds = time_steps(cfg, impl, FLAGS.batch, FLAGS.seq_len, FLAGS.steps)
+        seconds = time_steps(cfg, impl, batch, seq_len, FLAGS.steps)
         print(f"  attention {impl:<6} {seconds * 1000:8.1f} ms/step  {tokens / seconds:10.0f} "
               f"tokens/s  {6 * n_params * tokens / seconds / 1e12:7.1f} model TFLOP/s")
 

@@ -18,7 +18,9 @@ from absl import logging as absl_logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-STAGES = ("alignment", "half_duplex", "duplex_4", "duplex_3", "duplex_2", "all", "smoke")
+from omniflatten_jax import stages  # noqa: E402  (after the path: run as a script)
+
+STAGES = stages.STAGES + ("all", "smoke")
 
 flags.DEFINE_enum("stage", "alignment", STAGES, "what to run")
 flags.DEFINE_string("config", "embedded", "a named configuration (experiments/configs)")
@@ -43,15 +45,16 @@ def setup_logging() -> None:
 
 def build_config():
     from experiments.configs import get_config
-
     overrides = []
     if FLAGS.data:
         overrides.append(f"data.source={FLAGS.data}")
     if FLAGS.curriculum:
         overrides.append(f"curriculum={FLAGS.curriculum}")
     if FLAGS.steps is not None:
-        section = "train" if FLAGS.stage == "alignment" else "dialogue_train"
-        overrides.append(f"{section}.steps={FLAGS.steps}")
+        if FLAGS.stage == "all":
+            raise app.UsageError("--steps is per stage; with --stage=all use "
+                                 "--set=train.steps=N --set=dialogue_train.steps=M")
+        overrides.append(f"{stages.train_section(FLAGS.stage)}.steps={FLAGS.steps}")
     return get_config(FLAGS.config, overrides + list(FLAGS.set))
 
 
@@ -75,24 +78,26 @@ def main(argv):
 
 def run_stages(cfg) -> None:
     from experiments import alignment_stage, dialogue_stage
-
-    if FLAGS.stage == "all" and FLAGS.steps is not None:
-        raise app.UsageError("--steps is per stage; with --stage=all use "
-                             "--set=train.steps=N --set=dialogue_train.steps=M")
-    stages = cfg.stages if FLAGS.stage == "all" else (FLAGS.stage,)
+    from omniflatten_jax.checkpoint import CheckpointMismatchError
+    from omniflatten_jax.vocab import LayoutMismatchError
+    try:
+        plans = (stages.plan_curriculum(cfg) if FLAGS.stage == "all"
+                 else (stages.plan_stage(cfg, FLAGS.stage),))
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
     log = logging.getLogger(__name__)
-    for stage in stages:
+    for plan in plans:
         start = time.perf_counter()
         # --init_from applies to the first stage run; later ones take their predecessor's.
-        init_from = FLAGS.init_from if stage == stages[0] else None
+        init_from = FLAGS.init_from if plan is plans[0] else None
+        runner = dialogue_stage if plan.is_dialogue else alignment_stage
         try:
-            if stage == "alignment":
-                alignment_stage.run(cfg, FLAGS.workdir, init_from)
-            else:
-                dialogue_stage.run(cfg, FLAGS.workdir, stage, init_from)
+            runner.run(cfg, plan, FLAGS.workdir, init_from)
         except dialogue_stage.MissingPredecessor as e:
             raise app.UsageError(str(e)) from None
-        log.info("%s finished in %.0f s", stage, time.perf_counter() - start)
+        except (CheckpointMismatchError, LayoutMismatchError) as e:
+            sys.exit(f"error: {plan.name}: {e}")
+        log.info("%s finished in %.0f s", plan.name, time.perf_counter() - start)
 
 
 if __name__ == "__main__":

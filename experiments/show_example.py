@@ -34,7 +34,7 @@ def describe(tokens, layout, tok) -> str:
 
 def main(argv=None):
     from experiments.configs import get_config
-    from omniflatten_jax.flatten import chunk_layout
+    from omniflatten_jax.stages import plan_stage
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", default="duplex_3", choices=("duplex_4", "duplex_3",
@@ -45,20 +45,25 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], help="config overrides")
     args = parser.parse_args(argv)
     cfg = get_config(args.config, args.set)
+    plan = plan_stage(cfg, args.stage)
 
     from data_pipelines.builders.dialogues import data_source
     from data_pipelines.dialogue_examples import duplex_windows
     from data_pipelines.prepare import prepare_dialogues
+    from omniflatten_jax.speech import load_speech_tokenizer
 
     prepared = prepare_dialogues(cfg, args.workdir)
     record = data_source(prepared.data_dir, prepared.config_name, "test", cfg.layout)[args.index]
     layout, tok = cfg.layout, cfg.layout.tokenizer()
-    chunk = chunk_layout(args.stage, cfg.flatten)
-    flat = duplex_windows(record, layout, cfg.flatten, args.stage, 10**9)[0]
+    chunk = plan.chunk
+    frame_rate = load_speech_tokenizer(prepared.tokenizer_path).frame_rate
+    # The whole dialogue as one window (training cuts it into plan.context_chunks windows).
+    flat = duplex_windows(record, layout, plan, per_window=10**9)[0]
     streams = chunk.unflatten(flat.tokens)
     print(f"{record['id'].decode()} ({args.stage}; turn changes: "
-          f"{record['boundaries'].decode()}); one row per chunk of {cfg.flatten.speech_chunk} "
-          f"speech frames ({1000 * cfg.flatten.speech_chunk / cfg.speech.frame_rate:.0f} ms)")
+          f"{record['boundaries'].decode()}); one row per chunk of {plan.flatten.speech_chunk} "
+          f"speech frames ({1000 * plan.flatten.speech_chunk / frame_rate:.0f} ms); training "
+          f"windows of {plan.context_chunks} chunks")
     print(" | ".join(f"{key}" for key in chunk.keys))
     for i in range(len(flat.tokens) // chunk.chunk_len):
         print(f"{i:3d}: " + " | ".join(describe(streams[k][i], layout, tok) for k in chunk.keys))

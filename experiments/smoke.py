@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from omniflatten_jax import checkpoint, sharding
+from omniflatten_jax.batch import padded_rows
 from omniflatten_jax.chunking import DialogueStreams, Turn, dialogue_chunks
 from omniflatten_jax.config import FlattenConfig, MeshConfig, OptimizerConfig, preset
 from omniflatten_jax.flatten import FlatSequence, asr_sequence, chunk_layout, tts_sequence
 from omniflatten_jax.model import transformer
-from omniflatten_jax.training.batch import padded_rows
 from omniflatten_jax.training.optimizer import make_optimizer
 from omniflatten_jax.training.step import train_step
 

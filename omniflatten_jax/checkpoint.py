@@ -4,17 +4,25 @@ A checkpoint folder is an Orbax `CheckpointManager` directory of numbered steps.
 named items:
 
 * ``params``: the model parameter tree (always);
-* ``meta``: JSON with the model config, the token layout and the lineage (always);
+* ``meta``: JSON describing everything needed to use the weights (always): the model config,
+  the token layout, the lineage and, for a trained stage, the stage, its flatten settings, its
+  context window and the content hash of its speech tokenizer;
+* ``speech_tokenizer``: the speech tokenizer's file itself (trained stages), so that a
+  checkpoint copied anywhere can still turn audio into ids and ids into audio;
 * ``opt_state`` and ``data_iter``: written by training runs, so a run resumes exactly.
 
 Every command that takes a checkpoint accepts the folder (its latest step is used) or one step
 folder inside it (`resolve`). Restoring checks every parameter against the model config, so a
 partial or mismatched checkpoint is an error, not silently half-initialised weights.
+Checkpoints written before the stage description existed (meta without ``format``) still load;
+what needs the description (the duplex command) says how to add it (`upgrade`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import os
 from typing import Any
 
@@ -22,8 +30,22 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from omniflatten_jax.config import ModelConfig, from_dict, to_dict
+from omniflatten_jax.config import FlattenConfig, ModelConfig, from_dict, to_dict
 from omniflatten_jax.vocab import TokenLayout
+
+FORMAT = 2  # 1 (no "format" key): model, layout and lineage only
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint cannot go on as this run: another architecture, tokenizer or stage."""
+
+
+class ArchitectureMismatchError(CheckpointMismatchError):
+    """A checkpoint holds another model architecture than the run expects."""
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,15 +54,72 @@ class CheckpointMeta:
     layout: TokenLayout
     # Where these weights came from: a list of {"kind", "path", "step", ...} records, oldest first.
     lineage: tuple[dict[str, Any], ...] = ()
+    # What a trained stage's weights are for (None for imports and format-1 checkpoints).
+    stage: str | None = None
+    flatten: FlattenConfig | None = None
+    context_chunks: int | None = None  # duplex: the training window, the decoder's context
+    speech_tokenizer_sha256: str | None = None  # of the file in the `speech_tokenizer` item
 
     def to_json(self) -> dict[str, Any]:
-        return {"model": to_dict(self.model), "layout": self.layout.to_dict(),
-                "lineage": list(self.lineage)}
+        return {"format": FORMAT, "model": to_dict(self.model), "layout": self.layout.to_dict(),
+                "lineage": list(self.lineage), "stage": self.stage,
+                "flatten": None if self.flatten is None else to_dict(self.flatten),
+                "context_chunks": self.context_chunks,
+                "speech_tokenizer_sha256": self.speech_tokenizer_sha256}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "CheckpointMeta":
+        flatten = d.get("flatten")
         return cls(from_dict(ModelConfig, d["model"]), TokenLayout.from_dict(d["layout"]),
-                   tuple(d.get("lineage", ())))
+                   tuple(d.get("lineage", ())), d.get("stage"),
+                   None if flatten is None else from_dict(FlattenConfig, flatten),
+                   d.get("context_chunks"), d.get("speech_tokenizer_sha256"))
+
+    @property
+    def planned_steps(self) -> int | None:
+        """The steps its stage was planned for (the last ``train`` lineage record)."""
+        runs = [r for r in self.lineage if r.get("kind") == "train"]
+        return runs[-1]["steps"] if runs else None
+
+
+def check_architecture(theirs: ModelConfig, ours: ModelConfig, where: str) -> None:
+    """The fields weights depend on (`ModelConfig.ARCHITECTURE`) must agree, by name."""
+    a, b = theirs.architecture(), ours.architecture()
+    diff = {k: (a[k], b[k]) for k in b if a[k] != b[k]}
+    if diff:
+        fields = ", ".join(f"{k}: {t!r} in the checkpoint, {o!r} in this run"
+                           for k, (t, o) in diff.items())
+        raise ArchitectureMismatchError(
+            f"{where} holds another model architecture than this run's ({fields}). Use the "
+            "checkpoint's model settings (--set=model.FIELD=VALUE), or another checkpoint.")
+
+
+def check_continues(theirs: CheckpointMeta, ours: CheckpointMeta, where: str, *,
+                    same_stage: bool) -> None:
+    """`where` (described by `theirs`) may go on as `ours`: the same architecture, token
+    layout and speech tokenizer and, when the run resumes the same stage (`same_stage`), the
+    same stage description. Each mismatch is an error that names the differing fields."""
+    check_architecture(theirs.model, ours.model, where)
+    ours.layout.check_matches(theirs.layout, ours="this run", theirs=f"checkpoint {where}")
+    a, b = theirs.speech_tokenizer_sha256, ours.speech_tokenizer_sha256
+    if a and b and a != b:
+        raise CheckpointMismatchError(
+            f"{where} was trained with another speech tokenizer (sha256 {a[:12]}...) than this "
+            f"run's ({b[:12]}...): its speech ids would mean other sounds. Use the same "
+            "speech.tokenizer_path (or workdir data), or another checkpoint.")
+    if same_stage and theirs.stage is not None:
+        fields = ("stage", "flatten", "context_chunks")
+        diff = {k: (getattr(theirs, k), getattr(ours, k)) for k in fields
+                if getattr(theirs, k) != getattr(ours, k)}
+        if diff:
+            raise CheckpointMismatchError(
+                f"{where} was written by another stage description than this run's "
+                f"(checkpoint, run): {diff}; resume with its settings, or delete the stage's "
+                "folder to train it anew.")
+
+
+def _tokenizer_item(data: bytes) -> dict:
+    return {"file": np.frombuffer(data, np.uint8)}
 
 
 def resolve(path: str | os.PathLike) -> tuple[str, int]:
@@ -61,14 +140,54 @@ def resolve(path: str | os.PathLike) -> tuple[str, int]:
     return path, step
 
 
-def save_params(directory: str | os.PathLike, step: int, params, meta: CheckpointMeta) -> str:
-    """Writes a params-only step (used by imports); training writes more items, same format."""
+def save_params(directory: str | os.PathLike, step: int, params, meta: CheckpointMeta,
+                speech_tokenizer: bytes | None = None) -> str:
+    """Writes a params-only step (imports, upgrades); training writes more items, same format.
+    `speech_tokenizer` (the file's bytes) must hash to `meta.speech_tokenizer_sha256`."""
     directory = os.path.abspath(os.fspath(directory))
+    items = _described_items(params, meta, speech_tokenizer)
     with ocp.CheckpointManager(directory) as manager:
-        manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                                   meta=ocp.args.JsonSave(meta.to_json())))
+        manager.save(step, args=ocp.args.Composite(**items))
         manager.wait_until_finished()
     return os.path.join(directory, str(step))
+
+
+def _described_items(params, meta: CheckpointMeta, speech_tokenizer: bytes | None) -> dict:
+    if (speech_tokenizer is None) != (meta.speech_tokenizer_sha256 is None) or (
+            speech_tokenizer is not None and sha256(speech_tokenizer)
+            != meta.speech_tokenizer_sha256):
+        raise ValueError("the speech tokenizer given does not match the metadata's hash")
+    items = dict(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta.to_json()))
+    if speech_tokenizer is not None:
+        items["speech_tokenizer"] = ocp.args.StandardSave(_tokenizer_item(speech_tokenizer))
+    return items
+
+
+def load_speech_tokenizer_bytes(path: str | os.PathLike) -> bytes:
+    """The speech tokenizer file stored in a checkpoint, checked against its content hash."""
+    directory, step = resolve(path)
+    where = os.path.join(directory, str(step))
+    meta = load_meta(where)
+    if meta.speech_tokenizer_sha256 is None:
+        raise FileNotFoundError(
+            f"{where} carries no speech tokenizer: it is an import, or it was written before "
+            "checkpoints stored theirs. Add it with `python -m omniflatten_jax.upgrade "
+            "--checkpoint ... --stage ... --speech_tokenizer FILE --out NEW` (see its --help).")
+    with ocp.CheckpointManager(directory) as manager:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            speech_tokenizer=ocp.args.StandardRestore()))
+    data = np.asarray(restored["speech_tokenizer"]["file"], np.uint8).tobytes()
+    if sha256(data) != meta.speech_tokenizer_sha256:
+        raise ValueError(f"{where}: the stored speech tokenizer does not match its hash "
+                         f"{meta.speech_tokenizer_sha256[:12]}...: the checkpoint is corrupted")
+    return data
+
+
+def load_speech_tokenizer(path: str | os.PathLike):
+    """The checkpoint's own speech tokenizer (`load_speech_tokenizer_bytes`), loaded."""
+    from omniflatten_jax.speech import load_speech_tokenizer as load
+
+    return load(io.BytesIO(load_speech_tokenizer_bytes(path)))
 
 
 def load_meta(path: str | os.PathLike) -> CheckpointMeta:
@@ -127,11 +246,14 @@ class TrainCheckpointer:
     """Saves and restores a run's whole state: params, optimiser state, data iterator, meta.
 
     Saves are asynchronous (training continues while the arrays are written); `wait` blocks
-    until they are on disk, so that a caller can say "saved" truthfully.
+    until they are on disk, so that a caller can say "saved" truthfully. Every step carries
+    `speech_tokenizer` (the file's bytes, when the stage has one) beside its metadata.
     """
 
-    def __init__(self, directory: str | os.PathLike, keep: int):
+    def __init__(self, directory: str | os.PathLike, keep: int,
+                 speech_tokenizer: bytes | None = None):
         self.directory = os.path.abspath(os.fspath(directory))
+        self.speech_tokenizer = speech_tokenizer
         self._manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=True, create=True))
 
@@ -141,9 +263,8 @@ class TrainCheckpointer:
     def save(self, step: int, params, opt_state, data_iter, meta: CheckpointMeta) -> None:
         import grain
 
-        items = dict(params=ocp.args.StandardSave(params),
-                     opt_state=ocp.args.StandardSave(opt_state),
-                     meta=ocp.args.JsonSave(meta.to_json()))
+        items = _described_items(params, meta, self.speech_tokenizer)
+        items["opt_state"] = ocp.args.StandardSave(opt_state)
         if data_iter is not None:
             items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
         self._manager.save(step, args=ocp.args.Composite(**items), force=True)

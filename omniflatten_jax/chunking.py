@@ -54,10 +54,16 @@ class DialogueStreams:
         return len(self.user_speech)
 
 
-def _speech_chunks(ids: np.ndarray, n_chunks: int, width: int, fill: int) -> np.ndarray:
+def pad_to_chunks(ids: np.ndarray, width: int, fill: int, n_chunks: int | None = None
+                  ) -> np.ndarray:
+    """``ids`` completed with `fill` to whole chunks of `width` (at least one, or `n_chunks`):
+    how a speech channel's last chunk is filled, in training data and live decoding alike."""
+    n_chunks = max(1, -(-len(ids) // width)) if n_chunks is None else n_chunks
+    if len(ids) > n_chunks * width:
+        raise ValueError(f"{len(ids)} ids do not fit into {n_chunks} chunks of {width}")
     padded = np.full(n_chunks * width, fill, np.int32)
     padded[:len(ids)] = ids
-    return padded.reshape(n_chunks, width)
+    return padded
 
 
 def _text_chunks(turns: list[tuple[int, Turn]], layout: TokenLayout, cfg: FlattenConfig,
@@ -118,11 +124,11 @@ def dialogue_chunks(dialogue: DialogueStreams, layout: TokenLayout,
     by_role = {role: sorted(((i, t) for i, t in enumerate(dialogue.turns) if t.role == role),
                             key=lambda it: it[1].start) for role in ("user", "assistant")}
     return {
-        Stream.USER_SPEECH.key: _speech_chunks(dialogue.user_speech, n_chunks, cfg.speech_chunk,
-                                               silent_speech),
+        Stream.USER_SPEECH.key: pad_to_chunks(dialogue.user_speech, cfg.speech_chunk,
+                                              silent_speech, n_chunks).reshape(n_chunks, -1),
         Stream.USER_TEXT.key: _text_chunks(by_role["user"], layout, cfg, n_chunks, 0),
         Stream.ASSISTANT_TEXT.key: _text_chunks(by_role["assistant"], layout, cfg, n_chunks,
                                                 cfg.assistant_text_lead_chunks),
-        Stream.ASSISTANT_SPEECH.key: _speech_chunks(dialogue.assistant_speech, n_chunks,
-                                                    cfg.speech_chunk, silent_speech),
+        Stream.ASSISTANT_SPEECH.key: pad_to_chunks(dialogue.assistant_speech, cfg.speech_chunk,
+                                                   silent_speech, n_chunks).reshape(n_chunks, -1),
     }

@@ -181,14 +181,31 @@ class OptimizerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class SpeechConfig:
-    """The speech tokenizer: a pretrained file, or the embedded k-means log-mel one fitted here."""
+class MelConfig:
+    """The log-mel frames of the embedded speech tokenizer (stored inside its file)."""
 
-    tokenizer_path: str = ""  # "" = fit the embedded tokenizer on the training audio
     sample_rate: int = 16_000
-    frame_rate: int = 25
+    frame_rate: int = 25  # speech tokens per second: 40 ms each
     n_mels: int = 80
     n_fft: int = 1024
+
+    @property
+    def hop(self) -> int:
+        if self.sample_rate % self.frame_rate:
+            raise ValueError(f"frame_rate {self.frame_rate} must divide sample_rate "
+                             f"{self.sample_rate}")
+        return self.sample_rate // self.frame_rate
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeechConfig:
+    """The speech tokenizer: a pretrained file, or the embedded k-means log-mel one fitted here.
+
+    Audio rates and frame rates are the tokenizer's own (`SpeechTokenizer.sample_rate`,
+    `.frame_rate`); `mel` only says how the embedded one is fitted."""
+
+    tokenizer_path: str = ""  # "" = fit the embedded tokenizer on the training audio
+    mel: MelConfig = MelConfig()
     fit_max_frames: int = 200_000
     fit_max_utterances: int = 1500
 
@@ -270,6 +287,13 @@ class EvalConfig:
     max_examples: int = 100  # held-out utterances for ASR
     tts_max_examples: int = 32  # TTS is slower: fewer utterances
     batch_size: int = 16
+    # Where evaluation keeps the parameters: "sharded" as training holds them (by the mesh
+    # rules), or "replicated" on every device (no gathers per generated token; must fit).
+    params: str = "sharded"
+
+    def __post_init__(self):
+        if self.params not in ("sharded", "replicated"):
+            raise ValueError(f"eval.params must be sharded or replicated, not {self.params!r}")
 
 
 @dataclasses.dataclass(frozen=True)

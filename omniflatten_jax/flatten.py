@@ -84,6 +84,14 @@ class ChunkLayout:
         bounds = np.cumsum([width for _, width in self.streams])[:-1].tolist()
         return dict(zip(self.keys, xp.split(chunks, bounds, axis=-1)))
 
+    def window_chunks(self, seq_len: int) -> int:
+        """Chunks per training window of `seq_len` tokens. Long dialogues are cut into such
+        windows for training, so it is also the most context a duplex decoder attends to."""
+        if seq_len < self.chunk_len:
+            raise ValueError(f"seq_len {seq_len} is shorter than one {self.name} chunk "
+                             f"({self.chunk_len} tokens)")
+        return seq_len // self.chunk_len
+
     def stream_ids(self, n_chunks: int) -> np.ndarray:
         """Per-position `Stream` of a flattened sequence of `n_chunks` chunks."""
         one = np.concatenate([np.full(width, stream, np.int8) for stream, width in self.streams])

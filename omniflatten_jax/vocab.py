@@ -102,6 +102,17 @@ class TokenLayout:
             raise ValueError(f"ids {bad[:8].tolist()} are not speech ids of this layout")
         return (ids - self.speech_offset).astype(np.int32)
 
+    def id_mask(self, *, text: bool = False, speech: bool = False,
+                specials: tuple[str, ...] = ()) -> np.ndarray:
+        """Boolean ``[vocab_size]``: the text range, the speech range and the named special
+        tokens, as asked. Every legal-id mask a decoder uses is built here."""
+        mask = np.zeros(self.vocab_size, bool)
+        mask[:self.text_vocab_size] = text
+        mask[self.speech_offset:self.special_offset] = speech
+        for name in specials:
+            mask[self.special(name)] = True
+        return mask
+
     def is_text(self, ids):
         return ids < self.text_vocab_size
 

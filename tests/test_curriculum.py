@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,6 +10,8 @@ import jax
 import pytest
 
 from omniflatten_jax import checkpoint
+from omniflatten_jax.flatten import chunk_layout
+from omniflatten_jax.stages import plan_stage
 from omniflatten_jax.training.runner import train_stage
 from omniflatten_jax.vocab import LayoutMismatchError, TokenLayout
 from tests.conftest import SENTENCES
@@ -41,11 +44,14 @@ def dialogue_file(tmp_path_factory):
     return path
 
 
-def test_all_stages_hand_over_and_resume(spoken_corpus, dialogue_file, tmp_path):
+def test_all_stages_hand_over_and_resume(spoken_corpus, dialogue_file, tmp_path,
+                                         tmp_path_factory):
     _, manifest, _ = spoken_corpus
     result = run(tmp_path, manifest, dialogue_file, "--stage=all",
                  "--set=dialogue.test_fraction=0.3")
     assert result.returncode == 0, result.stderr[-4000:]
+    [tokenizer_file] = (tmp_path / "data").glob("speech_tokenizer-*.npz")
+    tokenizer = tokenizer_file.read_bytes()
     previous = None
     for stage in STAGES:
         evaluation = json.loads((tmp_path / stage / "eval.json").read_text())
@@ -63,8 +69,11 @@ def test_all_stages_hand_over_and_resume(spoken_corpus, dialogue_file, tmp_path)
             assert tt["dialogues"] > 0 and tt["assistant"]["events"] > 0
             assert tt["assistant"]["events"] == data["assistant"]["events"]
             assert data["assistant"]["failure_rate"] == 0.0  # the data always replies in time
-            settings = json.loads((tmp_path / stage / "inference.json").read_text())
-            assert settings["stage"] == stage and os.path.isfile(settings["speech_tokenizer"])
+            assert meta.context_chunks == 256 // chunk_layout(stage, meta.flatten).chunk_len
+        # Every checkpoint describes itself and carries the workdir's speech tokenizer.
+        assert meta.stage == stage and meta.flatten.text_chunk == 8
+        assert checkpoint.load_speech_tokenizer_bytes(tmp_path / stage / "checkpoints") == \
+            tokenizer
         previous = stage
     kinds = [r.get("stage", r["kind"]) for r in meta.lineage]
     assert kinds == ["random_init", "alignment", "init_from", "half_duplex", "init_from",
@@ -73,6 +82,37 @@ def test_all_stages_hand_over_and_resume(spoken_corpus, dialogue_file, tmp_path)
                 "--set=dialogue.test_fraction=0.3")
     assert again.returncode == 0, again.stderr[-4000:]
     assert again.stderr.count("is complete") == len(STAGES)
+    # Resuming with another architecture is refused, naming the field.
+    changed = run(tmp_path, manifest, dialogue_file, "--stage=duplex_2",
+                  "--set=dialogue.test_fraction=0.3", "--set=model.rope_theta=5000")
+    assert changed.returncode != 0 and "Traceback" not in changed.stderr
+    assert "rope_theta: 10000.0 in the checkpoint, 5000.0 in this run" in changed.stderr
+
+    # A duplex checkpoint copied elsewhere, its workdir deleted, still decodes and exports.
+    copy = tmp_path_factory.mktemp("copied") / "duplex_2"
+    shutil.copytree(tmp_path / "duplex_2" / "checkpoints", copy)
+    shutil.rmtree(tmp_path)
+    from data_pipelines.synth.espeak import Synthesizer, Voice
+    from omniflatten_jax.speech.audio import save_audio
+
+    utt = Synthesizer().speak("hello there how are you", Voice("en+m3"))
+    save_audio(copy.parent / "user.wav", utt.audio, utt.sample_rate)
+    duplex = subprocess.run(
+        [sys.executable, "-m", "omniflatten_jax.inference.duplex", "--checkpoint", str(copy),
+         "--input", str(copy.parent / "user.wav"), "--out_dir", str(copy.parent / "out")],
+        capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert duplex.returncode == 0, duplex.stderr[-4000:]
+    assert (copy.parent / "out" / "output.wav").is_file()
+    export = subprocess.run(
+        [sys.executable, "-m", "omniflatten_jax.export.to_hf", "--checkpoint", str(copy),
+         "--out", str(copy.parent / "hf")], capture_output=True, text=True, cwd=ROOT,
+        timeout=600)
+    assert export.returncode == 0, export.stderr[-4000:]
+    hf = copy.parent / "hf"
+    assert (hf / "speech_tokenizer.npz").read_bytes() == tokenizer
+    described = json.loads((hf / "omniflatten.json").read_text())
+    assert described["stage"] == "duplex_2" and described["context_chunks"] == meta.context_chunks
+    assert TokenLayout.load(str(hf)) == meta.layout
 
 
 def test_a_stage_without_its_predecessor_says_what_to_run(spoken_corpus, dialogue_file,
@@ -95,5 +135,5 @@ def test_handoff_refuses_a_predecessor_with_another_token_layout(tmp_path):
     checkpoint.save_params(tmp_path / "previous", 5, params,
                            checkpoint.CheckpointMeta(cfg.model, other))
     with pytest.raises(LayoutMismatchError, match="num_speech_codes: 32 .*vs 64"):
-        train_stage(cfg, "half_duplex", str(tmp_path / "half_duplex"),
+        train_stage(cfg, plan_stage(cfg, "half_duplex"), str(tmp_path / "half_duplex"),
                     lambda i, n: iter(()), init_from=str(tmp_path / "previous"))

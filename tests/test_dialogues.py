@@ -12,11 +12,19 @@ from data_pipelines.synth import voices
 from data_pipelines.synth.conversation import simulate
 from data_pipelines.synth.dialogues import read_jsonl, text_dialogues
 from omniflatten_jax.chunking import dialogue_chunks
-from omniflatten_jax.config import DialogueConfig, FlattenConfig, SimulationConfig
+from omniflatten_jax.config import (
+    DialogueConfig,
+    FlattenConfig,
+    MelConfig,
+    SimulationConfig,
+    TrainConfig,
+)
 from omniflatten_jax.flatten import CHUNKED_STAGES, Stream, chunk_layout, parse_half_duplex
 from omniflatten_jax.speech.audio import load_audio
-from omniflatten_jax.speech.kmeans import KMeansMelTokenizer, MelConfig
+from omniflatten_jax.speech.kmeans import KMeansMelTokenizer
+from omniflatten_jax.stages import DIALOGUE_STAGES, plan_stage
 from omniflatten_jax.vocab import TokenLayout
+from tests.helpers import small_config
 
 LAYOUT = TokenLayout("bytes", 256, 32)
 FLAT = FlattenConfig(text_chunk=8)
@@ -34,9 +42,15 @@ def tokenizer(spoken_corpus):
     return KMeansMelTokenizer.fit(waves, MelConfig(), num_codes=32, seed=0)
 
 
-def context(tokenizer, sim=SimulationConfig(), stages=("half_duplex",) + CHUNKED_STAGES):
-    return DialogueContext(tokenizer, LAYOUT, DialogueConfig(simulation=sim), 16_000, 0, FLAT,
-                           512, stages)
+def plan(stage, seq_len=512, flatten=FLAT):
+    cfg = dataclasses.replace(small_config("embedded"), layout=LAYOUT, flatten=flatten,
+                              dialogue_train=TrainConfig(seq_len=seq_len))
+    return plan_stage(cfg, stage)
+
+
+def context(tokenizer, sim=SimulationConfig(), flatten=FLAT):
+    return DialogueContext(tokenizer, LAYOUT, DialogueConfig(simulation=sim), 0,
+                           tuple(plan(s, flatten=flatten) for s in DIALOGUE_STAGES))
 
 
 def conversation(seed, sim):
@@ -110,7 +124,7 @@ def test_stream_invariants_of_tokenized_dialogues(tokenizer):
             for key in layout.keys:
                 np.testing.assert_array_equal(back[key], chunks[key])
         # Half-duplex turns round trip too, and carry each turn's own speech.
-        for seq in stage_examples(record, LAYOUT, FLAT, "half_duplex", 512):
+        for seq in stage_examples(record, LAYOUT, plan("half_duplex")):
             for turn in parse_half_duplex(LAYOUT, seq.tokens):
                 assert len(turn.speech_ids) and np.all(LAYOUT.is_speech(turn.speech_ids))
     assert checked >= 3
@@ -122,7 +136,7 @@ def test_long_dialogues_split_at_chunk_boundaries_without_loss(tokenizer):
     chunks = dialogue_chunks(dialogue_streams(record), LAYOUT, FLAT)
     for stage in CHUNKED_STAGES:
         layout = chunk_layout(stage, FLAT)
-        windows = stage_examples(record, LAYOUT, FLAT, stage, 4 * layout.chunk_len + 3)
+        windows = stage_examples(record, LAYOUT, plan(stage, 4 * layout.chunk_len + 3))
         assert all(len(w) <= 4 * layout.chunk_len for w in windows)
         joined = np.concatenate([w.tokens for w in windows])
         np.testing.assert_array_equal(
@@ -130,7 +144,7 @@ def test_long_dialogues_split_at_chunk_boundaries_without_loss(tokenizer):
         mask = np.concatenate([w.loss_mask for w in windows])
         streams = np.concatenate([w.streams for w in windows])
         assert not mask[streams == Stream.USER_SPEECH].any()
-    groups = stage_examples(record, LAYOUT, FLAT, "half_duplex", 300)
+    groups = stage_examples(record, LAYOUT, plan("half_duplex", 300))
     assert len(groups) > 1 and all(len(g) <= 300 for g in groups)
     turns = [t for g in groups for t in parse_half_duplex(LAYOUT, g.tokens)]
     assert [t.role for t in turns] == [r for r, _ in TURNS]
@@ -151,6 +165,6 @@ def test_text_dialogue_sources(tmp_path):
 
 
 def test_overflowing_text_is_counted_not_truncated(tokenizer):
-    narrow = dataclasses.replace(context(tokenizer), flatten=FlattenConfig(text_chunk=1))
+    narrow = context(tokenizer, flatten=FlattenConfig(text_chunk=1))
     record = tokenize(conversation(0, SimulationConfig()), narrow)
     assert problem(record, narrow) in ("text_overflow", "assistant_text_after_its_speech")

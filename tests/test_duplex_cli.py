@@ -11,21 +11,22 @@ import pytest
 import soundfile
 
 from omniflatten_jax import checkpoint
-from omniflatten_jax.config import FlattenConfig, to_dict
+from omniflatten_jax.config import FlattenConfig, MelConfig, to_dict
 from omniflatten_jax.model import transformer
 from omniflatten_jax.speech.audio import resample
-from omniflatten_jax.speech.kmeans import KMeansMelTokenizer, MelConfig
+from omniflatten_jax.speech.kmeans import KMeansMelTokenizer
 from omniflatten_jax.vocab import TokenLayout
 from tests.helpers import SMALL_MODEL
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYOUT = TokenLayout("bytes", 256, 32)
+FLATTEN = FlattenConfig(text_chunk=8)
 
 
 @pytest.fixture(scope="module")
 def stage_dir(tmp_path_factory):
-    """A duplex_3 stage folder as experiments/run.py leaves it: checkpoints, inference.json,
-    and a speech tokenizer fitted on real synthesised speech."""
+    """A duplex_3 stage folder as experiments/run.py leaves it: checkpoints that describe
+    themselves, with a speech tokenizer fitted on real synthesised speech stored inside."""
     from data_pipelines.synth.espeak import Synthesizer, Voice
 
     root = tmp_path_factory.mktemp("duplex_3")
@@ -34,12 +35,18 @@ def stage_dir(tmp_path_factory):
              (synth.speak(t, Voice("en-us")) for t in ("good morning", "see you tomorrow"))]
     tokenizer = KMeansMelTokenizer.fit(waves, MelConfig(), LAYOUT.num_speech_codes, seed=0)
     tokenizer.save(str(root / "tokenizer.npz"))
+    data = (root / "tokenizer.npz").read_bytes()
     model = transformer(SMALL_MODEL, LAYOUT.vocab_size)
-    checkpoint.save_params(root / "checkpoints", 1, model.init(jax.random.key(0)),
+    meta = checkpoint.CheckpointMeta(SMALL_MODEL, LAYOUT, stage="duplex_3", flatten=FLATTEN,
+                                     context_chunks=4,
+                                     speech_tokenizer_sha256=checkpoint.sha256(data))
+    checkpoint.save_params(root / "checkpoints", 1, model.init(jax.random.key(0)), meta, data)
+    # The same weights as a checkpoint from before stage descriptions, and its inference.json.
+    checkpoint.save_params(root / "old" / "checkpoints", 1, model.init(jax.random.key(0)),
                            checkpoint.CheckpointMeta(SMALL_MODEL, LAYOUT))
-    settings = {"stage": "duplex_3", "flatten": to_dict(FlattenConfig(text_chunk=8)),
+    settings = {"stage": "duplex_3", "flatten": to_dict(FLATTEN),
                 "speech_tokenizer": str(root / "tokenizer.npz"), "context_chunks": 4}
-    (root / "inference.json").write_text(json.dumps(settings))
+    (root / "old" / "inference.json").write_text(json.dumps(settings))
     return root
 
 
@@ -95,3 +102,28 @@ def test_unreadable_input_is_a_clear_error(stage_dir, tmp_path):
     missing = run_cli("--checkpoint", str(tmp_path / "nowhere"), "--input", str(bad),
                       "--out_dir", str(tmp_path / "out"))
     assert missing.returncode != 0 and "does not exist" in missing.stderr
+
+
+def test_a_checkpoint_from_before_stage_descriptions_says_how_to_upgrade(stage_dir, tmp_path):
+    from data_pipelines.synth.espeak import Synthesizer, Voice
+    from omniflatten_jax.speech.audio import save_audio
+
+    utt = Synthesizer().speak("good evening", Voice("en-us"))
+    save_audio(tmp_path / "user.wav", utt.audio, utt.sample_rate)
+    old = stage_dir / "old" / "checkpoints"
+    result = run_cli("--checkpoint", str(old), "--input", str(tmp_path / "user.wav"),
+                     "--out_dir", str(tmp_path / "out"))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "python -m omniflatten_jax.upgrade" in result.stderr
+    upgrade = subprocess.run(
+        [sys.executable, "-m", "omniflatten_jax.upgrade", "--checkpoint", str(old), "--out",
+         str(tmp_path / "new"), "--settings", str(stage_dir / "old" / "inference.json")],
+        capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert upgrade.returncode == 0, upgrade.stderr[-3000:]
+    meta = checkpoint.load_meta(tmp_path / "new")
+    assert (meta.stage, meta.flatten, meta.context_chunks) == ("duplex_3", FLATTEN, 4)
+    assert checkpoint.load_speech_tokenizer_bytes(tmp_path / "new") == (
+        stage_dir / "tokenizer.npz").read_bytes()
+    result = run_cli("--checkpoint", str(tmp_path / "new"), "--input",
+                     str(tmp_path / "user.wav"), "--out_dir", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-3000:]

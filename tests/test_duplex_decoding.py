@@ -11,6 +11,7 @@ from omniflatten_jax.config import FlattenConfig
 from omniflatten_jax.flatten import CHUNKED_STAGES, Stream, chunk_layout
 from omniflatten_jax.inference.duplex import DuplexDecoder, Sampling, legal_ids
 from omniflatten_jax.model import transformer
+from omniflatten_jax.placement import PlacedModel
 from omniflatten_jax.vocab import TokenLayout
 from tests.helpers import SMALL_MODEL
 
@@ -22,6 +23,13 @@ CFG = FlattenConfig(speech_chunk=4, text_chunk=2)
 def model_and_params():
     model = transformer(SMALL_MODEL, LAYOUT.vocab_size)
     return model, model.init(jax.random.key(0))
+
+
+@functools.cache
+def placed(placement="sharded"):
+    """The parameters placed once, over all 8 fake devices (FSDP, or replicated)."""
+    model, params = model_and_params()
+    return PlacedModel.create(model, params, placement=placement)
 
 
 def user_channel(batch, n_chunks, seed=0):
@@ -59,7 +67,7 @@ def test_cached_decoding_equals_recomputing(stage):
     model, params = model_and_params()
     chunk = chunk_layout(stage, CFG)
     user = user_channel(2, 3)
-    decoder = DuplexDecoder(model, params, LAYOUT, chunk, CFG, batch=2, context_chunks=3)
+    decoder = DuplexDecoder(placed(), LAYOUT, chunk, CFG, batch=2, context_chunks=3)
     np.testing.assert_array_equal(decoder.run(user), recompute_greedy(model, params, chunk, user))
 
 
@@ -69,7 +77,7 @@ def test_sampled_tokens_are_legal_at_every_position(stage):
     chunk = chunk_layout(stage, CFG)
     n_chunks = 4
     user = user_channel(3, n_chunks, seed=1)
-    decoder = DuplexDecoder(model, params, LAYOUT, chunk, CFG, batch=3, context_chunks=n_chunks,
+    decoder = DuplexDecoder(placed(), LAYOUT, chunk, CFG, batch=3, context_chunks=n_chunks,
                             sampling=Sampling(temperature=1.5, top_k=50), seed=3)
     flat = decoder.run(user)
     streams = chunk.stream_ids(n_chunks)
@@ -78,9 +86,9 @@ def test_sampled_tokens_are_legal_at_every_position(stage):
         legal = legal_ids(LAYOUT, stream, CFG)
         assert legal[flat[:, streams == stream]].all(), stream
     # Sampling really samples (and is seeded): another seed gives other tokens.
-    again = DuplexDecoder(model, params, LAYOUT, chunk, CFG, batch=3, context_chunks=n_chunks,
+    again = DuplexDecoder(placed(), LAYOUT, chunk, CFG, batch=3, context_chunks=n_chunks,
                           sampling=Sampling(temperature=1.5, top_k=50), seed=3).run(user)
-    other = DuplexDecoder(model, params, LAYOUT, chunk, CFG, batch=3, context_chunks=n_chunks,
+    other = DuplexDecoder(placed(), LAYOUT, chunk, CFG, batch=3, context_chunks=n_chunks,
                           sampling=Sampling(temperature=1.5, top_k=50), seed=4).run(user)
     np.testing.assert_array_equal(again, flat)
     assert not np.array_equal(other, flat)
@@ -91,7 +99,7 @@ def test_sliding_context_equals_recomputing_over_the_window(keep):
     model, params = model_and_params()
     chunk = chunk_layout("duplex_3", CFG)
     user = user_channel(2, 7, seed=2)
-    decoder = DuplexDecoder(model, params, LAYOUT, chunk, CFG, batch=2, context_chunks=3,
+    decoder = DuplexDecoder(placed(), LAYOUT, chunk, CFG, batch=2, context_chunks=3,
                             keep_chunks=keep)
     got = decoder.run(user)
     assert decoder.slides == {0: 2, 1: 2, 2: 4}[keep]  # at chunks 3,6 | 3,5 | 3,4,5,6
@@ -100,7 +108,28 @@ def test_sliding_context_equals_recomputing_over_the_window(keep):
 
 def test_decoder_refuses_a_partial_chunk():
     model, params = model_and_params()
-    decoder = DuplexDecoder(model, params, LAYOUT, chunk_layout("duplex_2", CFG), CFG,
+    decoder = DuplexDecoder(placed(), LAYOUT, chunk_layout("duplex_2", CFG), CFG,
                             batch=1, context_chunks=2)
     with pytest.raises(ValueError, match="not whole chunks"):
         decoder.run(user_channel(1, 2)[:, :-1])
+
+
+@pytest.mark.parametrize("placement", ["sharded", "replicated"])
+def test_chunk_loop_makes_no_implicit_transfer(placement):
+    """After set-up, decoding chunks (context slides included) moves nothing implicitly: the
+    parameters stay on the 8 devices, each chunk's ids go up and come back explicitly."""
+    model, params = model_and_params()
+    p = placed(placement)
+    embed = p.params["embed"]
+    assert len(embed.sharding.device_set) == 8
+    assert embed.sharding.is_fully_replicated == (placement == "replicated")
+    chunk = chunk_layout("duplex_3", CFG)
+    user = user_channel(2, 7, seed=5)
+    decoder = DuplexDecoder(p, LAYOUT, chunk, CFG, batch=2, context_chunks=3, keep_chunks=1)
+    decoder.compile()
+    with jax.transfer_guard("disallow"):
+        with pytest.raises(Exception, match="[Dd]isallowed"):  # the guard is live here
+            jax.jit(lambda x: x + 1)(np.ones(2))
+        got = decoder.run(user)
+    assert decoder.slides == 2
+    np.testing.assert_array_equal(got, recompute_greedy(model, params, chunk, user, 3, 1))

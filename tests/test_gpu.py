@@ -84,7 +84,10 @@ def test_duplex_decoding_runs_on_gpu_in_bf16():
     flatten = FlattenConfig(speech_chunk=10, text_chunk=2)
     chunk = chunk_layout("duplex_3", flatten)
     user = layout.speech_ids(np.random.default_rng(0).integers(0, 64, (2, 50)))
-    flat = DuplexDecoder(model, params, layout, chunk, flatten, batch=2, context_chunks=5).run(user)
+    from omniflatten_jax.placement import PlacedModel
+
+    placed = PlacedModel.create(model, params, devices=jax.devices()[:1])
+    flat = DuplexDecoder(placed, layout, chunk, flatten, batch=2, context_chunks=5).run(user)
     streams = chunk.stream_ids(5)
     np.testing.assert_array_equal(flat[:, streams == Stream.USER_SPEECH], user)
     for stream, _ in chunk.streams[1:]:

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import soundfile
 
+from omniflatten_jax.config import MelConfig
 from omniflatten_jax.speech import AudioError, load_audio, load_speech_tokenizer
-from omniflatten_jax.speech.kmeans import KMeansMelTokenizer, MelConfig
+from omniflatten_jax.speech.kmeans import KMeansMelTokenizer
 
 
 def test_any_rate_and_channel_count_becomes_mono_at_the_target_rate(tmp_path):

@@ -20,11 +20,15 @@ from omniflatten_jax import checkpoint
 from omniflatten_jax.config import override
 from omniflatten_jax.evaluation.alignment import transcribe
 from omniflatten_jax.evaluation.text_metrics import cer
-from omniflatten_jax.model import transformer
+from omniflatten_jax.stages import plan_stage
 from omniflatten_jax.training.metrics import read_metrics
 from omniflatten_jax.training.runner import train_stage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def alignment_plan(cfg):
+    return plan_stage(cfg, "alignment")
 
 
 def run_cli(workdir, manifest, *extra, steps=6):
@@ -110,11 +114,11 @@ def test_shrunken_qwen2_0_5b_config_trains_on_8_devices(spoken_corpus, tmp_path)
                                   batch_size=cfg.train.batch_size // count, asr_fraction=0.5,
                                   seed=0, num_packing_bins=4)
 
-    result = train_stage(cfg, "alignment", str(tmp_path / "alignment"), make_data)
+    result = train_stage(cfg, alignment_plan(cfg), str(tmp_path / "alignment"), make_data)
     assert result.trained_steps == 2
     rows = read_metrics(str(tmp_path / "alignment"))
     assert all(np.isfinite(r["loss"]) for r in rows)
-    embed = result.params["embed"]
+    embed = result.placed.params["embed"]
     assert len(embed.sharding.device_set) == 8 and embed.sharding.spec[1] == "fsdp"
 
 
@@ -139,9 +143,8 @@ def test_memorises_32_utterances(tmp_path):
                                   num_packing_bins=cfg.data.num_packing_bins)
 
     start = time.perf_counter()
-    result = train_stage(cfg, "alignment", str(tmp_path / "alignment"), make_data)
-    model = transformer(cfg.model, cfg.layout.vocab_size)
-    hyps = transcribe(model, jax.device_get(result.params), cfg.layout,
+    result = train_stage(cfg, alignment_plan(cfg), str(tmp_path / "alignment"), make_data)
+    hyps = transcribe(result.placed, cfg.layout,
                       [r["speech_ids"] for r in records], max_new=110, batch_size=16)
     score = cer([r["text"].decode() for r in records], hyps)
     print(f"memorisation: {cfg.train.steps} steps in {time.perf_counter() - start:.0f} s, "
@@ -181,12 +184,13 @@ def test_init_from_a_hugging_face_import(spoken_corpus, tmp_path):
     # A run with another architecture refuses the checkpoint, naming the difference.
     wide = dataclasses.replace(cfg, model=dataclasses.replace(m, intermediate_size=256))
     with pytest.raises(ValueError, match="intermediate_size"):
-        train_stage(wide, "alignment", str(tmp_path / "wide"), make_data,
+        train_stage(wide, alignment_plan(wide), str(tmp_path / "wide"), make_data,
                     init_from=str(tmp_path / "imported"))
-    result = train_stage(cfg, "alignment", str(tmp_path / "alignment"), make_data,
+    result = train_stage(cfg, alignment_plan(cfg), str(tmp_path / "alignment"), make_data,
                          init_from=str(tmp_path / "imported"))
     kinds = [record["kind"] for record in result.meta.lineage]
     assert kinds == ["hf_import", "init_from", "train"]
     # Two small steps moved the imported weights, but only a little: training started there.
-    start, end = np.asarray(imported["embed"]), np.asarray(jax.device_get(result.params["embed"]))
+    start = np.asarray(imported["embed"])
+    end = np.asarray(jax.device_get(result.placed.params["embed"]))
     assert 0 < np.abs(end - start).max() < 0.05

@@ -22,11 +22,12 @@ import tensorflow_datasets as tfds
 from data_pipelines.builders import common
 from data_pipelines.dialogue_examples import ROLES, assistant_text_lag, stage_examples
 from data_pipelines.synth import voices
-from data_pipelines.synth.conversation import Conversation, SpokenTurn, simulate
+from data_pipelines.synth.conversation import Conversation, SimulatedTurn, simulate
 from omniflatten_jax.chunking import TextOverflowError
-from omniflatten_jax.config import DialogueConfig, FlattenConfig
-from omniflatten_jax.evaluation.text_metrics import normalize_transcript
+from omniflatten_jax.config import DialogueConfig
 from omniflatten_jax.speech.tokenizer import SpeechTokenizer
+from omniflatten_jax.stages import StagePlan
+from omniflatten_jax.transcripts import normalize_transcript
 from omniflatten_jax.vocab import TokenLayout
 
 log = logging.getLogger(__name__)
@@ -39,29 +40,27 @@ class DialogueContext:
     tokenizer: SpeechTokenizer
     layout: TokenLayout
     cfg: DialogueConfig
-    sample_rate: int
     seed: int
-    flatten: FlattenConfig
-    seq_len: int
-    stages: tuple[str, ...]
+    plans: tuple[StagePlan, ...]  # every dialogue stage the dataset must serve
     normalize_text: bool = True
 
 
 def problem(example: dict, ctx: DialogueContext) -> str | None:
-    """Why a simulated dialogue cannot train every configured stage, or None."""
+    """Why a simulated dialogue cannot train every planned stage, or None."""
     try:
-        for stage in ctx.stages:
-            stage_examples(example, ctx.layout, ctx.flatten, stage, ctx.seq_len)
+        for plan in ctx.plans:
+            stage_examples(example, ctx.layout, plan)
     except TextOverflowError:
         return "text_overflow"
     except ValueError:
         return "turn_longer_than_context"
-    if assistant_text_lag(example, ctx.layout, ctx.flatten) > 0:
+    if any(assistant_text_lag(example, ctx.layout, flatten) > 0
+           for flatten in {p.flatten for p in ctx.plans}):
         return "assistant_text_after_its_speech"
     return None
 
 
-def token_frames(text: str, ids: list[int], turn: SpokenTurn, layout: TokenLayout,
+def token_frames(text: str, ids: list[int], turn: SimulatedTurn, layout: TokenLayout,
                  frame_rate: float) -> np.ndarray:
     """The frame at which each text token's word starts (tokens before any word: the first)."""
     tok = layout.tokenizer()
@@ -146,7 +145,7 @@ class OmniflattenDialogues(tfds.core.GeneratorBasedBuilder):
             turns = [(r, t) for r, t in turns if t]
             conv = simulate(turns, voices.user_voice(ctx.cfg.language, rng),
                             voices.assistant_voice(ctx.cfg.language), ctx.cfg.simulation, rng,
-                            ctx.sample_rate)
+                            ctx.tokenizer.sample_rate)
             example = tokenize(conv, ctx)
             reason = problem(example, ctx)
             if reason:

@@ -20,10 +20,10 @@ import tensorflow_datasets as tfds
 
 from data_pipelines.builders import common
 from data_pipelines.corpus import Item
-from omniflatten_jax.config import DataConfig, SpeechConfig
-from omniflatten_jax.evaluation.text_metrics import normalize_transcript
+from omniflatten_jax.config import DataConfig
 from omniflatten_jax.speech.audio import AudioError
 from omniflatten_jax.speech.tokenizer import SpeechTokenizer
+from omniflatten_jax.transcripts import normalize_transcript
 from omniflatten_jax.vocab import TokenLayout
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,6 @@ class BuildContext:
     tokenizer: SpeechTokenizer
     layout: TokenLayout
     data: DataConfig
-    speech: SpeechConfig
     seq_len: int
     # Normalised transcripts of the train split: held-out utterances that repeat one of them
     # are dropped, so that evaluation measures recognition, not recall of a training text.
@@ -62,7 +61,7 @@ class BuildContext:
 
 def make_example(item: Item, ctx: BuildContext, keep_audio: bool) -> dict:
     """One checked example; raises BadInputError(reason) naming the utterance."""
-    cfg = ctx.data
+    cfg, rate = ctx.data, ctx.tokenizer.sample_rate
     text = normalize_transcript(item.text) if cfg.normalize_text else item.text.strip()
     where = f"{item.id} ({getattr(item.audio, 'path', 'synthesised')})"
     if not text:
@@ -71,24 +70,25 @@ def make_example(item: Item, ctx: BuildContext, keep_audio: bool) -> dict:
         raise BadInputError("text_too_long", f"{where}: {len(text)} characters > "
                             f"data.max_text_chars={cfg.max_text_chars}")
     try:
-        wave = item.audio.load(ctx.speech.sample_rate, cfg.min_audio_seconds)
+        wave = item.audio.load(rate, cfg.min_audio_seconds)
         tts_wave = (wave if item.tts_audio == item.audio
-                    else item.tts_audio.load(ctx.speech.sample_rate, cfg.min_audio_seconds))
+                    else item.tts_audio.load(rate, cfg.min_audio_seconds))
     except AudioError as e:
         raise BadInputError("bad_audio", f"{item.id}: {e}") from None
-    seconds = len(wave) / ctx.speech.sample_rate
+    seconds = len(wave) / rate
     if seconds > cfg.max_audio_seconds:
         raise BadInputError("audio_too_long", f"{where}: {seconds:.1f} s > "
                             f"data.max_audio_seconds={cfg.max_audio_seconds}")
-    rate = len(text) / seconds
+    chars_per_s = len(text) / seconds
     lo, hi = cfg.chars_per_second
-    if not lo <= rate <= hi:
-        raise BadInputError("transcript_mismatch", f"{where}: {rate:.1f} characters per second "
-                            f"of audio lies outside data.chars_per_second={cfg.chars_per_second}:"
-                            " the transcript does not match its audio")
+    if not lo <= chars_per_s <= hi:
+        raise BadInputError("transcript_mismatch",
+                            f"{where}: {chars_per_s:.1f} characters per second of audio lies "
+                            f"outside data.chars_per_second={cfg.chars_per_second}: the "
+                            "transcript does not match its audio")
     text_ids = np.asarray(ctx.layout.tokenizer().encode(text), np.int32)
-    speech_ids = ctx.layout.speech_ids(ctx.tokenizer.encode(wave, ctx.speech.sample_rate))
-    tts_ids = ctx.layout.speech_ids(ctx.tokenizer.encode(tts_wave, ctx.speech.sample_rate))
+    speech_ids = ctx.layout.speech_ids(ctx.tokenizer.encode(wave, rate))
+    tts_ids = ctx.layout.speech_ids(ctx.tokenizer.encode(tts_wave, rate))
     longest = MARKERS + len(text_ids) + max(len(speech_ids), len(tts_ids))
     if longest > ctx.seq_len:
         raise BadInputError("longer_than_context", f"{where}: {longest} tokens > "

@@ -26,7 +26,7 @@ from omniflatten_jax.speech.audio import resample
 
 
 @dataclasses.dataclass(frozen=True)
-class SpokenTurn:
+class SimulatedTurn:
     role: str
     text: str  # what was said (cut to the spoken words when the turn was interrupted)
     start_s: float
@@ -41,7 +41,7 @@ class Conversation:
     user_audio: np.ndarray
     assistant_audio: np.ndarray
     sample_rate: int
-    turns: tuple[SpokenTurn, ...]
+    turns: tuple[SimulatedTurn, ...]
     boundaries: tuple[str, ...]  # one pattern per turn change: reply, interrupt or wait
     snr_db: float
 
@@ -61,12 +61,12 @@ def simulate(turns: list[tuple[str, str]], user_voice: Voice, assistant_voice: V
         spoken.append((role, text, resample(utt.audio, utt.sample_rate, sr), utt.word_starts,
                        utt.word_chars))
 
-    placed: list[tuple[SpokenTurn, np.ndarray]] = []
+    placed: list[tuple[SimulatedTurn, np.ndarray]] = []
     boundaries: list[str] = []
     t = _uniform(rng, cfg.lead_silence_s)
     for i, (role, text, audio, word_starts, word_chars) in enumerate(spoken):
         duration = len(audio) / sr
-        turn = SpokenTurn(role, text, t, t + duration, word_starts + t, word_chars)
+        turn = SimulatedTurn(role, text, t, t + duration, word_starts + t, word_chars)
         placed.append((turn, audio))
         nxt = spoken[i + 1][0] if i + 1 < len(spoken) else None
         if nxt is None:
@@ -99,8 +99,8 @@ def simulate(turns: list[tuple[str, str]], user_voice: Voice, assistant_voice: V
                         tuple(turn for turn, _ in placed), tuple(boundaries), snr)
 
 
-def _cut(turn: SpokenTurn, audio: np.ndarray, cut_s: float, sr: int
-         ) -> tuple[SpokenTurn, np.ndarray]:
+def _cut(turn: SimulatedTurn, audio: np.ndarray, cut_s: float, sr: int
+         ) -> tuple[SimulatedTurn, np.ndarray]:
     """The turn as far as it got by `cut_s`: audio, and the words that had started."""
     keep = int(round((cut_s - turn.start_s) * sr))
     started = turn.word_starts_s < cut_s

@@ -16,11 +16,11 @@ import os
 from data_pipelines.synth.chatterbot import load_conversations
 from omniflatten_jax.config import DialogueConfig
 
-Dialogue = list[tuple[str, str]]  # (role, text)
+TextDialogue = list[tuple[str, str]]  # (role, text), in order
 
 
-def _merge(turns: Dialogue) -> Dialogue:
-    merged: Dialogue = []
+def _merge(turns: TextDialogue) -> TextDialogue:
+    merged: TextDialogue = []
     for role, text in turns:
         if merged and merged[-1][0] == role:
             merged[-1] = (role, merged[-1][1] + " " + text)
@@ -29,8 +29,8 @@ def _merge(turns: Dialogue) -> Dialogue:
     return merged
 
 
-def _trim(turns: Dialogue, cfg: DialogueConfig) -> Dialogue:
-    kept: Dialogue = []
+def _trim(turns: TextDialogue, cfg: DialogueConfig) -> TextDialogue:
+    kept: TextDialogue = []
     for role, text in turns[:cfg.max_turns]:
         if len(text) > cfg.max_turn_chars:
             break
@@ -38,11 +38,11 @@ def _trim(turns: Dialogue, cfg: DialogueConfig) -> Dialogue:
     return kept
 
 
-def join_conversations(raw: list[tuple[str, Dialogue]], min_turns: int
-                       ) -> list[tuple[str, Dialogue]]:
+def join_conversations(raw: list[tuple[str, TextDialogue]], min_turns: int
+                       ) -> list[tuple[str, TextDialogue]]:
     """Consecutive conversations joined until each has `min_turns` turns (the last group may
     have fewer); a joined dialogue keeps the id of its first conversation."""
-    joined: list[tuple[str, Dialogue]] = []
+    joined: list[tuple[str, TextDialogue]] = []
     uid, turns = "", []
     for conv_id, conv in raw:
         uid, turns = (uid or conv_id), turns + conv
@@ -54,7 +54,7 @@ def join_conversations(raw: list[tuple[str, Dialogue]], min_turns: int
     return joined
 
 
-def read_jsonl(path: str) -> list[tuple[str, Dialogue]]:
+def read_jsonl(path: str) -> list[tuple[str, TextDialogue]]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"dialogue file {path} does not exist")
     dialogues = []
@@ -74,7 +74,7 @@ def read_jsonl(path: str) -> list[tuple[str, Dialogue]]:
     return dialogues
 
 
-def text_dialogues(cfg: DialogueConfig) -> list[tuple[str, Dialogue]]:
+def text_dialogues(cfg: DialogueConfig) -> list[tuple[str, TextDialogue]]:
     """(id, turns) of every usable dialogue of `cfg.source`, in a stable order."""
     kind, _, arg = cfg.source.partition(":")
     if kind == "embedded":

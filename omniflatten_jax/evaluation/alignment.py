@@ -20,7 +20,7 @@ import numpy as np
 
 from omniflatten_jax.evaluation.text_metrics import cer, wer
 from omniflatten_jax.inference.generate import greedy_generate
-from omniflatten_jax.model import Params, Transformer
+from omniflatten_jax.placement import PlacedModel
 from omniflatten_jax.vocab import TokenLayout
 
 
@@ -28,26 +28,24 @@ def _ids(layout: TokenLayout, *names: str) -> list[int]:
     return [layout.special(n) for n in names]
 
 
-def transcribe(model: Transformer, params: Params, layout: TokenLayout,
+def transcribe(placed: PlacedModel, layout: TokenLayout,
                speech: Sequence[np.ndarray], max_new: int, batch_size: int) -> list[str]:
     prompts = [np.concatenate([_ids(layout, "[ASR]", "[SOS]"), s, _ids(layout, "[EOS]", "[SOT]")])
                for s in speech]
-    legal = np.zeros(layout.vocab_size, bool)
-    legal[:layout.text_vocab_size] = True
-    out = greedy_generate(model, params, prompts, legal=legal, stop_ids=_ids(layout, "[EOT]"),
-                          max_new=max_new, pad_id=layout.special("<pad>"), batch_size=batch_size)
+    out = greedy_generate(placed, prompts, legal=layout.id_mask(text=True),
+                          stop_ids=_ids(layout, "[EOT]"), max_new=max_new,
+                          pad_id=layout.special("<pad>"), batch_size=batch_size)
     tok = layout.tokenizer()
     return [tok.decode(ids) for ids in out]
 
 
-def synthesize(model: Transformer, params: Params, layout: TokenLayout,
+def synthesize(placed: PlacedModel, layout: TokenLayout,
                texts: Sequence[np.ndarray], max_new: int, batch_size: int) -> list[np.ndarray]:
     prompts = [np.concatenate([_ids(layout, "[TTS]", "[SOT]"), t, _ids(layout, "[EOT]", "[SOS]")])
                for t in texts]
-    legal = np.zeros(layout.vocab_size, bool)
-    legal[layout.speech_offset:layout.special_offset] = True
-    return greedy_generate(model, params, prompts, legal=legal, stop_ids=_ids(layout, "[EOS]"),
-                           max_new=max_new, pad_id=layout.special("<pad>"), batch_size=batch_size)
+    return greedy_generate(placed, prompts, legal=layout.id_mask(speech=True),
+                           stop_ids=_ids(layout, "[EOS]"), max_new=max_new,
+                           pad_id=layout.special("<pad>"), batch_size=batch_size)
 
 
 def code_accuracy(refs: Sequence[np.ndarray], hyps: Sequence[np.ndarray]) -> float:
@@ -59,7 +57,7 @@ def code_accuracy(refs: Sequence[np.ndarray], hyps: Sequence[np.ndarray]) -> flo
     return hits / max(total, 1)
 
 
-def evaluate_alignment(model: Transformer, params: Params, layout: TokenLayout,
+def evaluate_alignment(placed: PlacedModel, layout: TokenLayout,
                        test: Sequence[dict], train_texts: Sequence[str],
                        train_codes: np.ndarray, *, max_examples: int, tts_max_examples: int,
                        batch_size: int) -> dict:
@@ -69,16 +67,16 @@ def evaluate_alignment(model: Transformer, params: Params, layout: TokenLayout,
         raise ValueError("the test split is empty: nothing to evaluate")
     refs = [r["text"] for r in test]
     max_text = max(len(r["text_ids"]) for r in test) + 8
-    hyps = transcribe(model, params, layout, [r["speech_ids"] for r in test], max_text,
+    hyps = transcribe(placed, layout, [r["speech_ids"] for r in test], max_text,
                       batch_size)
     frequent = collections.Counter(train_texts).most_common(1)[0][0] if train_texts else ""
 
     tts = test[:tts_max_examples]
     tts_refs = [r["tts_speech_ids"] for r in tts]
     max_speech = int(max(len(s) for s in tts_refs) * 1.5) + 8
-    generated = synthesize(model, params, layout, [r["text_ids"] for r in tts], max_speech,
+    generated = synthesize(placed, layout, [r["text_ids"] for r in tts], max_speech,
                            batch_size)
-    heard = transcribe(model, params, layout, generated, max_text, batch_size)
+    heard = transcribe(placed, layout, generated, max_text, batch_size)
     common_code = int(np.bincount(train_codes).argmax()) if len(train_codes) else -1
     return {
         "asr": {"n": len(test), "cer": cer(refs, hyps), "wer": wer(refs, hyps)},

@@ -18,10 +18,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from omniflatten_jax.config import FlattenConfig
-from omniflatten_jax.evaluation.text_metrics import cer, normalize_transcript
+from omniflatten_jax.evaluation.text_metrics import cer
 from omniflatten_jax.flatten import SpokenTurn, half_duplex_sequence
 from omniflatten_jax.inference.generate import greedy_generate
-from omniflatten_jax.model import Params, Transformer
+from omniflatten_jax.placement import PlacedModel
+from omniflatten_jax.transcripts import normalize_transcript
 from omniflatten_jax.vocab import TokenLayout
 
 
@@ -42,25 +43,21 @@ def reply_prompts(dialogues: Sequence[Sequence[SpokenTurn]], layout: TokenLayout
     return found
 
 
-def evaluate_replies(model: Transformer, params: Params, layout: TokenLayout, cfg: FlattenConfig,
+def evaluate_replies(placed: PlacedModel, layout: TokenLayout, cfg: FlattenConfig,
                      dialogues: Sequence[Sequence[SpokenTurn]], *, max_prompt: int,
                      max_examples: int, batch_size: int) -> dict:
     cases = reply_prompts(dialogues, layout, cfg, max_prompt)[:max_examples]
     if not cases:
         raise ValueError("no held-out assistant turn fits the prompt budget")
     pad = layout.special("<pad>")
-    text_legal = np.zeros(layout.vocab_size, bool)
-    text_legal[:layout.text_vocab_size] = True
     max_text = max(len(t.text_ids) for _, t in cases) * 2 + 8
-    texts = greedy_generate(model, params, [p for p, _ in cases], legal=text_legal,
+    texts = greedy_generate(placed, [p for p, _ in cases], legal=layout.id_mask(text=True),
                             stop_ids=[layout.special("[EOT]")], max_new=max_text, pad_id=pad,
                             batch_size=batch_size)
-    speech_legal = np.zeros(layout.vocab_size, bool)
-    speech_legal[layout.speech_offset:layout.special_offset] = True
     speech_prompts = [np.concatenate([p, t, [layout.special("[EOT]"), layout.special("[SOS]")]])
                       for (p, _), t in zip(cases, texts)]
     max_speech = max(len(t.speech_ids) for _, t in cases) * 2
-    speech = greedy_generate(model, params, speech_prompts, legal=speech_legal,
+    speech = greedy_generate(placed, speech_prompts, legal=layout.id_mask(speech=True),
                              stop_ids=[layout.special("[EOS]")], max_new=max_speech, pad_id=pad,
                              batch_size=batch_size)
     tok = layout.tokenizer()

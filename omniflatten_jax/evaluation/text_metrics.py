@@ -1,25 +1,17 @@
 """Word and character error rates, on normalised text.
 
-Normalisation (for both reference and hypothesis): Unicode NFKC, lowercase, every character
-that is not a letter, digit, apostrophe or whitespace removed, whitespace collapsed. CER
+Reference and hypothesis are both normalised (`transcripts.normalize_transcript`). CER
 counts characters of the normalised text, spaces included; WER counts words. Both are corpus
 rates: total edits / total reference length (an empty hypothesis scores 1.0).
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
 
-_DROP = re.compile(r"[^\w\s']|_")
-
-
-def normalize_transcript(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).lower()
-    return " ".join(_DROP.sub(" ", text).split())
+from omniflatten_jax.transcripts import normalize_transcript
 
 
 def edit_distance(ref: Sequence, hyp: Sequence) -> int:

@@ -25,10 +25,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from omniflatten_jax.config import FlattenConfig
-from omniflatten_jax.flatten import ChunkLayout
-from omniflatten_jax.inference.duplex import decode_dialogues
-from omniflatten_jax.model import Params, Transformer
+from omniflatten_jax.inference.duplex import DuplexSettings, decode_dialogues
+from omniflatten_jax.placement import PlacedModel
 from omniflatten_jax.vocab import TokenLayout
 
 KS = (1, 5, 10, 25)
@@ -81,19 +79,19 @@ def turn_taking_metrics(dialogues: Sequence[tuple[np.ndarray, list[tuple[str, in
     return {"frame_ms": frame_ms, "timeout_ms": timeout_ms, **result}
 
 
-Dialogue = tuple[np.ndarray, list[tuple[str, int]]]  # (user speech ids per frame, `events`)
+TurnTakingCase = tuple[np.ndarray, list[tuple[str, int]]]  # (user speech per frame, `events`)
 
 
-def evaluate_turn_taking(model: Transformer, params: Params, layout: TokenLayout,
-                         chunk: ChunkLayout, cfg: FlattenConfig, dialogues: Sequence[Dialogue],
-                         *, frame_rate: float, context_chunks: int, batch_size: int = 8) -> dict:
+def evaluate_turn_taking(placed: PlacedModel, layout: TokenLayout, settings: DuplexSettings,
+                         cases: Sequence[TurnTakingCase], *, frame_rate: float,
+                         batch_size: int = 8) -> dict:
     """Decodes each held-out dialogue live (user channel fed as recorded, chunk by chunk;
     everything else generated greedily) and scores the generated assistant speech."""
-    streams = decode_dialogues(model, params, layout, chunk, cfg, [u for u, _ in dialogues],
-                               context_chunks=context_chunks, batch_size=batch_size)
+    streams = decode_dialogues(placed, layout, settings, [u for u, _ in cases],
+                               batch_size=batch_size)
     generated = [s["assistant_speech"].reshape(-1)[:len(user)]
-                 for s, (user, _) in zip(streams, dialogues)]
-    return turn_taking_metrics([(g, found) for g, (_, found) in zip(generated, dialogues)],
+                 for s, (user, _) in zip(streams, cases)]
+    return turn_taking_metrics([(g, found) for g, (_, found) in zip(generated, cases)],
                                layout.special("<silent_speech>"), frame_rate)
 
 

@@ -2,10 +2,14 @@
 
     python -m omniflatten_jax.export.to_hf --checkpoint workdir/alignment/checkpoints --out hf/
 
-Writes `config.json`, `model.safetensors`, `generation_config.json`, `token_layout.json` and
-`omniflatten.json` (model config and lineage). The extended vocabulary is kept: speech codes and
-special tokens are part of the model. Only the padding rows that no token uses are dropped, so
-the exported vocabulary is the layout's `used_size`.
+Writes `config.json`, `model.safetensors`, `generation_config.json`, `token_layout.json`,
+`omniflatten.json` (the checkpoint's whole description: model config, lineage, stage, flatten
+settings, context window, speech tokenizer hash) and, for a trained stage, the speech tokenizer
+file itself (`speech_tokenizer.npz`: numpy arrays and a JSON config, README "Hugging Face import
+and export"), so that a PyTorch user can turn audio into the model's speech ids and back. The
+extended vocabulary is kept: speech codes and special tokens are part of the model. Only the
+padding rows that no token uses are dropped, so the exported vocabulary is the layout's
+`used_size`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from safetensors.flax import save_file
 from omniflatten_jax import checkpoint
 from omniflatten_jax.export import hf_config, weight_map
 from omniflatten_jax.vocab import TokenLayout
+
+SPEECH_TOKENIZER_FILE = "speech_tokenizer.npz"
 
 
 def generation_config(layout: TokenLayout) -> dict:
@@ -53,6 +59,9 @@ def export_hf(checkpoint_path: str, out: str, dtype: str = "float32") -> str:
     layout.save(out)
     with open(os.path.join(out, "omniflatten.json"), "w") as f:
         json.dump({"checkpoint": step_dir, **meta.to_json()}, f, indent=2)
+    if meta.speech_tokenizer_sha256 is not None:
+        with open(os.path.join(out, SPEECH_TOKENIZER_FILE), "wb") as f:
+            f.write(checkpoint.load_speech_tokenizer_bytes(step_dir))
     return out
 
 

@@ -18,38 +18,33 @@ As a command, ``python -m omniflatten_jax.inference.duplex --checkpoint CKPT --i
 from __future__ import annotations
 
 import collections
-import functools
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from omniflatten_jax.batch import fixed_groups
+from omniflatten_jax.checkpoint import CheckpointMeta
+from omniflatten_jax.chunking import pad_to_chunks
 from omniflatten_jax.config import FlattenConfig
-from omniflatten_jax.flatten import ChunkLayout, Stream
-from omniflatten_jax.inference.engine import NO_STOP, Sampling, feed_and_generate
-from omniflatten_jax.model import Params, Transformer
+from omniflatten_jax.flatten import CHUNKED_STAGES, ChunkLayout, Stream, chunk_layout
+from omniflatten_jax.inference.engine import NO_STOP, Sampling, feed_and_generate, prefill
+from omniflatten_jax.placement import PLACEMENTS, PlacedModel
+from omniflatten_jax.stages import StagePlan
 from omniflatten_jax.vocab import TokenLayout
 
 
 def legal_ids(layout: TokenLayout, stream: Stream, cfg: FlattenConfig) -> np.ndarray:
     """Boolean ``[vocab]``: the ids a position of `stream` may hold."""
-    legal = np.zeros(layout.vocab_size, bool)
     if stream in (Stream.USER_TEXT, Stream.ASSISTANT_TEXT):
-        legal[:layout.text_vocab_size] = True
-        legal[layout.special("<silent_text>")] = True
-        if cfg.text_end_marker:
-            legal[layout.special("[EOT]")] = True
-        if cfg.text_start_marker:
-            legal[layout.special("[SOT]")] = True
-    elif stream in (Stream.USER_SPEECH, Stream.ASSISTANT_SPEECH):
-        legal[layout.speech_offset:layout.special_offset] = True
-        legal[layout.special("<silent_speech>")] = True
-    else:
-        raise ValueError(f"nothing is generated on stream {stream.key}")
-    return legal
+        markers = ("[EOT]",) * cfg.text_end_marker + ("[SOT]",) * cfg.text_start_marker
+        return layout.id_mask(text=True, specials=("<silent_text>",) + markers)
+    if stream in (Stream.USER_SPEECH, Stream.ASSISTANT_SPEECH):
+        return layout.id_mask(speech=True, specials=("<silent_speech>",))
+    raise ValueError(f"nothing is generated on stream {stream.key}")
 
 
 def chunk_masks(layout: TokenLayout, chunk: ChunkLayout,
@@ -62,29 +57,49 @@ def chunk_masks(layout: TokenLayout, chunk: ChunkLayout,
     return legal, pattern.astype(np.int32)
 
 
-def training_window(seq_len: int, chunk: ChunkLayout) -> int:
-    """Chunks per training window (`dialogue_examples.duplex_windows`): the most context a
-    duplex model saw in training, and so the most its decoder attends to."""
-    return seq_len // chunk.chunk_len
+@dataclasses.dataclass(frozen=True)
+class DuplexSettings:
+    """What decoding a duplex model needs besides its weights: read from its checkpoint."""
 
+    chunk: ChunkLayout
+    flatten: FlattenConfig
+    context_chunks: int  # the training window (`ChunkLayout.window_chunks`)
 
-@functools.partial(jax.jit, static_argnames=("model",), donate_argnames=("cache",))
-def _prefill(model: Transformer, params: Params, cache, tokens):
-    return model.extend(params, cache, tokens)[1]
+    @classmethod
+    def of_plan(cls, plan: StagePlan) -> "DuplexSettings":
+        if plan.chunk is None:
+            raise ValueError(f"{plan.name} is not a duplex stage")
+        return cls(plan.chunk, plan.flatten, plan.context_chunks)
+
+    @classmethod
+    def of_checkpoint(cls, meta: CheckpointMeta, where: str) -> "DuplexSettings":
+        if meta.stage is None:
+            raise ValueError(
+                f"{where} does not say which stage trained it (a checkpoint written before "
+                "checkpoints described themselves, or an import). Add the description with "
+                "`python -m omniflatten_jax.upgrade --checkpoint CKPT --out NEW --stage STAGE "
+                "--speech_tokenizer FILE [--settings OLD_INFERENCE_JSON]`, then use NEW.")
+        if meta.stage not in CHUNKED_STAGES or meta.context_chunks is None:
+            raise ValueError(f"{where} is a {meta.stage} checkpoint; the duplex decoder runs "
+                             f"a duplex stage: one of {CHUNKED_STAGES}")
+        return cls(chunk_layout(meta.stage, meta.flatten), meta.flatten, meta.context_chunks)
 
 
 class DuplexDecoder:
     """Streams user speech through a duplex model chunk by chunk (the stateful shell).
 
-    The model attends to at most `context_chunks` chunks: the window it was trained on
-    (``seq_len // chunk_len``). When the cache is full the context slides: the cache is rebuilt
-    from the last `keep_chunks` chunks (user speech as heard, the rest as generated), positions
-    restarting at 0 like a training window, so a stream of any length can be decoded with one
-    preallocated cache. That rebuild is one prefill call, every ``context - keep`` chunks.
+    The model attends to at most `context_chunks` chunks: the window it was trained on. When
+    the cache is full the context slides: the cache is rebuilt from the last `keep_chunks`
+    chunks (user speech as heard, the rest as generated), positions restarting at 0 like a
+    training window, so a stream of any length can be decoded with one preallocated cache.
+    That rebuild is one prefill call, every ``context - keep`` chunks.
+
+    The parameters stay where `placed` put them; each chunk moves only its user speech ids to
+    the devices and its generated ids back, both explicitly (`PlacedModel.put` / `get`).
     """
 
-    def __init__(self, model: Transformer, params: Params, layout: TokenLayout,
-                 chunk: ChunkLayout, cfg: FlattenConfig, *, batch: int, context_chunks: int,
+    def __init__(self, placed: PlacedModel, layout: TokenLayout, chunk: ChunkLayout,
+                 cfg: FlattenConfig, *, batch: int, context_chunks: int,
                  keep_chunks: int | None = None, sampling: Sampling = Sampling(),
                  seed: int = 0):
         if chunk.streams[0][0] != Stream.USER_SPEECH:
@@ -93,50 +108,51 @@ class DuplexDecoder:
         if not 0 <= keep < context_chunks:
             raise ValueError(f"keep_chunks must be in [0, context_chunks={context_chunks}), "
                              f"got {keep}")
-        self.model, self.params, self.layout, self.chunk = model, params, layout, chunk
+        self.placed, self.layout, self.chunk = placed, layout, chunk
         self.sampling, self.batch = sampling, batch
+        self.width = chunk.streams[0][1]
         legal, pattern = chunk_masks(layout, chunk, cfg)
-        self.legal, self.pattern = jnp.asarray(legal), jnp.asarray(pattern)
-        self.no_stop = jnp.asarray([NO_STOP], jnp.int32)
+        self.legal, self.pattern = placed.put(legal), placed.put(pattern)
+        self.fed_valid = placed.put(np.ones((batch, self.width), bool), batch=True)
+        self.no_stop = placed.put(np.asarray([NO_STOP], np.int32))
         self.context_chunks, self.keep_chunks = context_chunks, keep
-        self.cache = model.init_cache(batch, context_chunks * chunk.chunk_len)
+        self.slots = context_chunks * chunk.chunk_len
+        self.cache = placed.init_cache(batch, self.slots)
         self.recent: collections.deque[np.ndarray] = collections.deque(maxlen=max(keep, 1))
-        self.key = jax.random.key(seed)
+        self.key = placed.key(seed)
         self.chunks_done = self.in_cache = self.slides = 0
         self.chunk_ms: list[float] = []  # wall time of each `step`, the slide included
+
+    def _feed(self, cache, user: jax.Array, key: jax.Array):
+        return feed_and_generate(self.placed, cache, user, self.fed_valid, self.legal,
+                                 self.pattern, self.no_stop, key, sampling=self.sampling)
 
     def compile(self) -> float:
         """Compiles every call streaming makes, on scratch caches, ahead of the first chunk (a
         live system must not stall mid-stream); returns the seconds it took.
 
         A chunk is decoded from a fresh cache, from a cache a chunk returned, and from a cache
-        a slide rebuilt: the three can differ in placement, and so in the compiled program."""
+        a slide rebuilt; the small programs of `step` (the key split) compile too."""
         start = time.perf_counter()
-        slots = self.context_chunks * self.chunk.chunk_len
-        _, key = jax.random.split(self.key)  # the small programs of `step` compile too
-        user = jnp.asarray(np.full((self.batch, self.chunk.streams[0][1]),
-                                   self.layout.special("<silent_speech>"), np.int32))
-
-        def feed(cache):
-            return feed_and_generate(self.model, self.params, cache, user, None, self.legal,
-                                     self.pattern, self.no_stop, key,
-                                     sampling=self.sampling)[1]
-
-        caches = [feed(feed(self.model.init_cache(self.batch, slots)))]
+        _, key = jax.random.split(self.key)
+        silent = self.layout.special("<silent_speech>")
+        user = self.placed.put(np.full((self.batch, self.width), silent, np.int32), batch=True)
+        caches = [self._feed(self._feed(self.placed.init_cache(self.batch, self.slots), user,
+                                        key)[1], user, key)[1]]
         if self.keep_chunks:
-            kept = jnp.asarray(np.zeros((self.batch, self.keep_chunks * self.chunk.chunk_len),
-                                        np.int32))
-            caches.append(feed(_prefill(self.model, self.params,
-                                        self.model.init_cache(self.batch, slots), kept)))
+            kept = self.placed.put(np.zeros((self.batch, self.keep_chunks * self.chunk.chunk_len),
+                                            np.int32), batch=True)
+            fresh = self.placed.init_cache(self.batch, self.slots)
+            caches.append(self._feed(prefill(self.placed, fresh, kept), user, key)[1])
         jax.block_until_ready(caches)
         return time.perf_counter() - start
 
     def _slide(self) -> None:
-        self.cache = self.model.init_cache(self.batch, self.context_chunks * self.chunk.chunk_len)
+        self.cache = self.placed.init_cache(self.batch, self.slots)
         self.in_cache = 0
         if self.keep_chunks:
             kept = np.concatenate(list(self.recent)[-self.keep_chunks:], axis=1)
-            self.cache = _prefill(self.model, self.params, self.cache, jnp.asarray(kept))
+            self.cache = prefill(self.placed, self.cache, self.placed.put(kept, batch=True))
             self.in_cache = self.keep_chunks
         self.slides += 1
 
@@ -147,10 +163,8 @@ class DuplexDecoder:
         if self.in_cache == self.context_chunks:
             self._slide()
         self.key, key = jax.random.split(self.key)
-        out, self.cache = feed_and_generate(
-            self.model, self.params, self.cache, jnp.asarray(user_chunk), None,
-            self.legal, self.pattern, self.no_stop, key, sampling=self.sampling)
-        out = np.asarray(out)  # on the host: the chunk is complete
+        out, self.cache = self._feed(self.cache, self.placed.put(user_chunk, batch=True), key)
+        out = self.placed.get(out)  # on the host: the chunk is complete
         self.chunk_ms.append((time.perf_counter() - start) * 1000)
         self.recent.append(np.concatenate([user_chunk, out], axis=1))
         self.chunks_done += 1
@@ -159,65 +173,44 @@ class DuplexDecoder:
 
     def run(self, user_speech: np.ndarray) -> np.ndarray:
         """Whole user channels ``[B, n_chunks * speech_chunk]`` -> the flattened sequences."""
-        width = self.chunk.streams[0][1]
-        if user_speech.shape[1] % width:
+        if user_speech.shape[1] % self.width:
             raise ValueError(f"the user channel ({user_speech.shape[1]} frames) is not whole "
-                             f"chunks of {width}: pad it with <silent_speech>")
+                             f"chunks of {self.width}: pad it with `chunking.pad_to_chunks`")
         rows = []
-        for lo in range(0, user_speech.shape[1], width):
-            user = user_speech[:, lo:lo + width]
+        for lo in range(0, user_speech.shape[1], self.width):
+            user = user_speech[:, lo:lo + self.width]
             rows.append(np.concatenate([user, self.step(user)], axis=1))
         return np.concatenate(rows, axis=1)
 
 
-def decode_dialogues(model: Transformer, params: Params, layout: TokenLayout,
-                     chunk: ChunkLayout, cfg: FlattenConfig, user_channels: Sequence[np.ndarray],
-                     *, context_chunks: int, batch_size: int = 8,
+def decode_dialogues(placed: PlacedModel, layout: TokenLayout, settings: DuplexSettings,
+                     user_channels: Sequence[np.ndarray], *, batch_size: int = 8,
                      sampling: Sampling = Sampling(), seed: int = 0) -> list[dict[str, np.ndarray]]:
     """Each user channel (speech ids per frame, as heard) -> the model's streams, unflattened:
-    ``{stream key: [n_chunks, width]}`` over the channel padded with <silent_speech> to whole
-    chunks. Channels are decoded `batch_size` at a time, each batch to its longest channel."""
+    ``{stream key: [n_chunks, width]}`` over the channel completed to whole chunks with
+    <silent_speech>. Channels are decoded `batch_size` at a time, each batch to its longest."""
+    chunk = settings.chunk
     width = chunk.streams[0][1]
     silent = layout.special("<silent_speech>")
     results = []
-    for lo in range(0, len(user_channels), batch_size):
-        group = list(user_channels[lo:lo + batch_size])
-        n = len(group)
-        group += [group[-1]] * (batch_size - n)  # fixed batch shape: one compilation
-        n_chunks = -(-max(len(c) for c in group) // width)
-        user = np.full((batch_size, n_chunks * width), silent, np.int32)
-        for i, channel in enumerate(group):
-            user[i, :len(channel)] = channel
-        decoder = DuplexDecoder(model, params, layout, chunk, cfg, batch=batch_size,
-                                context_chunks=context_chunks, sampling=sampling,
+    for lo, (group, n) in zip(range(0, len(user_channels), batch_size),
+                              fixed_groups(user_channels, batch_size)):
+        n_chunks = max(-(-len(c) // width) for c in group)
+        user = np.stack([pad_to_chunks(c, width, silent, n_chunks) for c in group])
+        decoder = DuplexDecoder(placed, layout, chunk, settings.flatten, batch=batch_size,
+                                context_chunks=settings.context_chunks, sampling=sampling,
                                 seed=seed + lo)
         flat = decoder.run(user)
         results += [chunk.unflatten(row) for row in flat[:n]]
     return results
 
 
-INFERENCE_SETTINGS = "inference.json"  # written by each duplex stage beside its checkpoints
-
-
-def find_settings(checkpoint_path: str) -> str:
-    """``<stage>/inference.json`` for a ``<stage>/checkpoints[/<step>]`` path."""
-    from omniflatten_jax.checkpoint import resolve
-
-    directory, _ = resolve(checkpoint_path)
-    path = os.path.join(os.path.dirname(directory), INFERENCE_SETTINGS)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"no {INFERENCE_SETTINGS} beside {directory} (each duplex stage of "
-            "experiments/run.py writes one after training); pass --settings=FILE")
-    return path
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m omniflatten_jax.inference.duplex --checkpoint CKPT --input user.wav
     --out_dir DIR``: the recording streamed through the model as if live (module docstring of
-    `inference.recording` lists the files written)."""
+    `inference.recording` lists the files written). Everything but the audio comes from the
+    checkpoint: the stage, its chunk layout, its context window and its speech tokenizer."""
     import argparse
-    import json
     import sys
 
     parser = argparse.ArgumentParser(
@@ -227,41 +220,39 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="a duplex stage's checkpoints folder or one step folder in it")
     parser.add_argument("--input", required=True, help="the user's audio (any common format)")
     parser.add_argument("--out_dir", required=True)
-    parser.add_argument("--settings", help=f"the stage's {INFERENCE_SETTINGS} (default: "
-                        "found beside the checkpoints)")
-    parser.add_argument("--speech_tokenizer", help="override the settings' tokenizer file")
+    parser.add_argument("--speech_tokenizer", help="a speech tokenizer file to use instead of "
+                        "the checkpoint's own (same number of codes)")
+    parser.add_argument("--params", choices=PLACEMENTS, default="sharded",
+                        help="parameters sharded over the local devices (FSDP, as trained) or "
+                        "replicated on each (no gathers per token; the model must fit a chip)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top_k", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from omniflatten_jax.checkpoint import load_params
-    from omniflatten_jax.config import FlattenConfig, from_dict
-    from omniflatten_jax.flatten import chunk_layout
+    from omniflatten_jax import checkpoint
     from omniflatten_jax.inference.recording import stream_recording, write_outputs
-    from omniflatten_jax.model import transformer
     from omniflatten_jax.speech.audio import AudioError
     from omniflatten_jax.speech.tokenizer import load_speech_tokenizer
 
     try:
-        with open(args.settings or find_settings(args.checkpoint)) as f:
-            settings = json.load(f)
-        params, meta, where = load_params(args.checkpoint)
-        tokenizer = load_speech_tokenizer(args.speech_tokenizer or settings["speech_tokenizer"])
+        meta = checkpoint.load_meta(args.checkpoint)
+        directory, step = checkpoint.resolve(args.checkpoint)
+        where = os.path.join(directory, str(step))
+        settings = DuplexSettings.of_checkpoint(meta, where)
+        tokenizer = (load_speech_tokenizer(args.speech_tokenizer) if args.speech_tokenizer
+                     else checkpoint.load_speech_tokenizer(where))
         if tokenizer.num_codes != meta.layout.num_speech_codes:
             raise ValueError(f"the speech tokenizer has {tokenizer.num_codes} codes but "
                              f"{where} was trained on {meta.layout.num_speech_codes}")
-        flatten = from_dict(FlattenConfig, settings["flatten"])
-        chunk = chunk_layout(settings["stage"], flatten)
-        model = transformer(meta.model, meta.layout.vocab_size)
-        result = stream_recording(
-            model, params, meta.layout, chunk, flatten, tokenizer, args.input,
-            context_chunks=settings["context_chunks"],
-            sampling=Sampling(args.temperature, args.top_k), seed=args.seed)
+        placed = PlacedModel.restore(where, placement=args.params)
+        result = stream_recording(placed, meta.layout, settings, tokenizer, args.input,
+                                  sampling=Sampling(args.temperature, args.top_k),
+                                  seed=args.seed)
     except (AudioError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     summary = write_outputs(result, meta.layout, tokenizer, args.out_dir,
-                            title=f"{settings['stage']} {where} on {os.path.basename(args.input)}")
+                            title=f"{meta.stage} {where} on {os.path.basename(args.input)}")
     print(f"{args.input}: {summary['input_seconds']} s in {summary['chunks']} chunks of "
           f"{summary['chunk_audio_ms']:.0f} ms; decode latency per chunk mean "
           f"{summary['latency_ms']['mean']} ms, p95 {summary['latency_ms']['p95']} ms, max "

@@ -4,7 +4,8 @@ Every generation in the project is this call: ASR and TTS evaluation (a left-pad
 then tokens until a stop id), half-duplex turns, and chunk-synchronous duplex decoding (a
 user speech chunk as heard, then the chunk's other positions). Each generated position i draws
 from ``legal[pattern[i]]`` only, so a speech position can never emit text and vice versa.
-One jitted call per feed-and-generate, shapes static: the cache is preallocated by the caller.
+One jitted call per feed-and-generate, shapes static: the cache is preallocated by the caller,
+the parameters placed once (`placement.PlacedModel`), every sharding stated.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from omniflatten_jax.model import DecodeCache, Params, Transformer
+from omniflatten_jax.placement import PlacedModel
 
 NO_STOP = -1  # a stop id that matches nothing: generate exactly len(pattern) tokens
 
@@ -45,17 +47,10 @@ def pick(logits: jax.Array, legal: jax.Array, key: jax.Array, sampling: Sampling
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "sampling"), donate_argnames=("cache",))
-def feed_and_generate(model: Transformer, params: Params, cache: DecodeCache, fed: jax.Array,
-                      fed_valid: jax.Array | None, legal: jax.Array, pattern: jax.Array,
-                      stop: jax.Array, key: jax.Array, *, sampling: Sampling = Sampling()
-                      ) -> tuple[jax.Array, DecodeCache]:
-    """Appends ``fed [B, F]`` (``fed_valid`` false marks left padding), then generates
-    ``[B, len(pattern)]`` tokens, token i under ``legal[pattern[i]]`` (``legal [M, vocab]``).
-
-    A row that emits an id in ``stop`` emits ``stop[0]`` from then on (pass ``[NO_STOP]`` to
-    never stop). Generated tokens enter the cache, so the next call continues the context.
-    """
+def _feed_and_generate(model: Transformer, sampling: Sampling, params: Params,
+                       cache: DecodeCache, fed: jax.Array, fed_valid: jax.Array,
+                       legal: jax.Array, pattern: jax.Array, stop: jax.Array, key: jax.Array
+                       ) -> tuple[jax.Array, DecodeCache]:
     logits, cache = model.extend(params, cache, fed, fed_valid)
     stop_fill = jnp.maximum(stop[0], 0)
 
@@ -73,3 +68,40 @@ def feed_and_generate(model: Transformer, params: Params, cache: DecodeCache, fe
     cache, _, out, _, _ = jax.lax.fori_loop(
         0, pattern.shape[0], body, (cache, logits[:, -1], out, done, key))
     return out, cache
+
+
+def feed_and_generate(placed: PlacedModel, cache: DecodeCache, fed: jax.Array,
+                      fed_valid: jax.Array, legal: jax.Array, pattern: jax.Array,
+                      stop: jax.Array, key: jax.Array, *, sampling: Sampling = Sampling()
+                      ) -> tuple[jax.Array, DecodeCache]:
+    """Appends ``fed [B, F]`` (``fed_valid`` false marks left padding), then generates
+    ``[B, len(pattern)]`` tokens, token i under ``legal[pattern[i]]`` (``legal [M, vocab]``).
+
+    A row that emits an id in ``stop`` emits ``stop[0]`` from then on (pass ``[NO_STOP]`` to
+    never stop). Generated tokens enter the cache (donated), so the next call continues the
+    context. Every argument is already on the mesh (`PlacedModel.put`); the generated tokens
+    come back replicated, ready for `PlacedModel.get`.
+    """
+    batch, slots = cache.valid.shape
+    cache_sharding = placed.cache_shardings(batch, slots)
+    rows = placed.batch_sharding((batch, 1))
+    rep = placed.replicated
+    fn = placed.jit("feed_and_generate",
+                    functools.partial(_feed_and_generate, placed.model, sampling),
+                    sampling, batch, slots,
+                    in_shardings=(placed.param_shardings, cache_sharding, rows, rows, rep, rep,
+                                  rep, rep),
+                    out_shardings=(rep, cache_sharding), donate_argnums=(1,))
+    return fn(placed.params, cache, fed, fed_valid, legal, pattern, stop, key)
+
+
+def prefill(placed: PlacedModel, cache: DecodeCache, tokens: jax.Array) -> DecodeCache:
+    """Appends ``tokens [B, T]`` (all real) to the cache, generating nothing."""
+    batch, slots = cache.valid.shape
+    cache_sharding = placed.cache_shardings(batch, slots)
+    model = placed.model
+    fn = placed.jit("prefill", lambda params, c, t: model.extend(params, c, t)[1], batch, slots,
+                    in_shardings=(placed.param_shardings, cache_sharding,
+                                  placed.batch_sharding((batch, 1))),
+                    out_shardings=cache_sharding, donate_argnums=(1,))
+    return fn(placed.params, cache, tokens)

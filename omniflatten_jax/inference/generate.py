@@ -10,42 +10,40 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+from omniflatten_jax.batch import fixed_groups
 from omniflatten_jax.inference.engine import Sampling, feed_and_generate
-from omniflatten_jax.model import Params, Transformer
+from omniflatten_jax.placement import PlacedModel
 
 BUCKET = 16  # prompt lengths are rounded up to this, to bound the number of compilations
 
 
-def greedy_generate(model: Transformer, params: Params, prompts: Sequence[np.ndarray], *,
-                    legal: np.ndarray, stop_ids: Sequence[int], max_new: int, pad_id: int,
+def greedy_generate(placed: PlacedModel, prompts: Sequence[np.ndarray], *, legal: np.ndarray,
+                    stop_ids: Sequence[int], max_new: int, pad_id: int,
                     batch_size: int = 16) -> list[np.ndarray]:
     """Generated ids per prompt, up to and excluding the first stop id."""
     if not len(stop_ids):
         raise ValueError("give at least one stop id")
-    legal = jnp.asarray(legal, bool).at[jnp.asarray(stop_ids)].set(True)[None]
-    pattern = jnp.zeros((max_new,), jnp.int32)  # every position: the one legal row
-    stop = jnp.asarray(stop_ids, jnp.int32)
-    key = jax.random.key(0)  # unused by greedy decoding
+    legal = np.asarray(legal, bool).copy()
+    legal[np.asarray(stop_ids)] = True
+    legal = placed.put(legal[None])
+    pattern = placed.put(np.zeros((max_new,), np.int32))  # every position: the one legal row
+    stop = placed.put(np.asarray(stop_ids, np.int32))
+    key = placed.key(0)  # unused by greedy decoding
     results: list[np.ndarray] = []
-    for lo in range(0, len(prompts), batch_size):
-        group = list(prompts[lo:lo + batch_size])
-        n = len(group)
-        group += [group[-1]] * (batch_size - n)  # fixed batch shape: one compilation
+    for group, n in fixed_groups(prompts, batch_size):
         width = -(-max(len(p) for p in group) // BUCKET) * BUCKET
         tokens = np.full((batch_size, width), pad_id, np.int32)
         valid = np.zeros((batch_size, width), bool)
         for i, prompt in enumerate(group):
             tokens[i, width - len(prompt):] = prompt
             valid[i, width - len(prompt):] = True
-        cache = model.init_cache(batch_size, width + max_new)
-        out, _ = feed_and_generate(model, params, cache, tokens, valid, legal, pattern, stop,
-                                   key, sampling=Sampling())
-        out = np.asarray(out)
-        for row in out[:n]:
+        cache = placed.init_cache(batch_size, width + max_new)
+        out, _ = feed_and_generate(placed, cache, placed.put(tokens, batch=True),
+                                   placed.put(valid, batch=True), legal, pattern, stop, key,
+                                   sampling=Sampling())
+        for row in placed.get(out)[:n]:
             hits = np.flatnonzero(np.isin(row, stop_ids))
             results.append(row[:hits[0]] if len(hits) else row)
     return results

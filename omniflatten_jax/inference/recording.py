@@ -23,11 +23,11 @@ import os
 
 import numpy as np
 
-from omniflatten_jax.config import FlattenConfig
-from omniflatten_jax.flatten import ChunkLayout, Stream
-from omniflatten_jax.inference.duplex import DuplexDecoder
+from omniflatten_jax.chunking import pad_to_chunks
+from omniflatten_jax.flatten import Stream
+from omniflatten_jax.inference.duplex import DuplexDecoder, DuplexSettings
 from omniflatten_jax.inference.engine import Sampling
-from omniflatten_jax.model import Params, Transformer
+from omniflatten_jax.placement import PlacedModel
 from omniflatten_jax.speech.audio import load_audio, save_audio
 from omniflatten_jax.speech.tokenizer import SpeechDecoder, SpeechTokenizer
 from omniflatten_jax.vocab import TokenLayout
@@ -54,19 +54,17 @@ class LiveResult:
         return self.streams[Stream.ASSISTANT_SPEECH.key].reshape(-1)[:self.n_frames]
 
 
-def stream_recording(model: Transformer, params: Params, layout: TokenLayout, chunk: ChunkLayout,
-                     flatten: FlattenConfig, tokenizer: SpeechTokenizer, audio_path: str, *,
-                     context_chunks: int,
+def stream_recording(placed: PlacedModel, layout: TokenLayout, settings: DuplexSettings,
+                     tokenizer: SpeechTokenizer, audio_path: str, *,
                      sampling: Sampling = Sampling(), seed: int = 0) -> LiveResult:
     """Decodes `audio_path` (any format, rate, channel count) chunk by chunk."""
     wave = load_audio(audio_path, tokenizer.sample_rate)
     user = layout.speech_ids(tokenizer.encode(wave, tokenizer.sample_rate))
+    chunk = settings.chunk
     width = chunk.streams[0][1]
-    n_chunks = -(-len(user) // width)
-    padded = np.full(n_chunks * width, layout.special("<silent_speech>"), np.int32)
-    padded[:len(user)] = user  # the last chunk is completed with silence
-    decoder = DuplexDecoder(model, params, layout, chunk, flatten, batch=1,
-                            context_chunks=context_chunks, sampling=sampling, seed=seed)
+    padded = pad_to_chunks(user, width, layout.special("<silent_speech>"))
+    decoder = DuplexDecoder(placed, layout, chunk, settings.flatten, batch=1,
+                            context_chunks=settings.context_chunks, sampling=sampling, seed=seed)
     compile_s = decoder.compile()
     streams = chunk.unflatten(decoder.run(padded[None])[0])  # one chunk at a time, timed
     return LiveResult(wave, tokenizer.sample_rate, tokenizer.frame_rate, width, user, streams,
@@ -120,7 +118,7 @@ def text_turns(result: LiveResult, layout: TokenLayout, stream: Stream) -> list[
     return turns
 
 
-def turn_events(result: LiveResult, layout: TokenLayout) -> list[dict]:
+def speaking_events(result: LiveResult, layout: TokenLayout) -> list[dict]:
     """Took the turn / yielded: the edges of the generated assistant speech."""
     found = []
     for start, end in speech_runs(result.assistant_speech(), layout.special("<silent_speech>")):
@@ -158,6 +156,6 @@ def write_outputs(result: LiveResult, layout: TokenLayout, decoder: SpeechDecode
         "real_time_factor": round(float(ms.mean() / chunk_audio_ms), 4),
     }
     with open(os.path.join(out_dir, "events.json"), "w") as f:
-        json.dump({"events": turn_events(result, layout), **summary}, f, indent=2)
+        json.dump({"events": speaking_events(result, layout), **summary}, f, indent=2)
     plot_timeline(result, layout, audio, texts, os.path.join(out_dir, "timeline.png"), title)
     return summary

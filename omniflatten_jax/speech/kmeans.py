@@ -13,26 +13,12 @@ import json
 
 import numpy as np
 
+from omniflatten_jax.config import MelConfig
 from omniflatten_jax.speech.audio import resample
 from omniflatten_jax.speech.tokenizer import register
 
 KIND = "kmeans_mel"
 LOG_FLOOR = 1e-5
-
-
-@dataclasses.dataclass(frozen=True)
-class MelConfig:
-    sample_rate: int = 16_000
-    frame_rate: int = 25
-    n_mels: int = 80
-    n_fft: int = 1024
-
-    @property
-    def hop(self) -> int:
-        if self.sample_rate % self.frame_rate:
-            raise ValueError(f"frame_rate {self.frame_rate} must divide sample_rate "
-                             f"{self.sample_rate}")
-        return self.sample_rate // self.frame_rate
 
 
 def log_mel(wave: np.ndarray, cfg: MelConfig) -> np.ndarray:
@@ -107,8 +93,8 @@ class KMeansMelTokenizer:
 
 
 @register(KIND)
-def load(path: str) -> KMeansMelTokenizer:
-    with np.load(path) as z:
+def load(source) -> KMeansMelTokenizer:
+    with np.load(source) as z:
         config = json.loads(z["config"].item())
         config.pop("kind")
         return KMeansMelTokenizer(MelConfig(**config), z["centroids"], z["mean"], z["std"])

@@ -12,7 +12,7 @@ import json
 import os
 import zipfile
 from collections.abc import Callable
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import numpy as np
 
@@ -31,7 +31,8 @@ class SpeechDecoder(Protocol):
     def decode(self, codes: np.ndarray) -> np.ndarray: ...
 
 
-LOADERS: dict[str, Callable[[str], SpeechTokenizer]] = {}
+Source = str | os.PathLike | BinaryIO  # a file, or its bytes (e.g. from a checkpoint)
+LOADERS: dict[str, Callable[[Source], SpeechTokenizer]] = {}
 
 
 def register(kind: str):
@@ -41,22 +42,30 @@ def register(kind: str):
     return wrap
 
 
-def read_kind(path: str) -> str:
+def read_kind(source: Source) -> str:
     """Tokenizer files are .npz archives with a JSON `config` entry naming their kind."""
     try:
-        with zipfile.ZipFile(path) as z, z.open("config.npy") as f:
+        with zipfile.ZipFile(source) as z, z.open("config.npy") as f:
             config = json.loads(np.lib.format.read_array(f).item())
     except (OSError, KeyError, zipfile.BadZipFile, ValueError) as e:
-        raise ValueError(f"{path} is not a speech tokenizer file ({e})") from None
+        raise ValueError(f"{_name(source)} is not a speech tokenizer file ({e})") from None
     return config["kind"]
 
 
-def load_speech_tokenizer(path: str | os.PathLike) -> SpeechTokenizer:
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"speech tokenizer {path} does not exist")
-    kind = read_kind(path)
+def _name(source: Source) -> str:
+    return "the stored speech tokenizer" if hasattr(source, "read") else os.fspath(source)
+
+
+def load_speech_tokenizer(source: Source) -> SpeechTokenizer:
+    """A tokenizer from its file (a path, or a binary file object holding its bytes)."""
+    if not hasattr(source, "read"):
+        source = os.fspath(source)
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"speech tokenizer {source} does not exist")
+    kind = read_kind(source)
     if kind not in LOADERS:
         raise ValueError(
-            f"{path}: unknown speech tokenizer kind {kind!r}; known: {sorted(LOADERS)}")
-    return LOADERS[kind](path)
+            f"{_name(source)}: unknown speech tokenizer kind {kind!r}; known: {sorted(LOADERS)}")
+    if hasattr(source, "seek"):
+        source.seek(0)
+    return LOADERS[kind](source)

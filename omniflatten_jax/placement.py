@@ -1,0 +1,156 @@
+"""Parameters placed on devices once, and the explicit shardings of every call around them.
+
+Evaluation, generation and duplex decoding make many small jitted calls on the same weights.
+`PlacedModel` puts the parameters on a mesh once, either ``sharded`` by the logical-axis rules
+(as training holds them) or ``replicated`` on every device (no gathers per token: faster
+decoding when the model fits a chip), and jits each call with explicit input and output
+shardings. No call uploads a weight again or moves a result through the host implicitly:
+host values enter through `put` and leave through `get`, the only transfers, explicit ones
+(allowed under ``jax.transfer_guard("disallow")``). Both work when the mesh spans hosts,
+provided every host passes the same values (every host runs the same evaluation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from omniflatten_jax import sharding
+from omniflatten_jax.config import MeshConfig
+from omniflatten_jax.model import DecodeCache, Params, Transformer, transformer
+from omniflatten_jax.model.attention import LayerCache
+
+ParamPlacement = Literal["sharded", "replicated"]
+PLACEMENTS = ("sharded", "replicated")
+
+# Logical axes of a decode cache's fields (`model.DecodeCache`).
+CACHE_KV_AXES = ("batch", None, "act_kv_heads", None)
+
+
+def placement_rules(rules: sharding.Rules, placement: ParamPlacement) -> tuple:
+    """The rules as given (sharded), or with every axis but the batch replicated."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"parameter placement must be one of {PLACEMENTS}, not {placement!r}")
+    if placement == "sharded":
+        return tuple(rules)
+    return tuple((name, target if name == "batch" else None) for name, target in rules)
+
+
+class PlacedModel:
+    """A `Transformer` with its parameters on `mesh`, and the shardings its calls state."""
+
+    def __init__(self, model: Transformer, params: Params, mesh: Mesh, rules: sharding.Rules,
+                 placement: ParamPlacement = "sharded"):
+        self.model, self.mesh, self.placement = model, mesh, placement
+        self.rules = placement_rules(rules, placement)
+        self.param_shardings = model.param_shardings(mesh, self.rules)
+        self.params = _place(params, self.param_shardings)
+        self.replicated = NamedSharding(mesh, PartitionSpec())
+
+    @classmethod
+    def create(cls, model: Transformer, params: Params, mesh_cfg: MeshConfig = MeshConfig(),
+               placement: ParamPlacement = "sharded",
+               devices: Sequence[jax.Device] | None = None) -> "PlacedModel":
+        """Placed on a mesh of `mesh_cfg`'s shape over all (or the given) devices."""
+        return cls(model, params, sharding.make_mesh(mesh_cfg, devices), mesh_cfg.rules,
+                   placement)
+
+    @classmethod
+    def restore(cls, path: str, mesh_cfg: MeshConfig = MeshConfig(),
+                placement: ParamPlacement = "sharded", layout=None) -> "PlacedModel":
+        """A checkpoint's parameters, restored straight into their placement (with `layout`,
+        the checkpoint's token layout must equal it)."""
+        from omniflatten_jax import checkpoint
+
+        meta = checkpoint.load_meta(path)
+        model = transformer(meta.model, meta.layout.vocab_size)
+        mesh = sharding.make_mesh(mesh_cfg)
+        target = model.param_shardings(mesh, placement_rules(mesh_cfg.rules, placement))
+        params, _, _ = checkpoint.load_params(path, target, layout)
+        return cls(model, params, mesh, mesh_cfg.rules, placement)
+
+    # --- shardings -------------------------------------------------------------------------
+    def sharding_of(self, names: Sequence[str | None], shape: Sequence[int]) -> NamedSharding:
+        return NamedSharding(self.mesh, sharding.logical_to_spec(names, shape, self.mesh,
+                                                                 self.rules))
+
+    def batch_sharding(self, shape: Sequence[int]) -> NamedSharding:
+        """``[batch, ...]`` split over the data axes where the batch divides, else replicated."""
+        return self.sharding_of(("batch",) + (None,) * (len(shape) - 1), shape)
+
+    def cache_shardings(self, batch: int, slots: int) -> DecodeCache:
+        cfg = self.model.cfg
+        kv = self.sharding_of(CACHE_KV_AXES, (batch, slots, cfg.num_kv_heads, cfg.head_dim))
+        return DecodeCache(tuple(LayerCache(kv, kv) for _ in range(cfg.num_layers)),
+                           self.replicated, self.batch_sharding((batch, slots)),
+                           self.batch_sharding((batch,)))
+
+    @contextlib.contextmanager
+    def activate(self):
+        """The mesh and rules the model's activation constraints read while tracing."""
+        with sharding.activate(self.mesh, self.rules):
+            yield
+
+    # --- the only transfers ----------------------------------------------------------------
+    def put(self, x, batch: bool = False) -> jax.Array:
+        """A host array onto the mesh: split over the batch axis (`batch`) or replicated. On
+        several hosts every host passes the same value, and JAX checks that they agree."""
+        x = np.asarray(x)
+        return jax.device_put(x, self.batch_sharding(x.shape) if batch else self.replicated)
+
+    def key(self, seed: int) -> jax.Array:
+        """A PRNG key made on every device of the mesh (computed there: nothing moves)."""
+        return self.jit("key", lambda: jax.random.key(seed), seed, in_shardings=(),
+                        out_shardings=self.replicated)()
+
+    @staticmethod
+    def get(x: jax.Array) -> np.ndarray:
+        """A replicated result to the host (this host's copy: no cross-host gather)."""
+        if not x.sharding.is_fully_replicated:
+            raise ValueError(f"get() reads replicated results; this one is {x.sharding}")
+        return np.asarray(jax.device_get(x.addressable_data(0)))
+
+    # --- jitted calls ----------------------------------------------------------------------
+    def jit(self, name: str, fn: Callable, *static: Any, in_shardings, out_shardings,
+            donate_argnums: tuple[int, ...] = ()) -> Callable:
+        """``fn`` jitted with these shardings and traced under this mesh and rules. Built once
+        per (model, mesh, rules, name, static) in the process: `name` and `static` must
+        determine `fn` and the shardings (the shapes and settings they were derived from)."""
+        key = (self.model, self.mesh, self.rules, name, static)
+        if key not in _JITTED:
+            _JITTED[key] = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
+                                   donate_argnums=donate_argnums)
+        jitted = _JITTED[key]
+
+        def call(*args):
+            with self.activate():
+                return jitted(*args)
+        return call
+
+    def init_cache(self, batch: int, slots: int) -> DecodeCache:
+        """An empty decode cache, created on the devices in its shardings."""
+        fn = self.jit("init_cache", functools.partial(self.model.init_cache, batch, slots),
+                      batch, slots, in_shardings=(),
+                      out_shardings=self.cache_shardings(batch, slots))
+        return fn()
+
+
+_JITTED: dict[tuple, Callable] = {}
+
+
+def _place(params: Params, shardings: Params) -> Params:
+    """Host arrays are uploaded, device arrays resharded (a no-op where they already match)."""
+    def place(x, target):
+        if isinstance(x, jax.Array):
+            if x.sharding == target:
+                return x
+            if x.is_fully_addressable and not target.is_fully_addressable:
+                x = np.asarray(jax.device_get(x))  # this host's value: every host passes it
+        return jax.device_put(x, target)
+    return jax.tree.map(place, params, shardings)

@@ -1,0 +1,72 @@
+"""One process of a 2-process JAX cluster on 127.0.0.1 (tests/test_multihost_eval.py).
+
+Places a small model's parameters over every device of the cluster (sharded, or replicated)
+and runs what evaluation runs: greedy generation, per-stream cross-entropy and live duplex
+decoding. Prints the results as one JSON line, which must equal one process's results.
+
+    python -m tests.multihost_eval_worker --process_id=0 --processes=2 --port=PORT [--placement]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def evaluate(placement: str) -> dict:
+    import jax
+    import numpy as np
+
+    from omniflatten_jax.config import FlattenConfig
+    from omniflatten_jax.evaluation.cross_entropy import stream_cross_entropy
+    from omniflatten_jax.flatten import asr_sequence, chunk_layout
+    from omniflatten_jax.inference.duplex import DuplexSettings, decode_dialogues
+    from omniflatten_jax.inference.generate import greedy_generate
+    from omniflatten_jax.model import transformer
+    from omniflatten_jax.placement import PlacedModel
+    from omniflatten_jax.vocab import TokenLayout
+    from tests.helpers import SMALL_MODEL
+
+    layout = TokenLayout("bytes", 256, 32)
+    model = transformer(SMALL_MODEL, layout.vocab_size)
+    # Every process computes the same initial values on its own device, then places them.
+    params = jax.device_get(jax.jit(model.init, backend="cpu")(jax.random.key(0)))
+    placed = PlacedModel.create(model, params, placement=placement)
+    rng = np.random.default_rng(0)
+    speech = [layout.speech_ids(rng.integers(0, 32, n)) for n in (7, 12, 5)]
+    prompts = [np.concatenate([[layout.special("[ASR]")], s]) for s in speech]
+    generated = greedy_generate(placed, prompts, legal=layout.id_mask(text=True),
+                                stop_ids=[layout.special("[EOT]")], max_new=6,
+                                pad_id=layout.special("<pad>"), batch_size=4)
+    examples = [asr_sequence(layout, s, rng.integers(97, 123, 4)) for s in speech]
+    ce = stream_cross_entropy(placed, examples, 32, layout.special("<pad>"), batch_size=4)
+    flatten = FlattenConfig(speech_chunk=4, text_chunk=2)
+    settings = DuplexSettings(chunk_layout("duplex_3", flatten), flatten, context_chunks=3)
+    streams = decode_dialogues(placed, layout, settings, speech, batch_size=4)
+    return {"devices": jax.device_count(), "processes": jax.process_count(),
+            "embed_devices": len(placed.params["embed"].sharding.device_set),
+            "generated": [g.tolist() for g in generated], "cross_entropy": ce,
+            "assistant_speech": [s["assistant_speech"].tolist() for s in streams]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--process_id", type=int, default=0)
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--devices", type=int, default=2, help="fake CPU devices per process")
+    parser.add_argument("--placement", default="sharded")
+    args = parser.parse_args()
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", args.devices)
+    if args.processes > 1:
+        jax.distributed.initialize(coordinator_address=f"127.0.0.1:{args.port}",
+                                   num_processes=args.processes, process_id=args.process_id)
+    print(json.dumps(evaluate(args.placement)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
