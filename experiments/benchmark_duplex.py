@@ -23,12 +23,16 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from omniflatten_jax.config import PARAM_PLACEMENTS  # noqa: E402  (after the path)
+from omniflatten_jax.flatten import CHUNKED_STAGES  # noqa: E402
+
 flags.DEFINE_string("config", "embedded", "a named configuration (experiments/configs)")
 flags.DEFINE_string("checkpoint", None, "a checkpoint to decode with (default: random init)")
-flags.DEFINE_enum("stage", "duplex_3", ("duplex_4", "duplex_3", "duplex_2"), "chunk layout")
+flags.DEFINE_enum("stage", "duplex_3", CHUNKED_STAGES, "whose plan (chunk layout, context)")
 flags.DEFINE_integer("chunks", 60, "chunks to decode and time")
 flags.DEFINE_integer("batch", 1, "dialogues decoded together")
-flags.DEFINE_enum("params", "sharded", ("sharded", "replicated"), "parameter placement")
+flags.DEFINE_enum("params", "sharded", PARAM_PLACEMENTS, "sharded over the devices, or "
+                  "replicated on each")
 flags.DEFINE_multi_string("set", [], "configuration overrides, e.g. --set=model.dtype=float32")
 FLAGS = flags.FLAGS
 

@@ -34,11 +34,11 @@ def describe(tokens, layout, tok) -> str:
 
 def main(argv=None):
     from experiments.configs import get_config
+    from omniflatten_jax.flatten import CHUNKED_STAGES
     from omniflatten_jax.stages import plan_stage
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stage", default="duplex_3", choices=("duplex_4", "duplex_3",
-                                                                 "duplex_2"))
+    parser.add_argument("--stage", default="duplex_3", choices=CHUNKED_STAGES)
     parser.add_argument("--workdir", default="./workdir")
     parser.add_argument("--config", default="embedded")
     parser.add_argument("--index", type=int, default=0, help="which test dialogue")

@@ -14,6 +14,9 @@ from omniflatten_jax.vocab import TokenLayout
 T = TypeVar("T")
 
 AttentionImpl = Literal["auto", "xla", "cudnn"]
+# Where evaluation and decoding keep the parameters (`placement.PlacedModel`).
+ParamPlacement = Literal["sharded", "replicated"]
+PARAM_PLACEMENTS = ("sharded", "replicated")
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
@@ -289,11 +292,12 @@ class EvalConfig:
     batch_size: int = 16
     # Where evaluation keeps the parameters: "sharded" as training holds them (by the mesh
     # rules), or "replicated" on every device (no gathers per generated token; must fit).
-    params: str = "sharded"
+    params: ParamPlacement = "sharded"
 
     def __post_init__(self):
-        if self.params not in ("sharded", "replicated"):
-            raise ValueError(f"eval.params must be sharded or replicated, not {self.params!r}")
+        if self.params not in PARAM_PLACEMENTS:
+            raise ValueError(f"eval.params must be one of {PARAM_PLACEMENTS}, "
+                             f"not {self.params!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,19 +15,16 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from omniflatten_jax import sharding
-from omniflatten_jax.config import MeshConfig
+from omniflatten_jax.config import PARAM_PLACEMENTS, MeshConfig, ParamPlacement
 from omniflatten_jax.model import DecodeCache, Params, Transformer, transformer
 from omniflatten_jax.model.attention import LayerCache
-
-ParamPlacement = Literal["sharded", "replicated"]
-PLACEMENTS = ("sharded", "replicated")
 
 # Logical axes of a decode cache's fields (`model.DecodeCache`).
 CACHE_KV_AXES = ("batch", None, "act_kv_heads", None)
@@ -35,8 +32,9 @@ CACHE_KV_AXES = ("batch", None, "act_kv_heads", None)
 
 def placement_rules(rules: sharding.Rules, placement: ParamPlacement) -> tuple:
     """The rules as given (sharded), or with every axis but the batch replicated."""
-    if placement not in PLACEMENTS:
-        raise ValueError(f"parameter placement must be one of {PLACEMENTS}, not {placement!r}")
+    if placement not in PARAM_PLACEMENTS:
+        raise ValueError(f"parameter placement must be one of {PARAM_PLACEMENTS}, "
+                         f"not {placement!r}")
     if placement == "sharded":
         return tuple(rules)
     return tuple((name, target if name == "batch" else None) for name, target in rules)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from omniflatten_jax.config import ExperimentConfig, FlattenConfig, TrainConfig
-from omniflatten_jax.flatten import CHUNKED_STAGES, ChunkLayout, Stream, chunk_layout
+from omniflatten_jax.flatten import CHUNKED_STAGES, ChunkLayout, chunk_layout
 
 ALIGNMENT = "alignment"
 HALF_DUPLEX = "half_duplex"
@@ -50,10 +50,6 @@ class StagePlan:
     @property
     def is_dialogue(self) -> bool:
         return self.name != ALIGNMENT
-
-    @property
-    def loss_streams(self) -> frozenset[Stream]:
-        return frozenset(Stream[key.upper()] for key, _ in self.loss_names)
 
     @property
     def context_chunks(self) -> int | None:

@@ -127,3 +127,17 @@ def test_a_checkpoint_from_before_stage_descriptions_says_how_to_upgrade(stage_d
     result = run_cli("--checkpoint", str(tmp_path / "new"), "--input",
                      str(tmp_path / "user.wav"), "--out_dir", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_an_export_round_trip_keeps_the_description_and_tokenizer(stage_dir, tmp_path):
+    from omniflatten_jax.export.from_hf import import_hf
+    from omniflatten_jax.export.to_hf import export_hf
+
+    export_hf(str(stage_dir / "checkpoints"), str(tmp_path / "hf"))
+    tokenizer = (stage_dir / "tokenizer.npz").read_bytes()
+    assert (tmp_path / "hf" / "speech_tokenizer.npz").read_bytes() == tokenizer
+    import_hf(str(tmp_path / "hf"), str(tmp_path / "back"))
+    meta = checkpoint.load_meta(tmp_path / "back")
+    assert (meta.stage, meta.flatten, meta.context_chunks) == ("duplex_3", FLATTEN, 4)
+    assert [r["kind"] for r in meta.lineage][-1] == "hf_import"
+    assert checkpoint.load_speech_tokenizer_bytes(tmp_path / "back") == tokenizer

@@ -9,12 +9,14 @@ noise of 1/10 of their per-dimension standard deviation (seeded). New tokens sta
 one another so that training can tell them apart. For an untied model the same rule is applied
 to the output layer's rows.
 
-A folder that we exported ourselves carries `token_layout.json`; its layout is used as is.
+A folder that we exported ourselves carries `token_layout.json`; its layout is used as is, and
+its stage description (`omniflatten.json`) and speech tokenizer come back with it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import os
@@ -26,6 +28,7 @@ from safetensors import safe_open
 
 from omniflatten_jax import checkpoint
 from omniflatten_jax.export import hf_config, weight_map
+from omniflatten_jax.export.to_hf import DESCRIPTION_FILE, SPEECH_TOKENIZER_FILE
 from omniflatten_jax.model import transformer
 from omniflatten_jax.vocab import LAYOUT_FILENAME, LayoutMismatchError, TokenLayout
 
@@ -109,7 +112,31 @@ def import_hf(hf_dir: str, out: str, num_speech_codes: int | None = None,
     meta = checkpoint.CheckpointMeta(cfg, layout, ({
         "kind": "hf_import", "path": os.path.abspath(hf_dir), "hf_vocab_size": hf_vocab,
         "new_rows": NEW_ROWS_RULE, "seed": seed},))
-    return checkpoint.save_params(out, 0, params, meta)
+    meta, speech_tokenizer = _our_description(hf_dir, meta)
+    return checkpoint.save_params(out, 0, params, meta, speech_tokenizer)
+
+
+def _our_description(hf_dir: str, meta: checkpoint.CheckpointMeta
+                     ) -> tuple[checkpoint.CheckpointMeta, bytes | None]:
+    """An export of ours keeps its stage description and speech tokenizer on re-import, so a
+    model fine-tuned in PyTorch comes back ready for the duplex command."""
+    described = os.path.join(hf_dir, DESCRIPTION_FILE)
+    if not os.path.isfile(described):
+        return meta, None
+    with open(described) as f:
+        ours = checkpoint.CheckpointMeta.from_json(json.load(f))
+    data = None
+    if ours.speech_tokenizer_sha256 is not None:
+        path = os.path.join(hf_dir, SPEECH_TOKENIZER_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{described} names a speech tokenizer but {path} is missing")
+        with open(path, "rb") as f:
+            data = f.read()
+        if checkpoint.sha256(data) != ours.speech_tokenizer_sha256:
+            raise ValueError(f"{path} does not match the hash {described} records")
+    return dataclasses.replace(meta, lineage=ours.lineage + meta.lineage, stage=ours.stage,
+                               flatten=ours.flatten, context_chunks=ours.context_chunks,
+                               speech_tokenizer_sha256=ours.speech_tokenizer_sha256), data
 
 
 def main(argv: list[str] | None = None) -> None:

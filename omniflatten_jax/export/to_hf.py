@@ -29,6 +29,7 @@ from omniflatten_jax.export import hf_config, weight_map
 from omniflatten_jax.vocab import TokenLayout
 
 SPEECH_TOKENIZER_FILE = "speech_tokenizer.npz"
+DESCRIPTION_FILE = "omniflatten.json"  # the checkpoint's metadata (`CheckpointMeta.to_json`)
 
 
 def generation_config(layout: TokenLayout) -> dict:
@@ -57,7 +58,7 @@ def export_hf(checkpoint_path: str, out: str, dtype: str = "float32") -> str:
     with open(os.path.join(out, "generation_config.json"), "w") as f:
         json.dump(generation_config(layout), f, indent=2)
     layout.save(out)
-    with open(os.path.join(out, "omniflatten.json"), "w") as f:
+    with open(os.path.join(out, DESCRIPTION_FILE), "w") as f:
         json.dump({"checkpoint": step_dir, **meta.to_json()}, f, indent=2)
     if meta.speech_tokenizer_sha256 is not None:
         with open(os.path.join(out, SPEECH_TOKENIZER_FILE), "wb") as f:

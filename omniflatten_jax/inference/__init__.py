@@ -1,1 +1,2 @@
-"""Decoding: batched generation under legal-token masks (and, later, full-duplex streaming)."""
+"""Decoding on placed parameters: batched generation under legal-id masks, and
+chunk-synchronous full-duplex streaming (the duplex command)."""

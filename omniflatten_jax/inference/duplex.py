@@ -12,7 +12,8 @@ chunk, so a caller can stream audio in and measure per-chunk latency. Greedy or 
 top-k sampling, seeded.
 
 As a command, ``python -m omniflatten_jax.inference.duplex --checkpoint CKPT --input user.wav
---out_dir DIR`` streams a recording through a trained duplex stage (see `main`).
+--out_dir DIR`` streams a recording through a trained duplex stage (see `main`); the
+checkpoint alone says how (`DuplexSettings.of_checkpoint`, its stored speech tokenizer).
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ import numpy as np
 from omniflatten_jax.batch import fixed_groups
 from omniflatten_jax.checkpoint import CheckpointMeta
 from omniflatten_jax.chunking import pad_to_chunks
-from omniflatten_jax.config import FlattenConfig
+from omniflatten_jax.config import PARAM_PLACEMENTS, FlattenConfig
 from omniflatten_jax.flatten import CHUNKED_STAGES, ChunkLayout, Stream, chunk_layout
 from omniflatten_jax.inference.engine import NO_STOP, Sampling, feed_and_generate, prefill
-from omniflatten_jax.placement import PLACEMENTS, PlacedModel
+from omniflatten_jax.placement import PlacedModel
 from omniflatten_jax.stages import StagePlan
 from omniflatten_jax.vocab import TokenLayout
 
@@ -222,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out_dir", required=True)
     parser.add_argument("--speech_tokenizer", help="a speech tokenizer file to use instead of "
                         "the checkpoint's own (same number of codes)")
-    parser.add_argument("--params", choices=PLACEMENTS, default="sharded",
+    parser.add_argument("--params", choices=PARAM_PLACEMENTS, default="sharded",
                         help="parameters sharded over the local devices (FSDP, as trained) or "
                         "replicated on each (no gathers per token; the model must fit a chip)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
