@@ -78,10 +78,12 @@ class PlacedModel:
         return NamedSharding(self.mesh, sharding.logical_to_spec(names, shape, self.mesh,
                                                                  self.rules))
 
-    def batch_sharding(self, shape: Sequence[int]) -> NamedSharding:
+    @functools.lru_cache(maxsize=None)  # noqa: B019  (a few placements per process)
+    def batch_sharding(self, shape: tuple[int, ...]) -> NamedSharding:
         """``[batch, ...]`` split over the data axes where the batch divides, else replicated."""
         return self.sharding_of(("batch",) + (None,) * (len(shape) - 1), shape)
 
+    @functools.lru_cache(maxsize=None)  # noqa: B019
     def cache_shardings(self, batch: int, slots: int) -> DecodeCache:
         cfg = self.model.cfg
         kv = self.sharding_of(CACHE_KV_AXES, (batch, slots, cfg.num_kv_heads, cfg.head_dim))
@@ -89,18 +91,20 @@ class PlacedModel:
                            self.replicated, self.batch_sharding((batch, slots)),
                            self.batch_sharding((batch,)))
 
-    @contextlib.contextmanager
     def activate(self):
-        """The mesh and rules the model's activation constraints read while tracing."""
-        with sharding.activate(self.mesh, self.rules):
-            yield
+        """The mesh and rules the model's activation constraints read while tracing (on one
+        device there is nothing to constrain, and no context to enter per call)."""
+        if self.mesh.size == 1:
+            return contextlib.nullcontext()
+        return sharding.activate(self.mesh, self.rules)
 
     # --- the only transfers ----------------------------------------------------------------
     def put(self, x, batch: bool = False) -> jax.Array:
         """A host array onto the mesh: split over the batch axis (`batch`) or replicated. On
         several hosts every host passes the same value, and JAX checks that they agree."""
         x = np.asarray(x)
-        return jax.device_put(x, self.batch_sharding(x.shape) if batch else self.replicated)
+        return jax.device_put(x, self.batch_sharding(tuple(x.shape)) if batch
+                              else self.replicated)
 
     def key(self, seed: int) -> jax.Array:
         """A PRNG key made on every device of the mesh (computed there: nothing moves)."""
