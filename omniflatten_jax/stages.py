@@ -37,7 +37,9 @@ class StagePlan:
     name: str
     predecessor: str | None  # whose final checkpoint this stage starts from (None: alignment)
     train: TrainConfig  # steps, global batch, row length, seed, logging and checkpoints
-    flatten: FlattenConfig
+    # How dialogues are laid out (None for alignment, whose ASR/TTS sequences do not read it,
+    # so that changing a dialogue setting never blocks resuming the alignment stage).
+    flatten: FlattenConfig | None
     chunk: ChunkLayout | None  # the chunk layout of a duplex stage
     # Streams that carry loss, and the name each one's loss is logged under.
     loss_names: tuple[tuple[str, str], ...]
@@ -77,7 +79,8 @@ def plan_stage(cfg: ExperimentConfig, stage: str) -> StagePlan:
     index = cfg.stages.index(stage)
     chunk = chunk_layout(stage, cfg.flatten) if stage in CHUNKED_STAGES else None
     return StagePlan(name=stage, predecessor=cfg.stages[index - 1] if index else None,
-                     train=train, flatten=cfg.flatten, chunk=chunk,
+                     train=train, flatten=None if stage == ALIGNMENT else cfg.flatten,
+                     chunk=chunk,
                      loss_names=_loss_names(stage, cfg.flatten, chunk))
 
 

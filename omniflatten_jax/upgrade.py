@@ -40,7 +40,8 @@ def upgrade(path: str, out: str, *, stage: str, flatten: FlattenConfig, speech_t
                              "dialogue_train.seq_len // chunk length)")
     described = checkpoint.CheckpointMeta(
         meta.model, meta.layout, meta.lineage + ({"kind": "upgrade", "path": where},),
-        stage=stage, flatten=flatten, context_chunks=context_chunks,
+        stage=stage, flatten=None if stage == "alignment" else flatten,
+        context_chunks=context_chunks,
         speech_tokenizer_sha256=checkpoint.sha256(data))
     _, step = checkpoint.resolve(path)
     return checkpoint.save_params(out, step, params, described, data)
