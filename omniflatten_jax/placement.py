@@ -50,6 +50,7 @@ class PlacedModel:
         self.param_shardings = model.param_shardings(mesh, self.rules)
         self.params = _place(params, self.param_shardings)
         self.replicated = NamedSharding(mesh, PartitionSpec())
+        self._cache_shardings: dict[tuple[int, int], DecodeCache] = {}
 
     @classmethod
     def create(cls, model: Transformer, params: Params, mesh_cfg: MeshConfig = MeshConfig(),
@@ -78,18 +79,19 @@ class PlacedModel:
         return NamedSharding(self.mesh, sharding.logical_to_spec(names, shape, self.mesh,
                                                                  self.rules))
 
-    @functools.lru_cache(maxsize=None)  # noqa: B019  (a few placements per process)
     def batch_sharding(self, shape: tuple[int, ...]) -> NamedSharding:
         """``[batch, ...]`` split over the data axes where the batch divides, else replicated."""
-        return self.sharding_of(("batch",) + (None,) * (len(shape) - 1), shape)
+        return sharding.batch_sharding(self.mesh, self.rules, shape)
 
-    @functools.lru_cache(maxsize=None)  # noqa: B019
     def cache_shardings(self, batch: int, slots: int) -> DecodeCache:
-        cfg = self.model.cfg
-        kv = self.sharding_of(CACHE_KV_AXES, (batch, slots, cfg.num_kv_heads, cfg.head_dim))
-        return DecodeCache(tuple(LayerCache(kv, kv) for _ in range(cfg.num_layers)),
-                           self.replicated, self.batch_sharding((batch, slots)),
-                           self.batch_sharding((batch,)))
+        """Built once per shape (decoding asks for them every chunk)."""
+        if (batch, slots) not in self._cache_shardings:
+            cfg = self.model.cfg
+            kv = self.sharding_of(CACHE_KV_AXES, (batch, slots, cfg.num_kv_heads, cfg.head_dim))
+            self._cache_shardings[batch, slots] = DecodeCache(
+                tuple(LayerCache(kv, kv) for _ in range(cfg.num_layers)), self.replicated,
+                self.batch_sharding((batch, slots)), self.batch_sharding((batch,)))
+        return self._cache_shardings[batch, slots]
 
     def activate(self):
         """The mesh and rules the model's activation constraints read while tracing (on one
