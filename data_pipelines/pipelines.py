@@ -1,9 +1,15 @@
 """Grain pipelines per stage: read -> lay out (flatten.py) -> pack -> batch -> prefetch.
 
-Rows come out as `omniflatten_jax.batch.FIELDS`, each ``[local_batch, seq_len]``: several
+Rows come out as `omniflatten_jax.batch.FIELDS`, each ``[global_batch, seq_len]``: several
 examples packed per row (segment ids start at 1; 0 is padding; positions restart per
-example). Each host reads its own shard of the records, and the iterator's state can be saved
-and restored (Orbax + `grain.checkpoint`) to resume on the same data.
+example).
+
+The order of examples and batches is a function of the seed and the step only, never of the
+host count: every host runs the same pipeline over all records and produces the same global
+batch, of which each device takes its own rows (`TrainProgram.global_batch`). So one process
+and many see the same batches, and a run resumes on any number of hosts or mesh shape from
+one saved iterator state (JSON, equal on every host). The price is that every host reads and
+packs the whole global batch; with token ids (not audio) as records this is a few MB per step.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import dataclasses
 import grain
 import numpy as np
 
-from omniflatten_jax.batch import FIELDS
+from omniflatten_jax.batch import FIELD_DTYPES, FIELDS
 from omniflatten_jax.flatten import Stream, asr_sequence, tts_sequence
 from omniflatten_jax.stages import StagePlan
 from omniflatten_jax.vocab import TokenLayout
@@ -53,10 +59,11 @@ class CheckLength(grain.transforms.Map):
 
 @dataclasses.dataclass(frozen=True)
 class RenamePacked(grain.transforms.Map):
-    """Grain's packing names positions and segment ids after the field they index."""
+    """Grain's packing names positions and segment ids after the field they index; the
+    compiled train step takes each field in one dtype (`batch.FIELD_DTYPES`)."""
 
     def map(self, packed):
-        return {k: packed[PACKED_NAMES.get(k, k)] for k in FIELDS}
+        return {k: np.asarray(packed[PACKED_NAMES.get(k, k)], FIELD_DTYPES[k]) for k in FIELDS}
 
 
 def packed_batches(examples: grain.IterDataset, *, layout: TokenLayout, seq_len: int,
@@ -76,13 +83,11 @@ def packed_batches(examples: grain.IterDataset, *, layout: TokenLayout, seq_len:
 
 def alignment_pipeline(source, *, layout: TokenLayout, seq_len: int, batch_size: int,
                        asr_fraction: float, seed: int, num_packing_bins: int = 8,
-                       num_workers: int = 0, process_index: int = 0, process_count: int = 1
-                       ) -> grain.IterDataset:
-    """Endless, reshuffled each epoch, this host's shard of `source`, as packed rows."""
-    ds = grain.MapDataset.source(source)[process_index::process_count]
+                       num_workers: int = 0) -> grain.IterDataset:
+    """Endless, reshuffled each epoch, all of `source` as packed global batches."""
+    ds = grain.MapDataset.source(source)
     if len(ds) == 0:
-        raise ValueError("no training examples for this host: the dataset's train split is "
-                         f"empty or smaller than the {process_count} hosts")
+        raise ValueError("no training examples: the dataset's train split is empty")
     ds = ds.seed(seed).shuffle().repeat(None).random_map(AlignmentExample(layout, asr_fraction))
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=64))
     return packed_batches(ds, layout=layout, seq_len=seq_len, batch_size=batch_size,
@@ -90,15 +95,14 @@ def alignment_pipeline(source, *, layout: TokenLayout, seq_len: int, batch_size:
 
 
 def dialogue_pipeline(source, *, plan: StagePlan, layout: TokenLayout, batch_size: int,
-                      num_packing_bins: int = 8, num_workers: int = 0, process_index: int = 0,
-                      process_count: int = 1) -> grain.IterDataset:
-    """Endless packed rows of a dialogue stage's examples (dialogue_examples.py), in rows of
-    the plan's ``train.seq_len``, shuffled with its ``train.seed``."""
+                      num_packing_bins: int = 8, num_workers: int = 0) -> grain.IterDataset:
+    """Endless packed global batches of a dialogue stage's examples (dialogue_examples.py), in
+    rows of the plan's ``train.seq_len``, shuffled with its ``train.seed``."""
     from data_pipelines.dialogue_examples import StageExamples
 
-    ds = grain.MapDataset.source(source)[process_index::process_count]
+    ds = grain.MapDataset.source(source)
     if len(ds) == 0:
-        raise ValueError("no training dialogues for this host")
+        raise ValueError("no training dialogues: the dataset's train split is empty")
     seed = plan.train.seed
     ds = ds.seed(seed).shuffle().repeat(None).to_iter_dataset(
         grain.ReadOptions(num_threads=2, prefetch_buffer_size=16))

@@ -2,6 +2,13 @@
 
 Everything is cached under ``WORKDIR/data`` and keyed by the settings it depends on, so a
 second run reuses it and a changed setting rebuilds only what it affects.
+
+One dataset per pod: on several hosts, process 0 alone fits the tokenizer and builds the
+dataset while the others wait; then every host reads what it wrote (the workdir must be shared
+storage) and the hosts compare the dataset's fingerprint, which checkpoints also record. A
+launcher may run the step of its own first, on one machine:
+
+    python -m data_pipelines.prepare --workdir=DIR [--config=NAME --data=... --set=...]
 """
 
 from __future__ import annotations
@@ -11,10 +18,16 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
+from collections.abc import Callable
+
+import jax
+from etils import epath
 
 from data_pipelines.builders import speech_text
 from data_pipelines.corpus import speech_text_items, split_of
+from omniflatten_jax import hosts, paths
 from omniflatten_jax.config import ExperimentConfig, to_dict
 from omniflatten_jax.speech import load_speech_tokenizer
 from omniflatten_jax.speech.audio import AudioError
@@ -30,12 +43,13 @@ class PreparedData:
     data_dir: str  # the TFDS data_dir
     config_name: str  # the dataset's builder config (its cache key)
     tokenizer_path: str
-    report: speech_text.BuildReport | dict
+    report: dict  # the build report: kept and skipped counts (build_report.json)
+    # sha256 of what the dataset is: its name, token layout, tokenizer, split sizes and shards
+    fingerprint: str
 
     def speech_tokenizer_bytes(self) -> bytes:
         """The tokenizer file itself: what every checkpoint of the stage stores."""
-        with open(self.tokenizer_path, "rb") as f:
-            return f.read()
+        return epath.Path(self.tokenizer_path).read_bytes()
 
 
 def _key(*parts) -> str:
@@ -43,27 +57,80 @@ def _key(*parts) -> str:
 
 
 def _file_hash(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:10]
+    return hashlib.sha256(epath.Path(path).read_bytes()).hexdigest()[:10]
 
 
-def speech_tokenizer(cfg: ExperimentConfig, data_root: str, items=None) -> str:
-    """The tokenizer file: the configured one, or the embedded k-means one fitted once on the
-    speech-text corpus (`items`, read from `cfg.data` when not given) with the alignment
-    stage's seed: every stage's speech ids mean the same sounds."""
+def _on_process_0(what: str, build: Callable[[], None]) -> None:
+    """Runs `build` on process 0 while the other hosts wait; a failure there stops every host
+    (process 0 raises its own error, the others say where to look)."""
+    error = None
+    if hosts.is_primary():
+        try:
+            build()
+        except BaseException as e:  # re-raised below, after the other hosts are told
+            error = e
+    if hosts.any_host(error is not None):
+        if error is not None:
+            raise error
+        raise RuntimeError(f"process 0 failed to prepare {what}: see its log")
+
+
+def _read_prepared(data_dir: str, name: str, config_name: Callable[[], str],
+                   tokenizer_path: str, layout) -> PreparedData:
+    """What process 0 built, as this host sees it; the hosts must agree on its fingerprint.
+    `config_name` (the dataset's cache key) hashes the tokenizer file, so it is asked for only
+    once the file is known to be there."""
+    found = epath.Path(tokenizer_path).exists()
+    folder = epath.Path(data_dir) / name / (config_name() if found else "?")
+    report_path = folder / "build_report.json"
+    missing = not (found and report_path.exists())
+    if hosts.any_host(missing):  # every host stops, not only the one that misses it
+        raise FileNotFoundError(
+            f"process {jax.process_index()} does not see the dataset process 0 built "
+            f"({tokenizer_path if not found else report_path} is missing): the workdir must "
+            "be storage every host shares (a gs:// bucket, NFS, Lustre), or run `python -m "
+            "data_pipelines.prepare` where all hosts can read its output" if missing else
+            f"another host does not see the dataset process 0 built ({report_path}): the "
+            "workdir must be storage every host shares")
+    report = json.loads(report_path.read_text())
+    infos = sorted(folder.glob("*/dataset_info.json"))
+    fingerprint = hashlib.sha256(json.dumps({
+        "dataset": f"{name}/{folder.name}", "layout": layout.to_dict(),
+        "speech_tokenizer": _file_hash(tokenizer_path), "report": report,
+        "info": [json.loads(p.read_text()).get("splits") for p in infos]},
+        sort_keys=True).encode()).hexdigest()
+    hosts.agree(f"the prepared dataset {folder}", fingerprint,
+                "every host must read the same workdir (shared storage)")
+    return PreparedData(data_dir, folder.name, tokenizer_path, report, fingerprint)
+
+
+def speech_tokenizer_file(cfg: ExperimentConfig, data_root: str) -> str:
+    """Where the speech tokenizer is: the configured file, or the embedded k-means one's place
+    in the workdir (keyed by the corpus and the settings it is fitted with)."""
     if cfg.speech.tokenizer_path:
-        tok = load_speech_tokenizer(cfg.speech.tokenizer_path)
-        if tok.num_codes != cfg.layout.num_speech_codes:
-            raise ValueError(f"{cfg.speech.tokenizer_path} has {tok.num_codes} codes but the "
-                             f"token layout has {cfg.layout.num_speech_codes} speech ids")
         return cfg.speech.tokenizer_path
     seed = plan_stage(cfg, ALIGNMENT).train.seed
     source = {k: v for k, v in to_dict(cfg.data).items()
               if k in ("source", "language", "max_utterances", "min_audio_seconds")}
     key = _key(source, to_dict(cfg.speech), cfg.layout.num_speech_codes, seed)
-    path = os.path.join(data_root, f"speech_tokenizer-{key}.npz")
-    if os.path.isfile(path):
+    return paths.join(data_root, f"speech_tokenizer-{key}.npz")
+
+
+def speech_tokenizer(cfg: ExperimentConfig, data_root: str, items=None) -> str:
+    """The tokenizer file: the configured one, or the embedded k-means one fitted once on the
+    speech-text corpus (`items`, read from `cfg.data` when not given) with the alignment
+    stage's seed: every stage's speech ids mean the same sounds. The fit is deterministic
+    (seeded sampling and k-means), and on a pod only process 0 runs it."""
+    path = speech_tokenizer_file(cfg, data_root)
+    if cfg.speech.tokenizer_path:
+        tok = load_speech_tokenizer(path)
+        if tok.num_codes != cfg.layout.num_speech_codes:
+            raise ValueError(f"{cfg.speech.tokenizer_path} has {tok.num_codes} codes but the "
+                             f"token layout has {cfg.layout.num_speech_codes} speech ids")
         return path
+    if epath.Path(path).exists():
+        return path
+    seed = plan_stage(cfg, ALIGNMENT).train.seed
     start = time.perf_counter()
     items = items or speech_text_items(cfg.data, seed)
     mel = cfg.speech.mel
@@ -76,9 +143,12 @@ def speech_tokenizer(cfg: ExperimentConfig, data_root: str, items=None) -> str:
                 continue  # counted when the dataset is built
     tok = KMeansMelTokenizer.fit(waves, mel, cfg.layout.num_speech_codes, seed,
                                  cfg.speech.fit_max_frames)
-    tmp = path + ".tmp"
-    tok.save(tmp)
-    os.replace(tmp, path)  # never leave a half-written tokenizer behind
+    with tempfile.TemporaryDirectory() as scratch:
+        local = os.path.join(scratch, "tokenizer.npz")
+        tok.save(local)
+        tmp = epath.Path(path + ".tmp")
+        tmp.write_bytes(epath.Path(local).read_bytes())
+        tmp.rename(path)  # never leave a half-written tokenizer behind
     log.info("fitted the speech tokenizer (%d codes, %d Hz) on %d utterances in %.0f s: %s",
              tok.num_codes, mel.frame_rate, len(waves), time.perf_counter() - start, path)
     return path
@@ -86,61 +156,115 @@ def speech_tokenizer(cfg: ExperimentConfig, data_root: str, items=None) -> str:
 
 def prepare_speech_text(cfg: ExperimentConfig, workdir: str) -> PreparedData:
     """The alignment stage's dataset (split and tokenized with its plan's seed, examples
-    checked against its row length)."""
+    checked against its row length), built by process 0 and read by every host."""
     plan = plan_stage(cfg, ALIGNMENT)
-    data_root = os.path.join(os.path.abspath(workdir), "data")
-    os.makedirs(data_root, exist_ok=True)
-    items = speech_text_items(cfg.data, plan.train.seed)
-    tokenizer_path = speech_tokenizer(cfg, data_root, items)
-    data = {k: v for k, v in to_dict(cfg.data).items()
-            if k not in ("asr_fraction", "num_workers", "num_packing_bins")}
+    data_root = paths.join(workdir, "data")
+    data_dir = paths.join(data_root, "tfds")
     kind = cfg.data.source.split(":")[0]
-    key = _key(data, cfg.layout.to_dict(), _file_hash(tokenizer_path), plan.train.seq_len,
-               str(speech_text.OmniflattenSpeechText.VERSION))
-    config_name = f"{kind}_{key}"
-    train_texts = frozenset(normalize_transcript(item.text) for item in items["train"])
-    context = speech_text.BuildContext(load_speech_tokenizer(tokenizer_path), cfg.layout,
-                                       cfg.data, plan.train.seq_len, train_texts)
-    data_dir = os.path.join(data_root, "tfds")
-    start = time.perf_counter()
-    fresh = not os.path.isdir(os.path.join(data_dir, speech_text.NAME, config_name))
-    report = speech_text.build(data_dir, config_name, items, context)
-    if fresh:
+
+    def config_name() -> str:
+        data = {k: v for k, v in to_dict(cfg.data).items()
+                if k not in ("asr_fraction", "num_workers", "num_packing_bins")}
+        return f"{kind}_" + _key(data, cfg.layout.to_dict(),
+                                 _file_hash(speech_tokenizer_file(cfg, data_root)),
+                                 plan.train.seq_len, str(speech_text.OmniflattenSpeechText.VERSION))
+
+    def build() -> None:
+        epath.Path(data_root).mkdir(parents=True, exist_ok=True)
+        items = speech_text_items(cfg.data, plan.train.seed)
+        tokenizer_path = speech_tokenizer(cfg, data_root, items)
+        name = config_name()
+        if (epath.Path(data_dir) / speech_text.NAME / name / "build_report.json").exists():
+            return
+        train_texts = frozenset(normalize_transcript(item.text) for item in items["train"])
+        context = speech_text.BuildContext(load_speech_tokenizer(tokenizer_path), cfg.layout,
+                                           cfg.data, plan.train.seq_len, train_texts)
+        start = time.perf_counter()
+        report = speech_text.build(data_dir, name, items, context)
         skipped = sum(report.skipped.values())
-        log.info("built speech-text dataset %s in %.0f s: kept %s, skipped %d %s",
-                 config_name, time.perf_counter() - start, dict(report.kept), skipped,
+        log.info("built speech-text dataset %s in %.0f s: kept %s, skipped %d %s", name,
+                 time.perf_counter() - start, dict(report.kept), skipped,
                  dict(report.to_json()["skipped"]) if skipped else "")
-    return PreparedData(data_dir, config_name, tokenizer_path, report)
+
+    _on_process_0("the speech-text dataset", build)
+    return _read_prepared(data_dir, speech_text.NAME, config_name,
+                          speech_tokenizer_file(cfg, data_root), cfg.layout)
 
 
 def prepare_dialogues(cfg: ExperimentConfig, workdir: str) -> PreparedData:
     """Simulates, tokenizes and writes the dialogue dataset once for every dialogue stage of
     the curriculum (their plans share the dialogue training section: one seed, one row
-    length), with the alignment stage's speech tokenizer."""
+    length), with the alignment stage's speech tokenizer; process 0 builds, every host reads."""
     from data_pipelines.builders import dialogues as dialogue_builder
-    from data_pipelines.synth.dialogues import text_dialogues
 
-    data_root = os.path.join(os.path.abspath(workdir), "data")
-    os.makedirs(data_root, exist_ok=True)
-    tokenizer_path = speech_tokenizer(cfg, data_root)  # the corpus is read only to fit one
-    splits: dict[str, list] = {"train": [], "validation": [], "test": []}
+    data_root = paths.join(workdir, "data")
+    data_dir = paths.join(data_root, "tfds")
     d = cfg.dialogue
-    for uid, turns in text_dialogues(d):
-        splits[split_of(uid, d.validation_fraction, d.test_fraction)].append((uid, turns))
     plans = dialogue_plans(cfg)
     seed = plans[0].train.seed
-    key = _key(to_dict(d), cfg.layout.to_dict(), _file_hash(tokenizer_path),
-               to_dict(cfg.flatten), plans[0].train.seq_len, [p.name for p in plans],
-               cfg.data.normalize_text, seed, str(dialogue_builder.OmniflattenDialogues.VERSION))
-    config_name = f"{d.source.split(':')[0]}_{key}"
-    context = dialogue_builder.DialogueContext(
-        load_speech_tokenizer(tokenizer_path), cfg.layout, d, seed, plans,
-        cfg.data.normalize_text)
-    data_dir = os.path.join(data_root, "tfds")
-    fresh = not os.path.isdir(os.path.join(data_dir, dialogue_builder.NAME, config_name))
-    start = time.perf_counter()
-    report = dialogue_builder.build(data_dir, config_name, splits, context)
-    if fresh:
-        log.info("built dialogue dataset %s in %.0f s: %s", config_name,
-                 time.perf_counter() - start, report)
-    return PreparedData(data_dir, config_name, tokenizer_path, report)
+
+    def config_name() -> str:
+        key = _key(to_dict(d), cfg.layout.to_dict(),
+                   _file_hash(speech_tokenizer_file(cfg, data_root)), to_dict(cfg.flatten),
+                   plans[0].train.seq_len, [p.name for p in plans], cfg.data.normalize_text,
+                   seed, str(dialogue_builder.OmniflattenDialogues.VERSION))
+        return f"{d.source.split(':')[0]}_{key}"
+
+    def build() -> None:
+        from data_pipelines.synth.dialogues import text_dialogues
+
+        epath.Path(data_root).mkdir(parents=True, exist_ok=True)
+        tokenizer_path = speech_tokenizer(cfg, data_root)  # the corpus is read only to fit one
+        name = config_name()
+        if (epath.Path(data_dir) / dialogue_builder.NAME / name / "build_report.json").exists():
+            return
+        splits: dict[str, list] = {"train": [], "validation": [], "test": []}
+        for uid, turns in text_dialogues(d):
+            splits[split_of(uid, d.validation_fraction, d.test_fraction)].append((uid, turns))
+        context = dialogue_builder.DialogueContext(
+            load_speech_tokenizer(tokenizer_path), cfg.layout, d, seed, plans,
+            cfg.data.normalize_text)
+        start = time.perf_counter()
+        report = dialogue_builder.build(data_dir, name, splits, context)
+        log.info("built dialogue dataset %s in %.0f s: %s", name, time.perf_counter() - start,
+                 report)
+
+    _on_process_0("the dialogue dataset", build)
+    return _read_prepared(data_dir, dialogue_builder.NAME, config_name,
+                          speech_tokenizer_file(cfg, data_root), cfg.layout)
+
+
+def main(argv) -> None:
+    """``python -m data_pipelines.prepare``: the prepare step a launcher runs before training."""
+    from absl import app
+
+    from experiments import cli
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.start()
+    cfg = cli.build_config()
+    stage = cli.FLAGS.stage
+    steps = [(s, f) for s, f in (("alignment", prepare_speech_text),
+                                 ("dialogue", prepare_dialogues)) if stage in (s, "all")]
+    for name, prepare in steps:
+        try:
+            prepared = prepare(cfg, cli.FLAGS.workdir)
+        except (hosts.HostMismatchError, FileNotFoundError) as e:
+            raise SystemExit(f"error: {name} data: {e}") from None
+        log.info("%s dataset %s in %s (fingerprint %s)", name, prepared.config_name,
+                 prepared.data_dir, prepared.fingerprint[:12])
+
+
+if __name__ == "__main__":
+    import sys
+
+    from absl import app, flags
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from experiments import cli
+
+    cli.define_flags()
+    flags.DEFINE_enum("stage", "all", ("alignment", "dialogue", "all"),
+                      "which datasets: the alignment stage's, the dialogue stages', or both")
+    app.run(main)

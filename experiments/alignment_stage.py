@@ -5,14 +5,14 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 
-import jax
 import numpy as np
+from etils import epath
 
 from data_pipelines.builders.speech_text import data_source
 from data_pipelines.pipelines import alignment_pipeline
 from data_pipelines.prepare import prepare_speech_text
+from omniflatten_jax import hosts, paths
 from omniflatten_jax.config import ExperimentConfig
 from omniflatten_jax.evaluation.alignment import evaluate_alignment, format_table
 from omniflatten_jax.placement import PlacedModel
@@ -30,20 +30,19 @@ def _decode(record: dict) -> dict:
 
 def run(cfg: ExperimentConfig, plan: StagePlan, workdir: str,
         init_from: str | None = None) -> dict:
-    stage_dir = os.path.join(os.path.abspath(workdir), plan.name)
+    stage_dir = paths.join(workdir, plan.name)
     prepared = prepare_speech_text(cfg, workdir)
     train_source = data_source(prepared.data_dir, prepared.config_name, "train", cfg.layout)
     test_source = data_source(prepared.data_dir, prepared.config_name, "test", cfg.layout)
     log.info("alignment data: %d train / %d test utterances (%s)", len(train_source),
-             len(test_source), os.path.join(prepared.data_dir, prepared.config_name))
+             len(test_source), paths.join(prepared.data_dir, prepared.config_name))
 
-    def make_data(process_index, process_count):
+    def make_data():
         return alignment_pipeline(
             train_source, layout=cfg.layout, seq_len=plan.train.seq_len,
-            batch_size=plan.train.batch_size // process_count,
+            batch_size=plan.train.batch_size,
             asr_fraction=cfg.data.asr_fraction, seed=plan.train.seed,
-            num_packing_bins=cfg.data.num_packing_bins, num_workers=cfg.data.num_workers,
-            process_index=process_index, process_count=process_count)
+            num_packing_bins=cfg.data.num_packing_bins, num_workers=cfg.data.num_workers)
 
     @functools.cache
     def held_out():
@@ -69,19 +68,18 @@ def run(cfg: ExperimentConfig, plan: StagePlan, workdir: str,
                 "tts_code_accuracy": result["tts"]["code_accuracy"]}
 
     result = train_stage(cfg, plan, stage_dir, make_data, init_from=init_from,
-                         evaluate=evaluate, speech_tokenizer=prepared.speech_tokenizer_bytes())
-    eval_path = os.path.join(stage_dir, "eval.json")
-    if result.trained_steps == 0 and os.path.isfile(eval_path):
-        with open(eval_path) as f:
-            saved = json.load(f)
+                         evaluate=evaluate, speech_tokenizer=prepared.speech_tokenizer_bytes(),
+                         data_fingerprint=prepared.fingerprint)
+    eval_path = epath.Path(stage_dir) / "eval.json"
+    if result.trained_steps == 0 and eval_path.exists():
+        saved = json.loads(eval_path.read_text())
         log.info("alignment eval (step %d, from %s):\n%s", saved["step"], eval_path,
                  format_table(saved))
         return saved
     evaluation = {"stage": plan.name, "step": result.step, "split": "test",
                   "speech_tokenizer": prepared.tokenizer_path, **evaluation_of(result.placed)}
-    if jax.process_index() == 0:
-        with open(eval_path, "w") as f:
-            json.dump(evaluation, f, indent=2)
+    if hosts.is_primary():
+        eval_path.write_text(json.dumps(evaluation, indent=2))
     log.info("alignment eval at step %d (%s):\n%s", result.step, eval_path,
              format_table(evaluation))
     return evaluation

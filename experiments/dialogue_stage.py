@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 
-import jax
 import numpy as np
+from etils import epath
 
 from data_pipelines.builders.dialogues import data_source
 from data_pipelines.dialogue_examples import (
@@ -27,7 +26,7 @@ from data_pipelines.dialogue_examples import (
 )
 from data_pipelines.pipelines import dialogue_pipeline
 from data_pipelines.prepare import prepare_dialogues
-from omniflatten_jax import checkpoint
+from omniflatten_jax import checkpoint, hosts, paths
 from omniflatten_jax.config import ExperimentConfig
 from omniflatten_jax.evaluation.cross_entropy import stream_cross_entropy
 from omniflatten_jax.evaluation.half_duplex import evaluate_replies
@@ -56,7 +55,7 @@ def predecessor_checkpoint(cfg: ExperimentConfig, plan: StagePlan, workdir: str)
     "Final" is the step count its own checkpoint says it was planned for, so a predecessor
     trained with ``--steps=N`` hands over at step N."""
     previous = plan.predecessor
-    folder = os.path.join(os.path.abspath(workdir), previous, "checkpoints")
+    folder = paths.join(workdir, previous, "checkpoints")
     try:
         directory, step = checkpoint.resolve(folder)
     except FileNotFoundError:
@@ -64,7 +63,7 @@ def predecessor_checkpoint(cfg: ExperimentConfig, plan: StagePlan, workdir: str)
             f"{plan.name} starts from the final checkpoint of {previous}, and {folder} has "
             f"none. Run `python experiments/run.py --stage={previous}` first (with the same "
             f"--workdir), or pass --init_from=CHECKPOINT.") from None
-    where = os.path.join(directory, str(step))
+    where = paths.join(directory, str(step))
     steps = checkpoint.load_meta(where).planned_steps or plan_stage(cfg, previous).train.steps
     if step < steps:
         raise MissingPredecessor(
@@ -76,9 +75,9 @@ def predecessor_checkpoint(cfg: ExperimentConfig, plan: StagePlan, workdir: str)
 def run(cfg: ExperimentConfig, plan: StagePlan, workdir: str,
         init_from: str | None = None) -> dict:
     stage = plan.name
-    stage_dir = os.path.join(os.path.abspath(workdir), stage)
+    stage_dir = paths.join(workdir, stage)
     try:
-        checkpoint.resolve(os.path.join(stage_dir, "checkpoints"))
+        checkpoint.resolve(paths.join(stage_dir, "checkpoints"))
         resuming = True  # the runner restores the stage's own latest step
     except FileNotFoundError:
         resuming = False
@@ -89,19 +88,18 @@ def run(cfg: ExperimentConfig, plan: StagePlan, workdir: str,
     test_source = data_source(prepared.data_dir, prepared.config_name, "test", cfg.layout)
     log.info("%s data: %d train / %d test dialogues", stage, len(train_source), len(test_source))
 
-    def make_data(process_index, process_count):
+    def make_data():
         return dialogue_pipeline(
             train_source, plan=plan, layout=cfg.layout,
-            batch_size=plan.train.batch_size // process_count,
-            num_packing_bins=cfg.data.num_packing_bins, num_workers=cfg.data.num_workers,
-            process_index=process_index, process_count=process_count)
+            batch_size=plan.train.batch_size,
+            num_packing_bins=cfg.data.num_packing_bins, num_workers=cfg.data.num_workers)
 
     result = train_stage(cfg, plan, stage_dir, make_data, init_from=init_from,
-                         speech_tokenizer=prepared.speech_tokenizer_bytes())
-    eval_path = os.path.join(stage_dir, "eval.json")
-    if result.trained_steps == 0 and os.path.isfile(eval_path):
-        with open(eval_path) as f:
-            saved = json.load(f)
+                         speech_tokenizer=prepared.speech_tokenizer_bytes(),
+                         data_fingerprint=prepared.fingerprint)
+    eval_path = epath.Path(stage_dir) / "eval.json"
+    if result.trained_steps == 0 and eval_path.exists():
+        saved = json.loads(eval_path.read_text())
         if "turn_taking" in saved:
             log.info("%s turn-taking (saved, %d test dialogues):\n%s", stage,
                      saved["turn_taking"]["dialogues"],
@@ -122,9 +120,8 @@ def run(cfg: ExperimentConfig, plan: StagePlan, workdir: str,
     if plan.kind == "duplex":
         frame_rate = load_speech_tokenizer(prepared.tokenizer_path).frame_rate
         evaluation |= turn_taking(cfg, plan, placed, records, frame_rate)
-    if jax.process_index() == 0:
-        with open(eval_path, "w") as f:
-            json.dump(evaluation, f, indent=2)
+    if hosts.is_primary():
+        eval_path.write_text(json.dumps(evaluation, indent=2))
     return evaluation
 
 

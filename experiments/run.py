@@ -14,58 +14,36 @@ import sys
 import time
 
 from absl import app, flags
-from absl import logging as absl_logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from experiments import cli  # noqa: E402
 from omniflatten_jax import stages  # noqa: E402  (after the path: run as a script)
 
 STAGES = stages.STAGES + ("all", "smoke")
 
 flags.DEFINE_enum("stage", "alignment", STAGES, "what to run")
-flags.DEFINE_string("config", "embedded", "a named configuration (experiments/configs)")
-flags.DEFINE_string("workdir", "./workdir", "where data, checkpoints and metrics go")
-flags.DEFINE_string("data", None, "embedded | librispeech:DIR | manifest:FILE.jsonl")
 flags.DEFINE_integer("steps", None, "training steps (overrides the configuration)")
 flags.DEFINE_string("init_from", None, "a checkpoint to start from (e.g. from export.from_hf); "
                     "a dialogue stage defaults to the previous stage's final checkpoint")
-flags.DEFINE_enum("curriculum", None, ("v1", "v2"), "v1: alignment, half_duplex, duplex_4, "
-                  "duplex_3, duplex_2; v2 (the paper's v2) skips duplex_4")
-flags.DEFINE_multi_string("set", [], "configuration overrides, e.g. --set=train.batch_size=16")
-flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first (every host of "
-                  "a TPU pod or SLURM job runs the same command; addresses are auto-detected)")
+cli.define_flags()
 FLAGS = flags.FLAGS
 
 
-def setup_logging() -> None:
-    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax/TFDS per-file INFO lines
-    for name in ("omniflatten_jax", "data_pipelines", "experiments", "__main__"):
-        logging.getLogger(name).setLevel(logging.INFO)
-
-
 def build_config():
-    from experiments.configs import get_config
     overrides = []
-    if FLAGS.data:
-        overrides.append(f"data.source={FLAGS.data}")
-    if FLAGS.curriculum:
-        overrides.append(f"curriculum={FLAGS.curriculum}")
     if FLAGS.steps is not None:
         if FLAGS.stage == "all":
             raise app.UsageError("--steps is per stage; with --stage=all use "
                                  "--set=train.steps=N --set=dialogue_train.steps=M")
         overrides.append(f"{stages.train_section(FLAGS.stage)}.steps={FLAGS.steps}")
-    return get_config(FLAGS.config, overrides + list(FLAGS.set))
+    return cli.build_config(overrides)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    setup_logging()
-    if FLAGS.distributed:
-        import jax
-
-        jax.distributed.initialize()
+    cli.start()
     start = time.perf_counter()
     if FLAGS.stage == "smoke":
         from experiments import smoke
@@ -79,6 +57,8 @@ def main(argv):
 def run_stages(cfg) -> None:
     from experiments import alignment_stage, dialogue_stage
     from omniflatten_jax.checkpoint import CheckpointMismatchError
+    from omniflatten_jax.hosts import HostMismatchError
+    from omniflatten_jax.training.preemption import EXIT_CODE, Preempted
     from omniflatten_jax.vocab import LayoutMismatchError
     try:
         plans = (stages.plan_curriculum(cfg) if FLAGS.stage == "all"
@@ -95,8 +75,11 @@ def run_stages(cfg) -> None:
             runner.run(cfg, plan, FLAGS.workdir, init_from)
         except dialogue_stage.MissingPredecessor as e:
             raise app.UsageError(str(e)) from None
-        except (CheckpointMismatchError, LayoutMismatchError) as e:
+        except (CheckpointMismatchError, LayoutMismatchError, HostMismatchError) as e:
             sys.exit(f"error: {plan.name}: {e}")
+        except Preempted as e:
+            log.warning("%s", e)
+            sys.exit(EXIT_CODE)
         log.info("%s finished in %.0f s", plan.name, time.perf_counter() - start)
 
 

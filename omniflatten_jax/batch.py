@@ -19,6 +19,8 @@ T = TypeVar("T")
 # tokens: ids; positions: RoPE position within each packed example; segment_ids: which
 # example (0 = padding); loss_mask: positions trained on; streams: the `Stream` of each position.
 FIELDS = ("tokens", "positions", "segment_ids", "loss_mask", "streams")
+FIELD_DTYPES = {"tokens": np.int32, "positions": np.int32, "segment_ids": np.int32,
+                "loss_mask": np.bool_, "streams": np.int8}
 
 
 def padded_rows(seqs: Sequence[FlatSequence], length: int, pad_id: int) -> dict[str, np.ndarray]:

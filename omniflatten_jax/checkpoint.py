@@ -29,11 +29,13 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
+from omniflatten_jax import paths
 from omniflatten_jax.config import FlattenConfig, ModelConfig, from_dict, to_dict
 from omniflatten_jax.vocab import TokenLayout
 
-FORMAT = 2  # 1 (no "format" key): model, layout and lineage only
+FORMAT = 3  # 1 (no "format" key): model, layout, lineage; 2: + stage; 3: + data fingerprint
 
 
 class CheckpointMismatchError(ValueError):
@@ -59,13 +61,17 @@ class CheckpointMeta:
     flatten: FlattenConfig | None = None
     context_chunks: int | None = None  # duplex: the training window, the decoder's context
     speech_tokenizer_sha256: str | None = None  # of the file in the `speech_tokenizer` item
+    # The prepared dataset a training run read (`data_pipelines.prepare`): resuming on another
+    # dataset would continue a data order that means nothing there.
+    data_fingerprint: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "model": to_dict(self.model), "layout": self.layout.to_dict(),
                 "lineage": list(self.lineage), "stage": self.stage,
                 "flatten": None if self.flatten is None else to_dict(self.flatten),
                 "context_chunks": self.context_chunks,
-                "speech_tokenizer_sha256": self.speech_tokenizer_sha256}
+                "speech_tokenizer_sha256": self.speech_tokenizer_sha256,
+                "data_fingerprint": self.data_fingerprint}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "CheckpointMeta":
@@ -73,7 +79,8 @@ class CheckpointMeta:
         return cls(from_dict(ModelConfig, d["model"]), TokenLayout.from_dict(d["layout"]),
                    tuple(d.get("lineage", ())), d.get("stage"),
                    None if flatten is None else from_dict(FlattenConfig, flatten),
-                   d.get("context_chunks"), d.get("speech_tokenizer_sha256"))
+                   d.get("context_chunks"), d.get("speech_tokenizer_sha256"),
+                   d.get("data_fingerprint"))
 
     @property
     def planned_steps(self) -> int | None:
@@ -124,14 +131,14 @@ def _tokenizer_item(data: bytes) -> dict:
 
 def resolve(path: str | os.PathLike) -> tuple[str, int]:
     """A checkpoints folder or a step folder inside it -> (manager directory, step)."""
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.isdir(path):
+    path = paths.absolute(path)
+    if not epath.Path(path).is_dir():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if os.path.isdir(os.path.join(path, "params")):
-        step = os.path.basename(path)
+    if (epath.Path(path) / "params").is_dir():
+        step = epath.Path(path).name
         if not step.isdigit():
             raise ValueError(f"{path} looks like a step folder but its name is not a step number")
-        return os.path.dirname(path), int(step)
+        return str(epath.Path(path).parent), int(step)
     with ocp.CheckpointManager(path) as manager:
         step = manager.latest_step()
     if step is None:
@@ -144,12 +151,12 @@ def save_params(directory: str | os.PathLike, step: int, params, meta: Checkpoin
                 speech_tokenizer: bytes | None = None) -> str:
     """Writes a params-only step (imports, upgrades); training writes more items, same format.
     `speech_tokenizer` (the file's bytes) must hash to `meta.speech_tokenizer_sha256`."""
-    directory = os.path.abspath(os.fspath(directory))
+    directory = paths.absolute(directory)
     items = _described_items(params, meta, speech_tokenizer)
     with ocp.CheckpointManager(directory) as manager:
         manager.save(step, args=ocp.args.Composite(**items))
         manager.wait_until_finished()
-    return os.path.join(directory, str(step))
+    return paths.join(directory, str(step))
 
 
 def _described_items(params, meta: CheckpointMeta, speech_tokenizer: bytes | None) -> dict:
@@ -166,7 +173,7 @@ def _described_items(params, meta: CheckpointMeta, speech_tokenizer: bytes | Non
 def load_speech_tokenizer_bytes(path: str | os.PathLike) -> bytes:
     """The speech tokenizer file stored in a checkpoint, checked against its content hash."""
     directory, step = resolve(path)
-    where = os.path.join(directory, str(step))
+    where = paths.join(directory, str(step))
     meta = load_meta(where)
     if meta.speech_tokenizer_sha256 is None:
         raise FileNotFoundError(
@@ -219,7 +226,7 @@ def load_params(path: str | os.PathLike, shardings=None, layout: TokenLayout | N
     from omniflatten_jax.model import transformer
 
     directory, step = resolve(path)
-    meta = load_meta(os.path.join(directory, str(step)))
+    meta = load_meta(paths.join(directory, str(step)))
     if layout is not None:
         layout.check_matches(meta.layout, ours="this run", theirs=f"checkpoint {path}")
     model = transformer(meta.model, meta.layout.vocab_size)
@@ -228,7 +235,7 @@ def load_params(path: str | os.PathLike, shardings=None, layout: TokenLayout | N
         shardings = jax.tree.map(lambda _: device, model.abstract_params)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             model.abstract_params, shardings)
-    where = os.path.join(directory, str(step))
+    where = paths.join(directory, str(step))
     with ocp.CheckpointManager(directory) as manager:
         restored = manager.restore(
             step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
@@ -243,16 +250,21 @@ def abstract_like(tree, shardings):
 
 
 class TrainCheckpointer:
-    """Saves and restores a run's whole state: params, optimiser state, data iterator, meta.
+    """Saves and restores a run's whole state: params, optimiser state, data position, meta.
 
     Saves are asynchronous (training continues while the arrays are written); `wait` blocks
     until they are on disk, so that a caller can say "saved" truthfully. Every step carries
     `speech_tokenizer` (the file's bytes, when the stage has one) beside its metadata.
+
+    The data position (item ``data_state``) is the state of the global data iterator, the same
+    on every host (`data_pipelines.pipelines`): process 0 writes it once, and any number of
+    processes restores it. Checkpoints from before that (item ``data_iter``, one Grain state
+    file per process) resume only on the process count that wrote them.
     """
 
     def __init__(self, directory: str | os.PathLike, keep: int,
                  speech_tokenizer: bytes | None = None):
-        self.directory = os.path.abspath(os.fspath(directory))
+        self.directory = paths.absolute(directory)
         self.speech_tokenizer = speech_tokenizer
         self._manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=True, create=True))
@@ -260,28 +272,32 @@ class TrainCheckpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def save(self, step: int, params, opt_state, data_iter, meta: CheckpointMeta) -> None:
-        import grain
-
+    def save(self, step: int, params, opt_state, data_state: dict | None,
+             meta: CheckpointMeta) -> None:
         items = _described_items(params, meta, self.speech_tokenizer)
         items["opt_state"] = ocp.args.StandardSave(opt_state)
-        if data_iter is not None:
-            items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+        if data_state is not None:
+            items["data_state"] = ocp.args.JsonSave(data_state)
         self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def restore(self, step: int, abstract_params, abstract_opt_state, data_iter):
         """Restores the state of `step` into the given targets; `data_iter` is set in place."""
-        import grain
-
+        where = paths.join(self.directory, str(step))
         items = dict(params=ocp.args.StandardRestore(abstract_params),
                      opt_state=ocp.args.StandardRestore(abstract_opt_state),
                      meta=ocp.args.JsonRestore())
+        legacy = False
         if data_iter is not None:
-            items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+            if (epath.Path(where) / "data_state").exists():
+                items["data_state"] = ocp.args.JsonRestore()
+            else:
+                legacy = True
+                items["data_iter"] = _legacy_data_restore(data_iter, where)
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-        where = os.path.join(self.directory, str(step))
         check_complete(restored["params"], abstract_params, where)
         check_complete(restored["opt_state"], abstract_opt_state, where)
+        if data_iter is not None and not legacy:
+            data_iter.set_state(restored["data_state"])
         return restored["params"], restored["opt_state"], CheckpointMeta.from_json(
             restored["meta"])
 
@@ -291,3 +307,15 @@ class TrainCheckpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _legacy_data_restore(data_iter, where: str):
+    import grain
+
+    count = jax.process_count()
+    if not (epath.Path(where) / "data_iter" / f"process_0-of-{count}.json").exists():
+        raise CheckpointMismatchError(
+            f"{where} keeps its data position per process (written before the data order "
+            f"stopped depending on the host count) and has none for {count} processes: "
+            "resume it on the process count that wrote it.")
+    return grain.checkpoint.CheckpointRestore(data_iter)

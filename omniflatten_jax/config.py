@@ -116,11 +116,15 @@ class MeshConfig:
 
     Qwen2-0.5B has 2 KV heads, so tensor parallelism beyond 2 does not divide them; data + FSDP
     is the default. ``rules`` maps logical axis names (on parameters and activations) to mesh axes.
+    With ``slices`` > 1 (several TPU slices joined by the data-centre network) the sizes are
+    those of one slice and the ``data`` axis also runs across slices: its size is
+    ``slices * data``, and only data parallelism crosses the slower network.
     """
 
     data: int = 1
     fsdp: int = -1
     tensor: int = 1
+    slices: int = 1
     rules: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
         ("batch", ("data", "fsdp")),
         ("length", None),
@@ -136,6 +140,10 @@ class MeshConfig:
         ("act_kv_heads", "tensor"),
         ("act_vocab", "tensor"),
     )
+
+    def __post_init__(self):
+        if self.slices < 1:
+            raise ValueError(f"mesh.slices must be at least 1, not {self.slices}")
 
     @property
     def axis_names(self) -> tuple[str, str, str]:

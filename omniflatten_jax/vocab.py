@@ -24,6 +24,7 @@ import os
 from typing import Protocol
 
 import numpy as np
+from etils import epath
 
 SPECIAL_TOKENS: tuple[str, ...] = (
     "[ASR]", "[TTS]", "[SOS]", "[EOS]", "[SOT]", "[EOT]",
@@ -136,17 +137,16 @@ class TokenLayout:
 
     def save(self, directory: str | os.PathLike) -> str:
         path = os.path.join(directory, LAYOUT_FILENAME)
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
+        epath.Path(path).write_text(json.dumps(self.to_dict(), indent=2))
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TokenLayout":
         """Reads a layout JSON file, or the `token_layout.json` inside a folder."""
-        if os.path.isdir(path):
-            path = os.path.join(path, LAYOUT_FILENAME)
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        path = epath.Path(path)
+        if path.is_dir():
+            path = path / LAYOUT_FILENAME
+        return cls.from_dict(json.loads(path.read_text()))
 
     def check_matches(self, other: "TokenLayout", *, ours: str, theirs: str) -> None:
         """Raises LayoutMismatchError naming both sources and every differing field."""

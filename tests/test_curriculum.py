@@ -137,4 +137,4 @@ def test_handoff_refuses_a_predecessor_with_another_token_layout(tmp_path):
                            checkpoint.CheckpointMeta(cfg.model, other))
     with pytest.raises(LayoutMismatchError, match="num_speech_codes: 32 .*vs 64"):
         train_stage(cfg, plan_stage(cfg, "half_duplex"), str(tmp_path / "half_duplex"),
-                    lambda i, n: iter(()), init_from=str(tmp_path / "previous"))
+                    lambda: iter(()), init_from=str(tmp_path / "previous"))

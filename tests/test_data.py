@@ -14,6 +14,7 @@ from data_pipelines.builders.speech_text import BadInputError, data_source
 from data_pipelines.corpus import librispeech_items
 from data_pipelines.pipelines import alignment_pipeline
 from data_pipelines.prepare import prepare_speech_text
+from omniflatten_jax.batch import FIELD_DTYPES
 from omniflatten_jax.config import DataConfig, override
 from omniflatten_jax.flatten import Stream, parse_alignment
 from omniflatten_jax.model import transformer
@@ -43,7 +44,7 @@ def messy_manifest(spoken_corpus, tmp_path_factory):
 def test_bad_inputs_are_skipped_and_counted(messy_manifest, tmp_path):
     cfg = small_config(f"manifest:{messy_manifest}")
     prepared = prepare_speech_text(cfg, str(tmp_path))
-    report = prepared.report.to_json()
+    report = prepared.report
     assert report["kept"] == {"train": 12, "test": 4}
     assert report["skipped"] == {"train/bad_audio": 3, "train/transcript_mismatch": 1,
                                  "train/empty_text": 1}
@@ -69,7 +70,7 @@ def test_bad_input_can_stop_the_build_with_a_clear_message(messy_manifest, tmp_p
 def test_too_long_examples_are_reported_not_truncated(spoken_corpus, tmp_path):
     _, manifest, _ = spoken_corpus
     cfg = override(small_config(f"manifest:{manifest}"), "train.seq_len=40")
-    report = prepare_speech_text(cfg, str(tmp_path)).report.to_json()
+    report = prepare_speech_text(cfg, str(tmp_path)).report
     assert report["skipped"].get("train/longer_than_context", 0) > 0
     assert "train.seq_len=40" in " ".join(report["first_skipped"])
 
@@ -139,7 +140,7 @@ def test_pipeline_with_worker_processes_resumes_exactly(dataset):
     it = iter(pipeline(cfg, source, num_workers=1))
     try:
         assert_same(take(it, 2), expected[:2])
-        state = it.get_state()
+        state = json.loads(json.dumps(it.get_state()))  # as checkpoints store it
     finally:
         it.close()
     restored = iter(pipeline(cfg, source, num_workers=1))
@@ -150,7 +151,7 @@ def test_pipeline_with_worker_processes_resumes_exactly(dataset):
         restored.close()
 
 
-def test_packed_rows_hold_whole_examples_and_shard_per_host(dataset):
+def test_packed_rows_hold_whole_examples(dataset):
     cfg, source = dataset
     batch = next(iter(pipeline(cfg, source)))
     assert batch["tokens"].shape == (4, cfg.train.seq_len)
@@ -166,9 +167,8 @@ def test_packed_rows_hold_whole_examples_and_shard_per_host(dataset):
         assert len(speech) and len(text)
     pad = batch["segment_ids"] == 0
     assert (batch["streams"][pad] == Stream.PAD).all() and not batch["loss_mask"][pad].any()
-    halves = [next(iter(pipeline(cfg, source, process_index=i, process_count=2)))
-              for i in range(2)]
-    assert not np.array_equal(halves[0]["tokens"], halves[1]["tokens"])
+    assert {k: v.dtype for k, v in batch.items()} == {k: np.dtype(d)
+                                                      for k, d in FIELD_DTYPES.items()}
 
 
 def test_packed_logits_equal_unpacked_logits(dataset):

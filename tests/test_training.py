@@ -109,9 +109,9 @@ def test_shrunken_qwen2_0_5b_config_trains_on_8_devices(spoken_corpus, tmp_path)
     prepared = prepare_speech_text(cfg, str(tmp_path))
     source = data_source(prepared.data_dir, prepared.config_name, "train", cfg.layout)
 
-    def make_data(index, count):
+    def make_data():
         return alignment_pipeline(source, layout=cfg.layout, seq_len=cfg.train.seq_len,
-                                  batch_size=cfg.train.batch_size // count, asr_fraction=0.5,
+                                  batch_size=cfg.train.batch_size, asr_fraction=0.5,
                                   seed=0, num_packing_bins=4)
 
     result = train_stage(cfg, alignment_plan(cfg), str(tmp_path / "alignment"), make_data)
@@ -136,7 +136,7 @@ def test_memorises_32_utterances(tmp_path):
     records = [source[i] for i in range(min(len(source), 32))]
     assert len(records) == 32
 
-    def make_data(index, count):
+    def make_data():
         return alignment_pipeline(records, layout=cfg.layout,
                                   seq_len=cfg.train.seq_len, batch_size=cfg.train.batch_size,
                                   asr_fraction=cfg.data.asr_fraction, seed=0,
@@ -162,7 +162,7 @@ def test_init_from_a_hugging_face_import(spoken_corpus, tmp_path):
     from tests.helpers import small_config
 
     _, manifest, _ = spoken_corpus
-    cfg = small_config(f"manifest:{manifest}", steps=2)
+    cfg = small_config(f"manifest:{manifest}", steps=2, batch_size=8)  # divides over 8 devices
     m = cfg.model
     hf = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
         vocab_size=256, hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
@@ -176,7 +176,7 @@ def test_init_from_a_hugging_face_import(spoken_corpus, tmp_path):
     prepared = prepare_speech_text(cfg, str(tmp_path))
     source = data_source(prepared.data_dir, prepared.config_name, "train", cfg.layout)
 
-    def make_data(index, count):
+    def make_data():
         return alignment_pipeline(source, layout=cfg.layout, seq_len=cfg.train.seq_len,
                                   batch_size=cfg.train.batch_size, asr_fraction=0.5, seed=0,
                                   num_packing_bins=4)

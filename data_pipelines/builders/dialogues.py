@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from data_pipelines.builders import common
 from data_pipelines.dialogue_examples import ROLES, assistant_text_lag, stage_examples
@@ -169,10 +170,9 @@ class OmniflattenDialogues(tfds.core.GeneratorBasedBuilder):
 def build(data_dir: str, config_name: str, dialogues, context: DialogueContext) -> dict:
     """Writes the dataset once per `config_name`; returns its report (counts per split)."""
     folder = os.path.join(data_dir, NAME, config_name)
-    report_path = os.path.join(folder, "build_report.json")
-    if os.path.isfile(report_path):
-        with open(report_path) as f:
-            return json.load(f)
+    report_path = epath.Path(folder) / "build_report.json"
+    if report_path.exists():
+        return json.loads(report_path.read_text())
     report: collections.Counter = collections.Counter()
     tfds.disable_progress_bar()
     builder = OmniflattenDialogues(dialogues=dialogues, context=context, report=report,
@@ -182,8 +182,7 @@ def build(data_dir: str, config_name: str, dialogues, context: DialogueContext) 
     builder.download_and_prepare()
     context.layout.save(folder)
     summary = {f"{split}/{what}": count for (split, what), count in sorted(report.items())}
-    with open(report_path, "w") as f:
-        json.dump(summary, f, indent=2)
+    report_path.write_text(json.dumps(summary, indent=2))  # last: marks it finished
     return summary
 
 

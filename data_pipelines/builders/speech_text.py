@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from data_pipelines.builders import common
 from data_pipelines.corpus import Item
@@ -147,10 +148,9 @@ class OmniflattenSpeechText(tfds.core.GeneratorBasedBuilder):
 
 def build(data_dir: str, config_name: str, items, context: BuildContext) -> BuildReport:
     """Writes the dataset once per `config_name` (the cache key); returns the build report."""
-    report_path = os.path.join(data_dir, NAME, config_name, "build_report.json")
-    if os.path.isfile(report_path):
-        with open(report_path) as f:
-            saved = json.load(f)
+    report_path = epath.Path(data_dir) / NAME / config_name / "build_report.json"
+    if report_path.exists():
+        saved = json.loads(report_path.read_text())
         report = BuildReport()
         report.kept.update(saved["kept"])
         return report
@@ -162,8 +162,7 @@ def build(data_dir: str, config_name: str, items, context: BuildContext) -> Buil
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         verify_ssl=False))
     context.layout.save(os.path.join(data_dir, NAME, config_name))
-    with open(report_path, "w") as f:
-        json.dump(report.to_json(), f, indent=2)
+    report_path.write_text(json.dumps(report.to_json(), indent=2))  # last: marks it finished
     return report
 
 

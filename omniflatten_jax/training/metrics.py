@@ -1,41 +1,65 @@
-"""Where training metrics go: stdout, `metrics.jsonl` and TensorBoard event files."""
+"""Where training metrics go: stdout, `metrics.jsonl` and TensorBoard event files.
+
+Only process 0 writes them (`MetricsWriter(..., enabled=False)` on the other hosts), so a pod
+run has one line per logged step. The stage folder may be a bucket (`gs://`): files are written
+through `etils.epath`, and the JSON lines, which object stores cannot append to, are rewritten
+whole there.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import time
+
+from etils import epath
+
+from omniflatten_jax import paths
 
 
 class MetricsWriter:
     """One JSON line per logged step (appended: a resumed run continues the same file)."""
 
-    def __init__(self, stage_dir: str):
-        os.makedirs(stage_dir, exist_ok=True)
-        self.path = os.path.join(stage_dir, "metrics.jsonl")
-        self._jsonl = open(self.path, "a")
+    def __init__(self, stage_dir: str, enabled: bool = True):
+        self.enabled = enabled
+        self.path = epath.Path(paths.join(stage_dir, "metrics.jsonl"))
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._remote = paths.is_url(stage_dir)
+        self._lines = self.path.read_text().splitlines(keepends=True) if (
+            self._remote and self.path.exists()) else []
+        self._jsonl = None if self._remote else self.path.open("a")
         from tensorboardX import SummaryWriter
 
-        self._tb = SummaryWriter(os.path.join(stage_dir, "tensorboard"))
+        self._tb = SummaryWriter(paths.join(stage_dir, "tensorboard"))
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
-        self._jsonl.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
-        self._jsonl.flush()
+        if not self.enabled:
+            return
+        line = json.dumps({"step": step, "time": time.time(), **metrics}) + "\n"
+        if self._remote:
+            self._lines.append(line)
+            self.path.write_text("".join(self._lines))
+        else:
+            self._jsonl.write(line)
+            self._jsonl.flush()
         for name, value in metrics.items():
             self._tb.add_scalar(name, value, step)
         self._tb.flush()
 
     def close(self) -> None:
-        self._jsonl.close()
+        if not self.enabled:
+            return
+        if self._jsonl is not None:
+            self._jsonl.close()
         self._tb.close()
 
 
 def read_metrics(stage_dir: str) -> list[dict]:
-    path = os.path.join(stage_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
+    path = epath.Path(paths.join(stage_dir, "metrics.jsonl"))
+    if not path.exists():
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def format_duration(seconds: float) -> str:

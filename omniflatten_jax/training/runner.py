@@ -1,12 +1,15 @@
 """Runs one training stage: fresh start, warm start (`init_from`) or resume, then the loop.
 
-The caller supplies the data (a function that builds this host's Grain dataset of local
-batches) and, optionally, an evaluation function; this module owns the mesh, the state, the
-sharded jitted step, logging and checkpoints. Restore precedence, highest first:
+The caller supplies the data (a function that builds the Grain dataset of global batches,
+the same on every host) and, optionally, an evaluation function; this module owns the mesh,
+the state, the sharded jitted step (`TrainProgram`), logging, preemption and checkpoints.
+Every host runs it; process 0 alone writes logs, metrics and TensorBoard, and at each logged
+step the hosts prove they trained on the same global batch. Restore precedence, highest first:
 
 1. the stage's own latest checkpoint (a killed or repeated run resumes; it never starts over),
-   after checking that the architecture, token layout, speech tokenizer and stage
-   description are unchanged (`checkpoint.check_continues`);
+   after checking that the architecture, token layout, speech tokenizer, stage description
+   and prepared dataset are unchanged (`checkpoint.check_continues`), on any host count or
+   mesh shape (the parameters and optimiser state land in this run's shardings);
 2. `init_from` (a checkpoint from `export.from_hf` or the previous stage): params only, with a
    fresh optimiser, after checking every weight, the architecture, the token layout and the
    speech tokenizer;
@@ -16,9 +19,8 @@ sharded jitted step, logging and checkpoints. Restore precedence, highest first:
 from __future__ import annotations
 
 import dataclasses
-import functools
+import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,19 +28,18 @@ from typing import Any
 import jax
 import numpy as np
 
-from omniflatten_jax import checkpoint, sharding
-from omniflatten_jax.batch import FIELDS
+from omniflatten_jax import checkpoint, hosts, paths, sharding
 from omniflatten_jax.config import ExperimentConfig
-from omniflatten_jax.model import transformer
 from omniflatten_jax.placement import PlacedModel
-from omniflatten_jax.stages import StagePlan
+from omniflatten_jax.stages import StagePlan, train_section
 from omniflatten_jax.training.metrics import MetricsWriter, format_duration
-from omniflatten_jax.training.optimizer import learning_rate, make_optimizer
-from omniflatten_jax.training.step import train_step
+from omniflatten_jax.training.optimizer import learning_rate
+from omniflatten_jax.training.preemption import Preempted, PreemptionWatch
+from omniflatten_jax.training.program import TrainProgram
 
 log = logging.getLogger(__name__)
 
-DataFactory = Callable[[int, int], Any]  # (process_index, process_count) -> Grain dataset
+DataFactory = Callable[[], Any]  # () -> Grain dataset of global batches
 EvalFn = Callable[[PlacedModel, int], dict]  # (placed params, step) -> metrics
 
 
@@ -50,124 +51,124 @@ class StageResult:
     trained_steps: int  # steps run by this call (0 when the stage was already complete)
 
 
-def _global_batch(local: dict[str, np.ndarray], shardings) -> dict[str, jax.Array]:
-    return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
-
-
 def describe(cfg: ExperimentConfig, plan: StagePlan, lineage: tuple,
-             speech_tokenizer: bytes | None) -> checkpoint.CheckpointMeta:
+             speech_tokenizer: bytes | None, data_fingerprint: str | None = None
+             ) -> checkpoint.CheckpointMeta:
     """The metadata every checkpoint of this stage carries (`checkpoint.CheckpointMeta`)."""
     return checkpoint.CheckpointMeta(
         cfg.model, cfg.layout, lineage, stage=plan.name, flatten=plan.flatten,
         context_chunks=plan.context_chunks,
         speech_tokenizer_sha256=None if speech_tokenizer is None
-        else checkpoint.sha256(speech_tokenizer))
+        else checkpoint.sha256(speech_tokenizer), data_fingerprint=data_fingerprint)
+
+
+def _batch_digest(rows: dict[str, np.ndarray]) -> bytes:
+    return b"".join(np.ascontiguousarray(rows[k]).tobytes() for k in sorted(rows))
 
 
 def train_stage(cfg: ExperimentConfig, plan: StagePlan, stage_dir: str, make_data: DataFactory,
                 *, init_from: str | None = None, evaluate: EvalFn | None = None,
-                speech_tokenizer: bytes | None = None) -> StageResult:
+                speech_tokenizer: bytes | None = None,
+                data_fingerprint: str | None = None) -> StageResult:
     """Trains `plan` with `cfg`'s model, layout, optimiser and mesh. `speech_tokenizer`, the
-    tokenizer file's bytes, is stored in every checkpoint (and must match what it resumes or
-    starts from)."""
+    tokenizer file's bytes, and `data_fingerprint`, the prepared dataset's, are recorded in
+    every checkpoint (and must match what it resumes; the tokenizer also what it starts from).
+    Raises `Preempted` after saving when the run receives a preemption notice."""
     stage, train = plan.name, plan.train
     loss_names = dict(plan.loss_names)
-    if train.batch_size % jax.process_count():
-        raise ValueError(f"{stage}: batch_size={train.batch_size} must divide over "
-                         f"{jax.process_count()} hosts")
     mesh = sharding.make_mesh(cfg.mesh)
-    rules = cfg.mesh.rules
-    model = transformer(cfg.model, cfg.layout.vocab_size)
-    tx = make_optimizer(cfg.optimizer, train.steps)
+    program = TrainProgram.build(cfg, train, mesh, f"{train_section(stage)}.batch_size")
+    model, rules = program.model, program.rules
     lr = learning_rate(cfg.optimizer, train.steps)
-    ckpt = checkpoint.TrainCheckpointer(os.path.join(stage_dir, "checkpoints"),
+    ckpt = checkpoint.TrainCheckpointer(paths.join(stage_dir, "checkpoints"),
                                         train.keep_checkpoints, speech_tokenizer)
-    shape = (train.batch_size, train.seq_len)
-    ours = describe(cfg, plan, (), speech_tokenizer)
+    ours = describe(cfg, plan, (), speech_tokenizer, data_fingerprint)
 
     def placed(params) -> PlacedModel:
         return PlacedModel(model, params, mesh, rules, cfg.eval.params)
 
     with sharding.activate(mesh, rules):
-        p_shard = model.param_shardings(mesh, rules)
-        abstract_params = checkpoint.abstract_like(model.abstract_params, p_shard)
-        o_shard = jax.jit(tx.init).lower(abstract_params).compile().output_shardings
-        abstract_opt = checkpoint.abstract_like(jax.eval_shape(tx.init, abstract_params), o_shard)
-        b_shard = {k: sharding.batch_sharding(mesh, rules, shape) for k in FIELDS}
-
         latest = ckpt.latest_step()
         if latest is not None:
             # Checked before restoring: a changed architecture must be named, not fail (or,
             # for rope_theta, succeed) deep inside Orbax.
-            where = os.path.join(ckpt.directory, str(latest))
+            where = paths.join(ckpt.directory, str(latest))
             checkpoint.check_continues(checkpoint.load_meta(where), ours, where,
                                        same_stage=True)
         if latest is not None and latest >= train.steps:
             ckpt.close()
             log.info("%s is complete: its checkpoint is at step %d of %d; nothing to train "
                      "(delete %s to train it again)", stage, latest, train.steps, stage_dir)
-            params, meta, _ = checkpoint.load_params(where, p_shard, cfg.layout)
+            params, meta, _ = checkpoint.load_params(where, program.param_shardings, cfg.layout)
             return StageResult(placed(params), meta, latest, 0)
 
-        data = make_data(jax.process_index(), jax.process_count())
-        data_iter = iter(data)
+        data_iter = iter(make_data())
         if latest is not None:
-            params, opt_state, restored = ckpt.restore(latest, abstract_params, abstract_opt,
-                                                       data_iter)
+            params, opt_state, restored = ckpt.restore(
+                latest, program.abstract_params, program.abstract_opt_state, data_iter)
             # Rewritten from the plan: a checkpoint from before stage descriptions gains one.
-            meta = describe(cfg, plan, restored.lineage, speech_tokenizer)
+            meta = describe(cfg, plan, restored.lineage, speech_tokenizer, data_fingerprint)
             start = latest
-            log.info("%s: resuming from step %d (%s)", stage, latest, where)
+            log.info("%s: resuming from step %d (%s) on %d processes, mesh %s", stage, latest,
+                     where, jax.process_count(), dict(mesh.shape))
         else:
             if init_from:
                 source = checkpoint.load_meta(init_from)
                 checkpoint.check_continues(source, ours, init_from, same_stage=False)
-                params, source_meta, where = checkpoint.load_params(init_from, p_shard,
-                                                                    cfg.layout)
+                params, source_meta, where = checkpoint.load_params(
+                    init_from, program.param_shardings, cfg.layout)
                 lineage = source_meta.lineage + ({"kind": "init_from", "path": where},)
                 log.info("%s: initialised from %s (params only, fresh optimiser)", stage, where)
             else:
-                params = model.init(jax.random.key(train.seed), mesh, rules)
+                params = program.init_params(train.seed)
                 lineage = ({"kind": "random_init", "seed": train.seed},)
-            opt_state = jax.jit(tx.init, out_shardings=o_shard)(params)
+            opt_state = program.init_opt_state(params)
             meta = describe(cfg, plan, lineage + (
-                {"kind": "train", "stage": stage, "steps": train.steps},), speech_tokenizer)
+                {"kind": "train", "stage": stage, "steps": train.steps},), speech_tokenizer,
+                data_fingerprint)
             start = 0
-            log.info("%s: training %s parameters for %d steps, batch %d x %d tokens, mesh %s",
-                     stage, f"{model.num_params:,}", train.steps, train.batch_size,
-                     train.seq_len, dict(mesh.shape))
+            log.info("%s: training %s parameters for %d steps, batch %d x %d tokens, mesh %s, "
+                     "%d processes", stage, f"{model.num_params:,}", train.steps,
+                     train.batch_size, train.seq_len, dict(mesh.shape), jax.process_count())
 
-        step_fn = jax.jit(functools.partial(train_step, model, tx),
-                          in_shardings=(p_shard, o_shard, b_shard),
-                          out_shardings=(p_shard, o_shard, None), donate_argnums=(0, 1))
-        writer = MetricsWriter(stage_dir)
+        writer = MetricsWriter(stage_dir, enabled=hosts.is_primary())
         # Rates and ETA are measured from the end of the first step (which includes compiling).
         tokens_seen, first_done = 0, None
         try:
-            for step in range(start + 1, train.steps + 1):
-                local = next(data_iter)
-                if first_done is not None:
-                    tokens_seen += int(np.sum(local["segment_ids"] > 0)) * jax.process_count()
-                params, opt_state, metrics = step_fn(params, opt_state,
-                                                     _global_batch(local, b_shard))
-                if step % train.log_every == 0 or step == train.steps or step == start + 1:
-                    metrics = jax.device_get(metrics)
-                    now = time.perf_counter()
-                    if first_done is None:
-                        first_done, rate, per_step = (now, step), None, None
-                    else:
-                        elapsed = now - first_done[0]
-                        rate = tokens_seen / elapsed
-                        per_step = elapsed / (step - first_done[1])
-                    _log_step(stage, step, train.steps, metrics, lr(step - 1), rate, per_step,
-                              loss_names, writer)
-                if step % train.checkpoint_every == 0 or step == train.steps:
-                    ckpt.save(step, params, opt_state, data_iter, meta)
-                if evaluate and train.eval_every and step % train.eval_every == 0 \
-                        and step != train.steps:
-                    writer.write(step, {f"eval/{k}": v for k, v in
-                                        evaluate(placed(params), step).items()
-                                        if isinstance(v, (int, float))})
+            with PreemptionWatch() as preemption:
+                for step in range(start + 1, train.steps + 1):
+                    rows = next(data_iter)
+                    if first_done is not None:
+                        tokens_seen += int(np.sum(rows["segment_ids"] > 0))
+                    params, opt_state, metrics = program.step(params, opt_state,
+                                                              program.global_batch(rows))
+                    if step % train.log_every == 0 or step == train.steps or step == start + 1:
+                        hosts.agree(f"the global batch of step {step}", _batch_digest(rows),
+                                    "the hosts read different data (see WORKSPACE.md, pods)")
+                        metrics = jax.device_get(metrics)
+                        now = time.perf_counter()
+                        if first_done is None:
+                            first_done, rate, per_step = (now, step), None, None
+                        else:
+                            elapsed = now - first_done[0]
+                            rate = tokens_seen / elapsed
+                            per_step = elapsed / (step - first_done[1])
+                        _log_step(stage, step, train.steps, metrics, lr(step - 1), rate,
+                                  per_step, loss_names, writer)
+                    preempted = preemption.reached(step)
+                    if step % train.checkpoint_every == 0 or step == train.steps or preempted:
+                        state = data_iter.get_state()
+                        hosts.agree(f"the data position at step {step}",
+                                    json.dumps(state, sort_keys=True))
+                        ckpt.save(step, params, opt_state, state, meta)
+                    if preempted:
+                        ckpt.wait()
+                        raise Preempted(stage, step, ckpt.directory)
+                    if evaluate and train.eval_every and step % train.eval_every == 0 \
+                            and step != train.steps:
+                        writer.write(step, {f"eval/{k}": v for k, v in
+                                            evaluate(placed(params), step).items()
+                                            if isinstance(v, (int, float))})
             ckpt.wait()
             log.info("%s: saved step %d to %s", stage, train.steps, ckpt.directory)
         finally:
