@@ -136,7 +136,7 @@ def speech_tokenizer(cfg: ExperimentConfig, data_root: str, items=None) -> str:
     mel = cfg.speech.mel
     waves = []
     for item in items["train"][:cfg.speech.fit_max_utterances]:
-        for audio in {item.audio, item.tts_audio}:
+        for audio in dict.fromkeys((item.audio, item.tts_audio)):  # ordered: reproducible
             try:
                 waves.append(audio.load(mel.sample_rate, cfg.data.min_audio_seconds))
             except AudioError:
@@ -147,6 +147,7 @@ def speech_tokenizer(cfg: ExperimentConfig, data_root: str, items=None) -> str:
         local = os.path.join(scratch, "tokenizer.npz")
         tok.save(local)
         tmp = epath.Path(path + ".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(epath.Path(local).read_bytes())
         tmp.rename(path)  # never leave a half-written tokenizer behind
     log.info("fitted the speech tokenizer (%d codes, %d Hz) on %d utterances in %.0f s: %s",

@@ -71,3 +71,28 @@ def test_not_a_tokenizer_file(tmp_path):
     (tmp_path / "x.npz").write_bytes(b"nope")
     with pytest.raises(ValueError, match="not a speech tokenizer file"):
         load_speech_tokenizer(tmp_path / "x.npz")
+
+
+def test_the_workdir_tokenizer_fit_is_the_same_file_in_any_process(spoken_corpus, tmp_path):
+    """Fitted from recordings in two processes with different hash seeds, the tokenizer file
+    is byte for byte the same (the utterances are read in a fixed order; k-means is seeded).
+    eSpeak synthesis itself is not bit-exact across processes: a pod fits once, on process 0.
+    """
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    _, manifest, _ = spoken_corpus
+    script = ("import sys; from data_pipelines.prepare import speech_tokenizer; "
+              "from tests.helpers import small_config; "
+              "print(speech_tokenizer(small_config(sys.argv[1]), sys.argv[2]))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = []
+    for seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", script, f"manifest:{manifest}",
+                              str(tmp_path / seed)], cwd=root, capture_output=True, text=True,
+                             env=dict(os.environ, PYTHONHASHSEED=seed, JAX_PLATFORMS="cpu"))
+        assert out.returncode == 0, out.stderr[-3000:]
+        files.append(hashlib.sha256(open(out.stdout.split()[-1], "rb").read()).hexdigest())
+    assert files[0] == files[1]
