@@ -80,6 +80,8 @@ def wait_for(condition, procs, what):
 
 def assert_same_losses(got, reference, steps):
     assert sorted(s for s in got if s in steps) == sorted(steps)
+    worst = max(abs(got[s] - reference[s]) / abs(reference[s]) for s in steps)
+    print(f"losses of steps {min(steps)}-{max(steps)}: largest relative difference {worst:.2e}")
     np.testing.assert_allclose([got[s] for s in steps], [reference[s] for s in steps],
                                rtol=RTOL)
 

@@ -3,6 +3,11 @@
 Max length 1024, 4,096 speech codes, AdamW (0.9, 0.95), weight decay 0.1, peak LR 2e-5 with
 warm-up then cosine, bf16 compute over fp32 master weights, data + FSDP parallelism. Start it
 from real weights with ``--init_from`` (a checkpoint written by `export.from_hf`).
+
+Pods: a v5p-64 (32 chips), a v6e-16 or v6e-32 (16 or 32 chips) and 4 nodes x 8 GPUs
+(32 GPUs); the global batches (64 rows of 1024 tokens, 32 rows of 8192) divide over the
+data-parallel devices of each (``python experiments/plan.py --config=qwen2_0_5b
+--topology=v5p-64`` prints the memory per chip).
 """
 
 import dataclasses
@@ -32,7 +37,7 @@ def config() -> ExperimentConfig:
         mesh=MeshConfig(data=1, fsdp=-1, tensor=1),
         eval=EvalConfig(max_examples=500, tts_max_examples=100, batch_size=32),
         # The dialogue stages: max length 8192 as in the paper's half-duplex stage.
-        dialogue_train=TrainConfig(steps=10_000, batch_size=16, seq_len=8192, log_every=50,
+        dialogue_train=TrainConfig(steps=10_000, batch_size=32, seq_len=8192, log_every=50,
                                    checkpoint_every=1000, keep_checkpoints=3),
     )
 

@@ -15,3 +15,16 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q -e ".[test]"
   echo "$want" > "$stamp"
 fi
+# libtpu for experiments/plan.py (compile-only TPU devices on this CPU host): the pin of jax's
+# `tpu` extra, in its own folder that plan.py puts on sys.path. Not in site-packages: there
+# every plain CPU `jax.devices()` would start looking for TPU chips and log errors.
+# OMNIFLATTEN_NO_LIBTPU=1 skips it (about 700 MB).
+if [ -z "${OMNIFLATTEN_NO_LIBTPU:-}" ]; then
+  pin=$(.venv/bin/python -c 'import importlib.metadata as m
+print(next(r.split(";")[0].strip() for r in m.requires("jax") if r.startswith("libtpu")))')
+  if [ "$(cat .venv/libtpu/.pin 2>/dev/null)" != "$pin" ]; then
+    rm -rf .venv/libtpu
+    .venv/bin/python -m pip install -q --no-deps --target .venv/libtpu "$pin"
+    echo "$pin" > .venv/libtpu/.pin
+  fi
+fi

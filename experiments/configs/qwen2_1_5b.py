@@ -1,0 +1,40 @@
+"""Qwen2-1.5B with the paper's settings (OMNIFLATTEN.md), sized like `qwen2_0_5b`.
+
+Max length 1024 for alignment and 8192 for the dialogue stages, 4,096 speech codes, AdamW
+(0.9, 0.95), weight decay 0.1, peak LR 2e-5 with warm-up then cosine, bf16 compute over fp32
+master weights, layer remat, data + FSDP parallelism (no tensor parallelism: 2 KV heads).
+
+Pods: a v5p-64 (32 chips), a v6e-16 or v6e-32 (16 or 32 chips) and 4 nodes x 8 GPUs
+(32 GPUs); the global batches (64 rows of 1024 tokens, 32 rows of 8192) divide over the
+data-parallel devices of each (``python experiments/plan.py --config=qwen2_1_5b
+--topology=v5p-64`` prints the memory per chip). Start from real weights with ``--init_from``.
+"""
+
+import dataclasses
+
+from omniflatten_jax.config import (
+    DataConfig,
+    EvalConfig,
+    ExperimentConfig,
+    MeshConfig,
+    OptimizerConfig,
+    TrainConfig,
+    preset,
+)
+
+
+def config() -> ExperimentConfig:
+    qwen = preset("qwen2_1_5b")
+    return ExperimentConfig(
+        name="qwen2_1_5b",
+        model=dataclasses.replace(qwen.model, remat=True),
+        layout=qwen.layout,
+        data=DataConfig(max_text_chars=400, num_workers=4, num_packing_bins=32),
+        train=TrainConfig(steps=20_000, batch_size=64, seq_len=1024, log_every=50,
+                          checkpoint_every=1000, keep_checkpoints=3),
+        optimizer=OptimizerConfig(peak_lr=2e-5, warmup_steps=1000, end_lr_ratio=0.1),
+        mesh=MeshConfig(data=1, fsdp=-1, tensor=1),
+        eval=EvalConfig(max_examples=500, tts_max_examples=100, batch_size=32),
+        dialogue_train=TrainConfig(steps=10_000, batch_size=32, seq_len=8192, log_every=50,
+                                   checkpoint_every=1000, keep_checkpoints=3),
+    )
