@@ -414,7 +414,8 @@ def report(plan: dict) -> str:
     lines = [
         f"{plan['config']}, stage {plan['stage']}, {plan['topology']}, {plan['device_kind']}",
         f"mesh {plan['mesh']}; global batch {plan['global_batch']} x {plan['seq_len']} tokens "
-        f"({plan['per_chip_batch']} rows per chip); {plan['num_params'] / 1e6:,.1f} M parameters",
+        f"({plan['per_chip_batch']} row{'s' * (plan['per_chip_batch'] != 1)} per chip); "
+        f"{plan['num_params'] / 1e6:,.1f} M parameters",
         "",
         "per chip",
         f"  parameters   {_gib(r['params']):>12}",

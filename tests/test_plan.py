@@ -102,7 +102,8 @@ def test_flops_formula():
     m, vocab, n = cfg.model, cfg.layout.vocab_size, 7_000_000_000
     per_token = accelerators.train_flops_per_token(n, vocab, m, 1024)
     # untied: the input table is a lookup; causal attention counts half of 12 L T H d
-    assert per_token == 6 * (n - vocab * m.hidden_size) + 6 * m.num_layers * 1024 * m.num_heads * m.head_dim
+    attention = 6 * m.num_layers * 1024 * m.num_heads * m.head_dim
+    assert per_token == 6 * (n - vocab * m.hidden_size) + attention
     assert accelerators.peak_flops("TPU v5") == 459e12
     with pytest.raises(ValueError, match="TPU v99"):
         accelerators.chip("TPU v99")
@@ -131,7 +132,8 @@ def test_plan_one_and_two_slices():
     assert one["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
     assert two["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}
     assert one["per_chip"]["params"] == two["per_chip"]["params"]
-    assert one["device_kind"] == "TPU v5" and one["hbm_bytes"] == accelerators.chip("TPU v5").hbm_bytes
+    assert one["device_kind"] == "TPU v5"
+    assert one["hbm_bytes"] == accelerators.chip("TPU v5").hbm_bytes
 
 
 @needs_libtpu

@@ -4,7 +4,7 @@ Max length 1024, 4,096 speech codes, AdamW (0.9, 0.95), weight decay 0.1, peak L
 warm-up then cosine, bf16 compute over fp32 master weights, data + FSDP parallelism. Start it
 from real weights with ``--init_from`` (a checkpoint written by `export.from_hf`).
 
-Pods: a v5p-64 (32 chips), a v6e-16 or v6e-32 (16 or 32 chips) and 4 nodes x 8 GPUs
+Pods: a v5p-64 (32 chips), a v6e-32 (32 chips) and 4 nodes x 8 GPUs
 (32 GPUs); the global batches (64 rows of 1024 tokens, 32 rows of 8192) divide over the
 data-parallel devices of each (``python experiments/plan.py --config=qwen2_0_5b
 --topology=v5p-64`` prints the memory per chip).

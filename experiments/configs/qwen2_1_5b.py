@@ -4,10 +4,11 @@ Max length 1024 for alignment and 8192 for the dialogue stages, 4,096 speech cod
 (0.9, 0.95), weight decay 0.1, peak LR 2e-5 with warm-up then cosine, bf16 compute over fp32
 master weights, layer remat, data + FSDP parallelism (no tensor parallelism: 2 KV heads).
 
-Pods: a v5p-64 (32 chips), a v6e-16 or v6e-32 (16 or 32 chips) and 4 nodes x 8 GPUs
+Pods: a v5p-64 (32 chips), a v6e-32 (32 chips) and 4 nodes x 8 GPUs
 (32 GPUs); the global batches (64 rows of 1024 tokens, 32 rows of 8192) divide over the
 data-parallel devices of each (``python experiments/plan.py --config=qwen2_1_5b
---topology=v5p-64`` prints the memory per chip). Start from real weights with ``--init_from``.
+--topology=v5p-64`` prints the memory per chip). Start from real weights with
+``--init_from``.
 """
 
 import dataclasses
