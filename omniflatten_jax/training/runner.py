@@ -144,7 +144,7 @@ def train_stage(cfg: ExperimentConfig, plan: StagePlan, stage_dir: str, make_dat
                                                               program.global_batch(rows))
                     if step % train.log_every == 0 or step == train.steps or step == start + 1:
                         hosts.agree(f"the global batch of step {step}", _batch_digest(rows),
-                                    "the hosts read different data (see WORKSPACE.md, pods)")
+                                    "the hosts read different data (WORKSPACE.md: Several hosts)")
                         metrics = jax.device_get(metrics)
                         now = time.perf_counter()
                         if first_done is None:
@@ -155,7 +155,8 @@ def train_stage(cfg: ExperimentConfig, plan: StagePlan, stage_dir: str, make_dat
                             per_step = elapsed / (step - first_done[1])
                         _log_step(stage, step, train.steps, metrics, lr(step - 1), rate,
                                   per_step, loss_names, writer)
-                    preempted = preemption.reached(step)
+                    # At the final step the save below is the last one anyway: finish normally.
+                    preempted = preemption.reached(step) and step < train.steps
                     if step % train.checkpoint_every == 0 or step == train.steps or preempted:
                         state = data_iter.get_state()
                         hosts.agree(f"the data position at step {step}",
