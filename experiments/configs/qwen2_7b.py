@@ -15,29 +15,15 @@ v6e pod, set batches (--set) that fit and divide. Start from real weights with `
 
 import dataclasses
 
-from omniflatten_jax.config import (
-    DataConfig,
-    EvalConfig,
-    ExperimentConfig,
-    MeshConfig,
-    OptimizerConfig,
-    TrainConfig,
-    preset,
-)
+from experiments.configs import qwen2_0_5b
+from omniflatten_jax.config import ExperimentConfig, preset
 
 
 def config() -> ExperimentConfig:
-    qwen = preset("qwen2_7b")
-    return ExperimentConfig(
-        name="qwen2_7b",
-        model=dataclasses.replace(qwen.model, remat=True),
+    """`qwen2_0_5b`'s training settings with this model (one source for the Qwen presets)."""
+    base, qwen = qwen2_0_5b.config(), preset("qwen2_7b")
+    return dataclasses.replace(
+        base, name="qwen2_7b", model=dataclasses.replace(qwen.model, remat=True),
         layout=qwen.layout,
-        data=DataConfig(max_text_chars=400, num_workers=4, num_packing_bins=32),
-        train=TrainConfig(steps=20_000, batch_size=256, seq_len=1024, log_every=50,
-                          checkpoint_every=1000, keep_checkpoints=3),
-        optimizer=OptimizerConfig(peak_lr=2e-5, warmup_steps=1000, end_lr_ratio=0.1),
-        mesh=MeshConfig(data=1, fsdp=-1, tensor=1),
-        eval=EvalConfig(max_examples=500, tts_max_examples=100, batch_size=32),
-        dialogue_train=TrainConfig(steps=10_000, batch_size=32, seq_len=8192, log_every=50,
-                                   checkpoint_every=1000, keep_checkpoints=3),
-    )
+        # 8 rows of 1024 tokens per chip of a v5p-64
+        train=dataclasses.replace(base.train, batch_size=256))
