@@ -31,7 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from omniflatten_jax import paths
+from omniflatten_jax import finite, paths
 from omniflatten_jax.config import FlattenConfig, ModelConfig, from_dict, to_dict
 from omniflatten_jax.vocab import TokenLayout
 
@@ -240,6 +240,9 @@ def load_params(path: str | os.PathLike, shardings=None, layout: TokenLayout | N
         restored = manager.restore(
             step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
     check_complete(restored["params"], abstract, where)
+    finite.check_finite(restored["params"], f"checkpoint {where}",
+                        "It was written by a run that diverged (or is corrupted): use an "
+                        "earlier step folder of it, or retrain with a lower learning rate.")
     return restored["params"], meta, where
 
 

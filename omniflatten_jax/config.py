@@ -7,6 +7,7 @@ Every config is a frozen dataclass that round-trips through a plain dict (``to_d
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Literal, TypeVar
 
 from omniflatten_jax.vocab import TokenLayout
@@ -30,6 +31,18 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
 
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+def _require(ok: bool, field: str, value: Any, rule: str) -> None:
+    """Validation at parse time: a bad value is an error naming the field, never a late crash
+    (``override`` adds the section, as in ``train.steps``)."""
+    if not ok:
+        raise ValueError(f"{field} must be {rule}, got {value!r}")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +203,20 @@ class OptimizerConfig:
     weight_decay: float = 0.1
     clip_norm: float = 1.0
 
+    def __post_init__(self):
+        _require(_finite(self.peak_lr) and self.peak_lr > 0, "peak_lr", self.peak_lr,
+                 "a finite number > 0")
+        _require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, ">= 0")
+        _require(_finite(self.end_lr_ratio) and 0 <= self.end_lr_ratio <= 1, "end_lr_ratio",
+                 self.end_lr_ratio, "in [0, 1]")
+        for name in ("b1", "b2"):
+            value = getattr(self, name)
+            _require(_finite(value) and 0 <= value < 1, name, value, "in [0, 1)")
+        _require(_finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay",
+                 self.weight_decay, "a finite number >= 0")
+        _require(_finite(self.clip_norm) and self.clip_norm > 0, "clip_norm", self.clip_norm,
+                 "a finite number > 0")
+
 
 @dataclasses.dataclass(frozen=True)
 class MelConfig:
@@ -236,7 +263,10 @@ class DataConfig:
     normalize_text: bool = True  # lowercase, drop punctuation but apostrophes
     validation_fraction: float = 0.05
     test_fraction: float = 0.05
-    on_bad_input: str = "skip"  # "skip" (and count) or "stop"
+    on_bad_input: str = "skip"  # "skip" (and count) or "stop"; dialogue files follow it too
+    # Audio with no speech-like frames (silence, a steady tone, a square wave, absurd
+    # amplitude) paired with a transcript is a bad input (`speech.activity`).
+    check_speech_activity: bool = True
     # Held-out utterances whose transcript also occurs in train are always dropped (counted).
     asr_fraction: float = 0.5  # share of ASR examples in the alignment mix (the rest is TTS)
     num_workers: int = 1  # Grain worker processes (0 = in the main process)
@@ -291,6 +321,23 @@ class TrainConfig:
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
     eval_every: int = 0  # 0 = evaluate only after training
+    # A step whose loss or gradients are not finite: "stop" the run naming the step (the last
+    # good checkpoints are kept), or "skip" its update (parameters and optimiser unchanged)
+    # and stop once more than `max_skipped_steps` were skipped.
+    on_nonfinite: str = "stop"
+    max_skipped_steps: int = 10
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every",
+                     "keep_checkpoints"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
+        _require(self.seq_len >= 2, "seq_len", self.seq_len, ">= 2")
+        _require(self.eval_every >= 0, "eval_every", self.eval_every, ">= 0 (0 = at the end)")
+        _require(self.on_nonfinite in ("stop", "skip"), "on_nonfinite", self.on_nonfinite,
+                 "stop or skip")
+        _require(self.max_skipped_steps >= 0, "max_skipped_steps", self.max_skipped_steps,
+                 ">= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -356,20 +403,22 @@ def _parse(text: str, current: Any) -> Any:
 
 
 def override(config: Any, assignment: str) -> Any:
-    """Applies ``"train.steps=100"`` to a nested frozen config, parsed by the field's type."""
+    """Applies ``"train.steps=100"`` to a nested frozen config, parsed by the field's type and
+    validated by its class; an error names the whole setting (``train.steps``)."""
     if "=" not in assignment:
         raise ValueError(f"override {assignment!r} must look like section.field=value")
     path, text = assignment.split("=", 1)
-    head, *rest = path.strip().split(".")
+    try:
+        return _override(config, path.strip().split("."), text)
+    except ValueError as e:
+        raise ValueError(f"cannot set {path.strip()} to {text!r}: {e}") from None
+
+
+def _override(config: Any, path: list[str], text: str) -> Any:
+    head, *rest = path
     fields = {f.name for f in dataclasses.fields(config)}
     if head not in fields:
         raise ValueError(f"{type(config).__name__} has no field {head!r}; fields: {sorted(fields)}")
     current = getattr(config, head)
-    if rest:
-        value = override(current, ".".join(rest) + "=" + text)
-    else:
-        try:
-            value = _parse(text, current)
-        except ValueError as e:
-            raise ValueError(f"cannot set {path} to {text!r}: {e}") from None
+    value = _override(current, rest, text) if rest else _parse(text, current)
     return dataclasses.replace(config, **{head: value})
