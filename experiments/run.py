@@ -57,6 +57,7 @@ def main(argv):
 def run_stages(cfg) -> None:
     from experiments import alignment_stage, dialogue_stage
     from omniflatten_jax.checkpoint import CheckpointMismatchError
+    from omniflatten_jax.finite import NonFiniteError
     from omniflatten_jax.hosts import HostMismatchError
     from omniflatten_jax.training.preemption import EXIT_CODE, Preempted
     from omniflatten_jax.vocab import LayoutMismatchError
@@ -77,6 +78,8 @@ def run_stages(cfg) -> None:
             raise app.UsageError(str(e)) from None
         except (CheckpointMismatchError, LayoutMismatchError, HostMismatchError) as e:
             sys.exit(f"error: {plan.name}: {e}")
+        except NonFiniteError as e:  # a diverged run, or --init_from non-finite weights
+            sys.exit(f"error: {e}")
         except Preempted as e:
             log.warning("%s", e)
             sys.exit(EXIT_CODE)

@@ -28,7 +28,7 @@ def test_adam_moments_are_sharded_like_their_parameters():
     assert adam.count.spec == jax.sharding.PartitionSpec()
     # And the compiled step keeps them there: nothing left to the compiler's choice.
     compiled = prog.lower().compile()
-    _, out_opt, _ = compiled.output_shardings
+    _, out_opt, _, _ = compiled.output_shardings
     shapes = jax.tree.leaves(prog.abstract_params)
     for got, want, x in zip(jax.tree.leaves(out_opt[1][0].mu), jax.tree.leaves(adam.mu), shapes):
         assert got.is_equivalent_to(want, x.ndim)

@@ -22,8 +22,9 @@ from omniflatten_jax import checkpoint, sharding
 from omniflatten_jax.batch import FIELD_DTYPES, FIELDS
 from omniflatten_jax.config import ExperimentConfig, TrainConfig
 from omniflatten_jax.model import Transformer, transformer
+from omniflatten_jax.training.guard import init_guard
 from omniflatten_jax.training.optimizer import make_optimizer
-from omniflatten_jax.training.step import train_step
+from omniflatten_jax.training.step import guarded_train_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,7 @@ class TrainProgram:
     mesh: Mesh
     rules: sharding.Rules
     batch_shape: tuple[int, int]  # global [batch, seq_len]
+    on_nonfinite: str = "stop"  # `TrainConfig.on_nonfinite`
 
     @classmethod
     def build(cls, cfg: ExperimentConfig, train: TrainConfig, mesh: Mesh,
@@ -41,7 +43,7 @@ class TrainProgram:
         sharding.check_batch_divides(mesh, cfg.mesh.rules, train.batch_size, setting)
         return cls(transformer(cfg.model, cfg.layout.vocab_size),
                    make_optimizer(cfg.optimizer, train.steps), mesh, tuple(cfg.mesh.rules),
-                   (train.batch_size, train.seq_len))
+                   (train.batch_size, train.seq_len), train.on_nonfinite)
 
     @functools.cached_property
     def param_shardings(self):
@@ -49,10 +51,9 @@ class TrainProgram:
 
     @functools.cached_property
     def opt_shardings(self):
-        replicated = NamedSharding(self.mesh, PartitionSpec())
         shapes = jax.eval_shape(self.tx.init, self.model.abstract_params)
         return optax.tree_map_params(self.tx, lambda _, s: s, shapes, self.param_shardings,
-                                     transform_non_params=lambda _: replicated)
+                                     transform_non_params=lambda _: self.replicated)
 
     @functools.cached_property
     def batch_shardings(self) -> dict[str, NamedSharding]:
@@ -79,19 +80,33 @@ class TrainProgram:
     def init_opt_state(self, params):
         return jax.jit(self.tx.init, out_shardings=self.opt_shardings)(params)
 
+    def init_guard(self, step: int):
+        """The numerics guard's device scalars (`training.guard`), replicated."""
+        return jax.device_put(init_guard(step), self.replicated)
+
+    @functools.cached_property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec())
+
     @functools.cached_property
     def step(self):
-        """``(params, opt_state, batch) -> (params, opt_state, metrics)``, donating the state."""
-        return jax.jit(functools.partial(train_step, self.model, self.tx),
-                       in_shardings=(self.param_shardings, self.opt_shardings,
+        """``(params, opt_state, guard, batch) -> (params, opt_state, guard, metrics)``,
+        donating the state; a non-finite step does not update it (`training.guard`)."""
+        return jax.jit(functools.partial(guarded_train_step, self.model, self.tx,
+                                         self.on_nonfinite),
+                       in_shardings=(self.param_shardings, self.opt_shardings, self.replicated,
                                      self.batch_shardings),
-                       out_shardings=(self.param_shardings, self.opt_shardings, None),
-                       donate_argnums=(0, 1))
+                       out_shardings=(self.param_shardings, self.opt_shardings, self.replicated,
+                                      None),
+                       donate_argnums=(0, 1, 2))
 
     def lower(self):
         """The step lowered for abstract arguments: ``.compile()`` it to measure memory."""
+        guard = jax.tree.map(lambda v: jax.ShapeDtypeStruct((), v.dtype,
+                                                            sharding=self.replicated),
+                             init_guard(0))
         with sharding.activate(self.mesh, self.rules):
-            return self.step.lower(self.abstract_params, self.abstract_opt_state,
+            return self.step.lower(self.abstract_params, self.abstract_opt_state, guard,
                                    self.abstract_batch)
 
     def global_batch(self, rows: dict[str, np.ndarray]) -> dict[str, jax.Array]:

@@ -28,10 +28,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from omniflatten_jax import checkpoint, hosts, paths, sharding
+from omniflatten_jax import checkpoint, finite, hosts, paths, sharding
 from omniflatten_jax.config import ExperimentConfig
 from omniflatten_jax.placement import PlacedModel
 from omniflatten_jax.stages import StagePlan, train_section
+from omniflatten_jax.training import guard as numerics
 from omniflatten_jax.training.metrics import MetricsWriter, format_duration
 from omniflatten_jax.training.optimizer import learning_rate
 from omniflatten_jax.training.preemption import Preempted, PreemptionWatch
@@ -133,15 +134,26 @@ def train_stage(cfg: ExperimentConfig, plan: StagePlan, stage_dir: str, make_dat
 
         writer = MetricsWriter(stage_dir, enabled=hosts.is_primary())
         # Rates and ETA are measured from the end of the first step (which includes compiling).
-        tokens_seen, first_done = 0, None
+        tokens_seen, first_done, skipped = 0, None, 0
+        guard = program.init_guard(start)
+
+        def check_numerics() -> None:  # where the host syncs anyway: logged steps, saves
+            nonlocal skipped
+            now_skipped = numerics.check(guard, train, stage, ckpt.directory)
+            if now_skipped > skipped:
+                log.warning("%s: %d steps so far had a non-finite loss or gradient and were "
+                            "skipped (train.on_nonfinite=skip, at most %d)", stage,
+                            now_skipped, train.max_skipped_steps)
+            skipped = now_skipped
+
         try:
             with PreemptionWatch() as preemption:
                 for step in range(start + 1, train.steps + 1):
                     rows = next(data_iter)
                     if first_done is not None:
                         tokens_seen += int(np.sum(rows["segment_ids"] > 0))
-                    params, opt_state, metrics = program.step(params, opt_state,
-                                                              program.global_batch(rows))
+                    params, opt_state, guard, metrics = program.step(
+                        params, opt_state, guard, program.global_batch(rows))
                     if step % train.log_every == 0 or step == train.steps or step == start + 1:
                         hosts.agree(f"the global batch of step {step}", _batch_digest(rows),
                                     "the hosts read different data (WORKSPACE.md: Several hosts)")
@@ -155,9 +167,14 @@ def train_stage(cfg: ExperimentConfig, plan: StagePlan, stage_dir: str, make_dat
                             per_step = elapsed / (step - first_done[1])
                         _log_step(stage, step, train.steps, metrics, lr(step - 1), rate,
                                   per_step, loss_names, writer)
+                        check_numerics()
                     # At the final step the save below is the last one anyway: finish normally.
                     preempted = preemption.reached(step) and step < train.steps
                     if step % train.checkpoint_every == 0 or step == train.steps or preempted:
+                        check_numerics()
+                        # Never written from non-finite weights (a belt to the guard's braces).
+                        finite.check_finite(params, f"{stage} at step {step}",
+                                            "Nothing was saved; lower optimizer.peak_lr.")
                         state = data_iter.get_state()
                         hosts.agree(f"the data position at step {step}",
                                     json.dumps(state, sort_keys=True))

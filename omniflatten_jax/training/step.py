@@ -10,6 +10,7 @@ import optax
 
 from omniflatten_jax.flatten import Stream
 from omniflatten_jax.model import Params, Transformer
+from omniflatten_jax.training.guard import Guard, apply_if_finite
 from omniflatten_jax.training.loss import token_losses
 
 Batch = dict[str, jax.Array]  # tokens, positions, segment_ids, loss_mask, streams: [B, T]
@@ -47,3 +48,14 @@ def train_step(model: Transformer, tx: optax.GradientTransformation, params: Par
     params = optax.apply_updates(params, updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
     return params, opt_state, metrics
+
+
+def guarded_train_step(model: Transformer, tx: optax.GradientTransformation, on_nonfinite: str,
+                       params: Params, opt_state: optax.OptState, guard: Guard, batch: Batch):
+    """`train_step` whose update applies only when its loss and gradients are finite
+    (`training.guard`); returns ``(params, opt_state, guard, metrics)``."""
+    new_params, new_opt_state, metrics = train_step(model, tx, params, opt_state, batch)
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+    (params, opt_state), guard = apply_if_finite(
+        on_nonfinite, guard, finite, (new_params, new_opt_state), (params, opt_state))
+    return params, opt_state, guard, metrics
