@@ -14,7 +14,14 @@ packs the whole global batch; with token ids (not audio) as records this is a fe
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
+import os
+import signal
+import sys
+import threading
+import time
 
 import grain
 import numpy as np
@@ -66,6 +73,33 @@ class RenamePacked(grain.transforms.Map):
         return {k: np.asarray(packed[PACKED_NAMES.get(k, k)], FIELD_DTYPES[k]) for k in FIELDS}
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def exit_with_parent(parent: int, worker_index: int, worker_count: int) -> None:
+    """Runs in each Grain worker (bound to the training process's pid, `parent`): exit once
+    that process is gone. A worker outlives a parent killed with SIGKILL (its orphans held
+    about 270 MB each), and no signal reaches it then. On Linux the kernel kills it with its
+    parent (``PR_SET_PDEATHSIG``: needs no Python thread, which a worker blocked in Grain's
+    queue may never schedule); elsewhere a thread watches the parent id. A worker still
+    starting when its parent died (it finds another parent) exits at once."""
+    if os.getppid() != parent:
+        os._exit(0)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+            if os.getppid() != parent:  # the parent died before the call took effect
+                os._exit(0)
+            return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def packed_batches(examples: grain.IterDataset, *, layout: TokenLayout, seq_len: int,
                    batch_size: int, num_packing_bins: int, num_workers: int, seed: int
                    ) -> grain.IterDataset:
@@ -77,7 +111,8 @@ def packed_batches(examples: grain.IterDataset, *, layout: TokenLayout, seq_len:
                         "loss_mask": False})
     ds = ds.map(RenamePacked()).batch(batch_size, drop_remainder=True)
     if num_workers > 0:
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
+                            worker_init_fn=functools.partial(exit_with_parent, os.getpid()))
     return ds
 
 

@@ -1,7 +1,10 @@
 """Prepares a stage's data in the workdir, once: speech tokenizer, token layout, TFDS dataset.
 
-Everything is cached under ``WORKDIR/data`` and keyed by the settings it depends on, so a
-second run reuses it and a changed setting rebuilds only what it affects.
+Everything is cached under ``WORKDIR/data`` and keyed by the settings it depends on and by a
+fingerprint of its inputs (`data_pipelines.inputs`), so a second run reuses it, and a changed
+setting or input file rebuilds only what it affects (the log says what changed). A dataset is
+built in a staging folder and moved into place when finished: a failed or killed build leaves
+nothing that passes as a dataset.
 
 One dataset per pod: on several hosts, process 0 alone fits the tokenizer and builds the
 dataset while the others wait; then every host reads what it wrote (the workdir must be shared
@@ -13,23 +16,28 @@ launcher may run the step of its own first, on one machine:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 
 import jax
 from etils import epath
 
+from data_pipelines import inputs as data_inputs
 from data_pipelines.builders import speech_text
 from data_pipelines.corpus import speech_text_items, split_of
 from omniflatten_jax import hosts, paths
 from omniflatten_jax.config import ExperimentConfig, to_dict
 from omniflatten_jax.speech import load_speech_tokenizer
+from omniflatten_jax.speech.activity import speech_problem
 from omniflatten_jax.speech.audio import AudioError
 from omniflatten_jax.speech.kmeans import KMeansMelTokenizer
 from omniflatten_jax.stages import ALIGNMENT, dialogue_plans, plan_stage
@@ -60,19 +68,62 @@ def _file_hash(path: str) -> str:
     return hashlib.sha256(epath.Path(path).read_bytes()).hexdigest()[:10]
 
 
-def _on_process_0(what: str, build: Callable[[], None]) -> None:
-    """Runs `build` on process 0 while the other hosts wait; a failure there stops every host
-    (process 0 raises its own error, the others say where to look)."""
-    error = None
+def _on_process_0(what: str, build: Callable[[], str]) -> str:
+    """Runs `build` on process 0 while the other hosts wait, and returns its result (a short
+    string: the inputs' key) on every host; a failure there stops every host (process 0
+    raises its own error, the others say where to look)."""
+    error, result = None, None
     if hosts.is_primary():
         try:
-            build()
+            result = build()
         except BaseException as e:  # re-raised below, after the other hosts are told
             error = e
     if hosts.any_host(error is not None):
         if error is not None:
             raise error
         raise RuntimeError(f"process 0 failed to prepare {what}: see its log")
+    return hosts.from_primary(result)
+
+
+STAGING_PREFIX = ".staging-"
+STALE_STAGING_S = 24 * 3600
+
+
+@contextlib.contextmanager
+def _staging(data_dir: str, name: str, config_name: str):
+    """A private TFDS data_dir to build `name/config_name` in; on success its folder is moved
+    to `data_dir` (a rename on a local disk; on object stores a copy whose build report, the
+    mark of a finished dataset, is written last). Always removed afterwards."""
+    root = epath.Path(data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.glob(f"{STAGING_PREFIX}*"):  # left by killed builds
+        with contextlib.suppress(OSError):
+            if time.time() - old.stat().mtime > STALE_STAGING_S:
+                shutil.rmtree(old) if not paths.is_url(str(old)) else old.rmtree()
+    staging = root / f"{STAGING_PREFIX}{config_name}-{uuid.uuid4().hex[:8]}"
+    try:
+        yield str(staging)
+        _publish(staging / name / config_name, root / name / config_name)
+    finally:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(staging) if not paths.is_url(str(staging)) else staging.rmtree()
+
+
+def _publish(built: epath.Path, final: epath.Path) -> None:
+    if (final / "build_report.json").exists():
+        return  # another build of the same key finished first: same content
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if not paths.is_url(str(final)):
+        if final.exists():  # an unfinished folder of an older version of this code
+            shutil.rmtree(final)
+        os.rename(built, final)
+        return
+    files = sorted(p for p in built.rglob("*") if p.is_file())
+    report = built / "build_report.json"
+    for path in [p for p in files if p != report] + [report]:
+        target = final / path.relative_to(built)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        path.copy(target, overwrite=True)
 
 
 def _read_prepared(data_dir: str, name: str, config_name: Callable[[], str],
@@ -104,24 +155,31 @@ def _read_prepared(data_dir: str, name: str, config_name: Callable[[], str],
     return PreparedData(data_dir, folder.name, tokenizer_path, report, fingerprint)
 
 
-def speech_tokenizer_file(cfg: ExperimentConfig, data_root: str) -> str:
+def speech_tokenizer_file(cfg: ExperimentConfig, data_root: str, inputs_key: str) -> str:
     """Where the speech tokenizer is: the configured file, or the embedded k-means one's place
-    in the workdir (keyed by the corpus and the settings it is fitted with)."""
+    in the workdir (keyed by the corpus, its inputs' fingerprint `inputs_key` and the settings
+    it is fitted with)."""
     if cfg.speech.tokenizer_path:
         return cfg.speech.tokenizer_path
     seed = plan_stage(cfg, ALIGNMENT).train.seed
     source = {k: v for k, v in to_dict(cfg.data).items()
               if k in ("source", "language", "max_utterances", "min_audio_seconds")}
-    key = _key(source, to_dict(cfg.speech), cfg.layout.num_speech_codes, seed)
+    key = _key(source, to_dict(cfg.speech), cfg.layout.num_speech_codes, seed, inputs_key)
     return paths.join(data_root, f"speech_tokenizer-{key}.npz")
 
 
-def speech_tokenizer(cfg: ExperimentConfig, data_root: str, items=None) -> str:
+def _speech_text_inputs(cfg: ExperimentConfig) -> tuple[dict, data_inputs.Inputs]:
+    items = speech_text_items(cfg.data, plan_stage(cfg, ALIGNMENT).train.seed)
+    return items, data_inputs.speech_text_inputs(cfg.data.source, cfg.data.language, items)
+
+
+def speech_tokenizer(cfg: ExperimentConfig, data_root: str, items: dict,
+                     inputs_key: str) -> str:
     """The tokenizer file: the configured one, or the embedded k-means one fitted once on the
     speech-text corpus (`items`, read from `cfg.data` when not given) with the alignment
     stage's seed: every stage's speech ids mean the same sounds. The fit is deterministic
     (seeded sampling and k-means), and on a pod only process 0 runs it."""
-    path = speech_tokenizer_file(cfg, data_root)
+    path = speech_tokenizer_file(cfg, data_root, inputs_key)
     if cfg.speech.tokenizer_path:
         tok = load_speech_tokenizer(path)
         if tok.num_codes != cfg.layout.num_speech_codes:
@@ -132,15 +190,17 @@ def speech_tokenizer(cfg: ExperimentConfig, data_root: str, items=None) -> str:
         return path
     seed = plan_stage(cfg, ALIGNMENT).train.seed
     start = time.perf_counter()
-    items = items or speech_text_items(cfg.data, seed)
     mel = cfg.speech.mel
     waves = []
     for item in items["train"][:cfg.speech.fit_max_utterances]:
         for audio in dict.fromkeys((item.audio, item.tts_audio)):  # ordered: reproducible
             try:
-                waves.append(audio.load(mel.sample_rate, cfg.data.min_audio_seconds))
+                wave = audio.load(mel.sample_rate, cfg.data.min_audio_seconds)
             except AudioError:
                 continue  # counted when the dataset is built
+            if cfg.data.check_speech_activity and speech_problem(wave, mel.sample_rate):
+                continue  # silence or a 1e6-amplitude file would skew the k-means fit
+            waves.append(wave)
     tok = KMeansMelTokenizer.fit(waves, mel, cfg.layout.num_speech_codes, seed,
                                  cfg.speech.fit_max_frames)
     with tempfile.TemporaryDirectory() as scratch:
@@ -163,33 +223,46 @@ def prepare_speech_text(cfg: ExperimentConfig, workdir: str) -> PreparedData:
     data_dir = paths.join(data_root, "tfds")
     kind = cfg.data.source.split(":")[0]
 
-    def config_name() -> str:
+    def config_name(inputs_key: str) -> str:
         data = {k: v for k, v in to_dict(cfg.data).items()
                 if k not in ("asr_fraction", "num_workers", "num_packing_bins")}
         return f"{kind}_" + _key(data, cfg.layout.to_dict(),
-                                 _file_hash(speech_tokenizer_file(cfg, data_root)),
-                                 plan.train.seq_len, str(speech_text.OmniflattenSpeechText.VERSION))
+                                 _file_hash(speech_tokenizer_file(cfg, data_root, inputs_key)),
+                                 plan.train.seq_len, str(speech_text.OmniflattenSpeechText.VERSION),
+                                 inputs_key)
 
-    def build() -> None:
+    def build() -> str:
         epath.Path(data_root).mkdir(parents=True, exist_ok=True)
-        items = speech_text_items(cfg.data, plan.train.seed)
-        tokenizer_path = speech_tokenizer(cfg, data_root, items)
-        name = config_name()
-        if (epath.Path(data_dir) / speech_text.NAME / name / "build_report.json").exists():
-            return
+        items, inputs = _speech_text_inputs(cfg)
+        tokenizer_path = speech_tokenizer(cfg, data_root, items, inputs.key)
+        name = config_name(inputs.key)
+        datasets = paths.join(data_dir, speech_text.NAME)
+        if (epath.Path(datasets) / name / "build_report.json").exists():
+            return inputs.key
+        log.info("building speech-text dataset %s (%s)", name,
+                 data_inputs.why_rebuild(inputs, datasets, name))
         train_texts = frozenset(normalize_transcript(item.text) for item in items["train"])
         context = speech_text.BuildContext(load_speech_tokenizer(tokenizer_path), cfg.layout,
                                            cfg.data, plan.train.seq_len, train_texts)
         start = time.perf_counter()
-        report = speech_text.build(data_dir, name, items, context)
+        with _staging(data_dir, speech_text.NAME, name) as staging:
+            data_inputs.save(inputs, _mkdir(staging, speech_text.NAME, name))
+            report = speech_text.build(staging, name, items, context)
         skipped = sum(report.skipped.values())
         log.info("built speech-text dataset %s in %.0f s: kept %s, skipped %d %s", name,
                  time.perf_counter() - start, dict(report.kept), skipped,
                  dict(report.to_json()["skipped"]) if skipped else "")
+        return inputs.key
 
-    _on_process_0("the speech-text dataset", build)
-    return _read_prepared(data_dir, speech_text.NAME, config_name,
-                          speech_tokenizer_file(cfg, data_root), cfg.layout)
+    key = _on_process_0("the speech-text dataset", build)
+    return _read_prepared(data_dir, speech_text.NAME, lambda: config_name(key),
+                          speech_tokenizer_file(cfg, data_root, key), cfg.layout)
+
+
+def _mkdir(*parts: str) -> str:
+    folder = epath.Path(paths.join(*parts))
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder)
 
 
 def prepare_dialogues(cfg: ExperimentConfig, workdir: str) -> PreparedData:
@@ -204,35 +277,51 @@ def prepare_dialogues(cfg: ExperimentConfig, workdir: str) -> PreparedData:
     plans = dialogue_plans(cfg)
     seed = plans[0].train.seed
 
-    def config_name() -> str:
+    def config_name(keys: str) -> str:
+        speech_key, dialogue_key = keys.split(",")
         key = _key(to_dict(d), cfg.layout.to_dict(),
-                   _file_hash(speech_tokenizer_file(cfg, data_root)), to_dict(cfg.flatten),
-                   plans[0].train.seq_len, [p.name for p in plans], cfg.data.normalize_text,
-                   seed, str(dialogue_builder.OmniflattenDialogues.VERSION))
+                   _file_hash(speech_tokenizer_file(cfg, data_root, speech_key)),
+                   to_dict(cfg.flatten), plans[0].train.seq_len, [p.name for p in plans],
+                   cfg.data.normalize_text, seed,
+                   str(dialogue_builder.OmniflattenDialogues.VERSION), dialogue_key)
         return f"{d.source.split(':')[0]}_{key}"
 
-    def build() -> None:
-        from data_pipelines.synth.dialogues import text_dialogues
+    def build() -> str:
+        from data_pipelines.synth.dialogues import dialogue_entries
 
         epath.Path(data_root).mkdir(parents=True, exist_ok=True)
-        tokenizer_path = speech_tokenizer(cfg, data_root)  # the corpus is read only to fit one
-        name = config_name()
-        if (epath.Path(data_dir) / dialogue_builder.NAME / name / "build_report.json").exists():
-            return
+        items, speech_inputs = (({}, None) if cfg.speech.tokenizer_path
+                                else _speech_text_inputs(cfg))
+        speech_key = speech_inputs.key if speech_inputs else "-"
+        # The corpus is read only to fit a tokenizer, when there is none yet.
+        tokenizer_path = speech_tokenizer(cfg, data_root, items, speech_key)
+        inputs = data_inputs.dialogue_inputs(d.source, d.language)
+        keys = f"{speech_key},{inputs.key}"
+        name = config_name(keys)
+        datasets = paths.join(data_dir, dialogue_builder.NAME)
+        if (epath.Path(datasets) / name / "build_report.json").exists():
+            return keys
+        log.info("building dialogue dataset %s (%s)", name,
+                 data_inputs.why_rebuild(inputs, datasets, name))
         splits: dict[str, list] = {"train": [], "validation": [], "test": []}
-        for uid, turns in text_dialogues(d):
+        # Rejected dialogues travel in their split, for the builder to count (or stop on).
+        for uid, turns in dialogue_entries(d, on_bad_input=cfg.data.on_bad_input,
+                                           normalize_text=cfg.data.normalize_text):
             splits[split_of(uid, d.validation_fraction, d.test_fraction)].append((uid, turns))
         context = dialogue_builder.DialogueContext(
             load_speech_tokenizer(tokenizer_path), cfg.layout, d, seed, plans,
-            cfg.data.normalize_text)
+            cfg.data.normalize_text, cfg.data.on_bad_input)
         start = time.perf_counter()
-        report = dialogue_builder.build(data_dir, name, splits, context)
+        with _staging(data_dir, dialogue_builder.NAME, name) as staging:
+            data_inputs.save(inputs, _mkdir(staging, dialogue_builder.NAME, name))
+            report = dialogue_builder.build(staging, name, splits, context)
         log.info("built dialogue dataset %s in %.0f s: %s", name, time.perf_counter() - start,
-                 report)
+                 {k: v for k, v in report.items() if k != "first_skipped"})
+        return keys
 
-    _on_process_0("the dialogue dataset", build)
-    return _read_prepared(data_dir, dialogue_builder.NAME, config_name,
-                          speech_tokenizer_file(cfg, data_root), cfg.layout)
+    keys = _on_process_0("the dialogue dataset", build)
+    return _read_prepared(data_dir, dialogue_builder.NAME, lambda: config_name(keys),
+                          speech_tokenizer_file(cfg, data_root, keys.split(",")[0]), cfg.layout)
 
 
 def main(argv) -> None:
@@ -244,17 +333,15 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cli.start()
-    cfg = cli.build_config()
-    stage = cli.FLAGS.stage
-    steps = [(s, f) for s, f in (("alignment", prepare_speech_text),
-                                 ("dialogue", prepare_dialogues)) if stage in (s, "all")]
-    for name, prepare in steps:
-        try:
+    with cli.errors_in_one_line((hosts.HostMismatchError, FileNotFoundError, ValueError)):
+        cfg = cli.build_config()
+        stage = cli.FLAGS.stage
+        for name, prepare in [(s, f) for s, f in (("alignment", prepare_speech_text),
+                                                  ("dialogue", prepare_dialogues))
+                              if stage in (s, "all")]:
             prepared = prepare(cfg, cli.FLAGS.workdir)
-        except (hosts.HostMismatchError, FileNotFoundError) as e:
-            raise SystemExit(f"error: {name} data: {e}") from None
-        log.info("%s dataset %s in %s (fingerprint %s)", name, prepared.config_name,
-                 prepared.data_dir, prepared.fingerprint[:12])
+            log.info("%s dataset %s in %s (fingerprint %s)", name, prepared.config_name,
+                     prepared.data_dir, prepared.fingerprint[:12])
 
 
 if __name__ == "__main__":

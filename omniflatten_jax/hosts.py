@@ -76,3 +76,18 @@ def any_host(flag: bool) -> bool:
 
     flags = multihost_utils.process_allgather(np.array([int(flag)], np.int32))
     return bool(np.asarray(flags).any())
+
+
+def from_primary(value: str | None, max_bytes: int = 256) -> str:
+    """Process 0's `value` on every host (a collective: all hosts call it; the others may
+    pass None). For short strings: keys and fingerprints that process 0 alone computed."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    raw = (value or "").encode() if is_primary() else b""
+    if len(raw) > max_bytes:
+        raise ValueError(f"from_primary takes at most {max_bytes} bytes, got {len(raw)}")
+    sent = multihost_utils.broadcast_one_to_all(np.frombuffer(raw.ljust(max_bytes, b"\0"),
+                                                              np.uint8))
+    return np.asarray(sent, np.uint8).tobytes().rstrip(b"\0").decode()

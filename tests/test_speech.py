@@ -84,9 +84,10 @@ def test_the_workdir_tokenizer_fit_is_the_same_file_in_any_process(spoken_corpus
     import sys
 
     _, manifest, _ = spoken_corpus
-    script = ("import sys; from data_pipelines.prepare import speech_tokenizer; "
-              "from tests.helpers import small_config; "
-              "print(speech_tokenizer(small_config(sys.argv[1]), sys.argv[2]))")
+    script = ("import sys; from data_pipelines.prepare import speech_tokenizer, "
+              "_speech_text_inputs; from tests.helpers import small_config; "
+              "cfg = small_config(sys.argv[1]); items, inputs = _speech_text_inputs(cfg); "
+              "print(speech_tokenizer(cfg, sys.argv[2], items, inputs.key))")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     files = []
     for seed in ("1", "2"):

@@ -5,6 +5,14 @@ Per dialogue: both channels as speech ids per frame (the assistant channel holds
 and the frame at which each text token's word starts (the synthesiser's word times; the
 chunking uses them for user text only), and the pattern at each turn change. The test split
 also keeps both channels' audio (int16), so that turn-taking can be evaluated and heard.
+
+Nothing is dropped silently: a dialogue that cannot be used (a `Rejected` entry of
+`synth.dialogues.dialogue_entries`, one left with no assistant turn by cleaning, or one that
+cannot be laid out for every planned stage) is counted in build_report.json as
+``<split>/skipped_<reason>``, with the first messages under ``first_skipped``. Under
+``data.on_bad_input=stop`` (`DialogueContext.on_bad_input`) a problem of the user's dialogue
+file stops the build naming file and line; layout problems follow from the stage settings
+and are always counted.
 """
 
 from __future__ import annotations
@@ -21,19 +29,21 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from data_pipelines.builders import common
+from data_pipelines.corpus import BadInputError, check_policy, stop_error
 from data_pipelines.dialogue_examples import ROLES, assistant_text_lag, stage_examples
 from data_pipelines.synth import voices
 from data_pipelines.synth.conversation import Conversation, SimulatedTurn, simulate
+from data_pipelines.synth.dialogues import Rejected, TextDialogue, clean_dialogue
 from omniflatten_jax.chunking import TextOverflowError
 from omniflatten_jax.config import DialogueConfig
 from omniflatten_jax.speech.tokenizer import SpeechTokenizer
 from omniflatten_jax.stages import StagePlan
-from omniflatten_jax.transcripts import normalize_transcript
 from omniflatten_jax.vocab import TokenLayout
 
 log = logging.getLogger(__name__)
 
 NAME = "omniflatten_dialogues"
+FIRST_SKIPPED = 50  # messages kept in the report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +54,10 @@ class DialogueContext:
     seed: int
     plans: tuple[StagePlan, ...]  # every dialogue stage the dataset must serve
     normalize_text: bool = True
+    on_bad_input: str = "skip"  # data.on_bad_input: "stop" on a problem of the user's file
+
+    def __post_init__(self):
+        check_policy(self.on_bad_input)
 
 
 def problem(example: dict, ctx: DialogueContext) -> str | None:
@@ -112,12 +126,39 @@ def tokenize(conv: Conversation, ctx: DialogueContext) -> dict:
             "boundaries": ",".join(conv.boundaries), "snr_db": np.float32(conv.snr_db)}
 
 
+def make_example(uid: str, turns: TextDialogue | Rejected, ctx: DialogueContext,
+                 n: int, keep_audio: bool) -> tuple[dict, Conversation]:
+    """One dialogue -> (the stored example, its simulated conversation); raises
+    BadInputError(reason, message) for one that cannot be used. `n` (the dialogue's place
+    among the usable ones of its split) seeds its voices and timing."""
+    if isinstance(turns, Rejected):
+        raise BadInputError(turns.reason, turns.message)
+    turns = clean_dialogue(turns, ctx.cfg, ctx.normalize_text, f"dialogue {uid}")
+    rng = np.random.default_rng([ctx.seed, n, len(uid)])
+    conv = simulate(turns, voices.user_voice(ctx.cfg.language, rng),
+                    voices.assistant_voice(ctx.cfg.language), ctx.cfg.simulation, rng,
+                    ctx.tokenizer.sample_rate)
+    example = tokenize(conv, ctx)
+    reason = problem(example, ctx)
+    if reason:
+        raise BadInputError(reason, f"dialogue {uid}: {reason.replace('_', ' ')} "
+                            "(see the stage settings: flatten, dialogue_train.seq_len)")
+    for channel in ("user", "assistant"):
+        audio = getattr(conv, f"{channel}_audio")
+        example[f"{channel}_audio"] = ((audio * 32767).astype(np.int16) if keep_audio
+                                       else np.zeros(0, np.int16))
+    example["id"] = uid
+    return example, conv
+
+
 class OmniflattenDialogues(tfds.core.GeneratorBasedBuilder):
-    VERSION = tfds.core.Version("1.1.0")  # bump when examples change: part of the cache key
+    VERSION = tfds.core.Version("1.2.0")  # bump when examples change: part of the cache key
 
     def __init__(self, *, dialogues=None, context: DialogueContext | None = None,
-                 report: collections.Counter | None = None, **kw):
+                 report: collections.Counter | None = None, skipped: list | None = None,
+                 **kw):
         self._dialogues, self._context, self._report = dialogues, context, report
+        self._skipped = skipped if skipped is not None else []  # the first messages
         super().__init__(**kw)
 
     def _info(self):
@@ -139,49 +180,52 @@ class OmniflattenDialogues(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split, dialogues):
         ctx = self._context
         start = time.perf_counter()
-        for n, (uid, turns) in enumerate(dialogues, 1):
-            rng = np.random.default_rng([ctx.seed, n, len(uid)])
-            if ctx.normalize_text:
-                turns = [(r, normalize_transcript(t)) for r, t in turns]
-            turns = [(r, t) for r, t in turns if t]
-            conv = simulate(turns, voices.user_voice(ctx.cfg.language, rng),
-                            voices.assistant_voice(ctx.cfg.language), ctx.cfg.simulation, rng,
-                            ctx.tokenizer.sample_rate)
-            example = tokenize(conv, ctx)
-            reason = problem(example, ctx)
-            if reason:
-                self._report[(split, f"skipped_{reason}")] += 1
+        n = 0  # usable dialogues so far: their seeds do not depend on rejected ones
+        for i, (uid, turns) in enumerate(dialogues, 1):
+            n += not isinstance(turns, Rejected)
+            try:
+                example, conv = make_example(uid, turns, ctx, n, keep_audio=split == "test")
+            except BadInputError as e:
+                self._skip(split, turns, *e.args)
                 continue
-            keep_audio = split == "test"
-            for channel in ("user", "assistant"):
-                audio = getattr(conv, f"{channel}_audio")
-                example[f"{channel}_audio"] = ((audio * 32767).astype(np.int16) if keep_audio
-                                               else np.zeros(0, np.int16))
-            example["id"] = uid
             self._report[(split, "kept")] += 1
             for pattern in conv.boundaries:
                 self._report[(split, pattern)] += 1
             yield uid, example
-            if n % 500 == 0:
-                log.info("  %s: %d/%d dialogues (%.0f/s)", split, n, len(dialogues),
-                         n / (time.perf_counter() - start))
+            if i % 500 == 0:
+                log.info("  %s: %d/%d dialogues (%.0f/s)", split, i, len(dialogues),
+                         i / (time.perf_counter() - start))
+
+    def _skip(self, split: str, turns, reason: str, message: str) -> None:
+        """Counts a dialogue that cannot be used, or stops on a problem of the user's file."""
+        if (self._context.on_bad_input == "stop" and isinstance(turns, Rejected)
+                and turns.bad_input):
+            raise stop_error(message)
+        self._report[(split, f"skipped_{reason}")] += 1
+        if len(self._skipped) < FIRST_SKIPPED:
+            self._skipped.append(message)
 
 
 def build(data_dir: str, config_name: str, dialogues, context: DialogueContext) -> dict:
-    """Writes the dataset once per `config_name`; returns its report (counts per split)."""
+    """Writes the dataset once per `config_name`; returns its report (counts per split and
+    reason, and the first skipped dialogues' messages). `dialogues`: {split: [(id, turns or
+    Rejected)]}, as `synth.dialogues.dialogue_entries` gives them."""
     folder = os.path.join(data_dir, NAME, config_name)
     report_path = epath.Path(folder) / "build_report.json"
     if report_path.exists():
         return json.loads(report_path.read_text())
     report: collections.Counter = collections.Counter()
+    skipped: list[str] = []
     tfds.disable_progress_bar()
     builder = OmniflattenDialogues(dialogues=dialogues, context=context, report=report,
-                                   data_dir=data_dir,
+                                   skipped=skipped, data_dir=data_dir,
                                    config=tfds.core.BuilderConfig(name=config_name),
                                    file_format="array_record")
     builder.download_and_prepare()
     context.layout.save(folder)
     summary = {f"{split}/{what}": count for (split, what), count in sorted(report.items())}
+    if skipped:
+        summary["first_skipped"] = skipped
     report_path.write_text(json.dumps(summary, indent=2))  # last: marks it finished
     return summary
 

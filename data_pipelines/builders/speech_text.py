@@ -2,8 +2,12 @@
 
 Each example holds the transcript's text ids, the ASR input's speech ids (the user's voice),
 the TTS target's speech ids, and (test split only) the ASR input audio as int16. Ids follow
-the token layout saved beside the dataset. Every utterance is checked; a bad one is skipped
-and counted in the build report, or stops the build, by `DataConfig.on_bad_input`.
+the token layout saved beside the dataset. Every utterance is checked (`make_example`, the
+one place the per-utterance logic lives); a bad one is skipped and counted in the build report
+by split and reason, or stops the build, by `DataConfig.on_bad_input`. Entries the corpus
+reader rejected (a manifest line with bad fields or a duplicate id) are counted the same way.
+With `DataConfig.check_speech_activity`, audio with no speech in it (silence, a steady tone or
+square wave, DC) or with impossible sample values is a bad input too (`speech.activity`).
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from data_pipelines.builders import common
-from data_pipelines.corpus import Item
+from data_pipelines.corpus import BadInputError, Item, stop_error
 from omniflatten_jax.config import DataConfig
+from omniflatten_jax.speech.activity import speech_problem
 from omniflatten_jax.speech.audio import AudioError
 from omniflatten_jax.speech.tokenizer import SpeechTokenizer
 from omniflatten_jax.transcripts import normalize_transcript
@@ -31,10 +36,6 @@ log = logging.getLogger(__name__)
 
 NAME = "omniflatten_speech_text"
 MARKERS = 6  # [ASR][SOS] ... [EOS][SOT] ... [EOT] (and the TTS order): six marker tokens
-
-
-class BadInputError(ValueError):
-    """An utterance that cannot become a training example, with the file and the reason."""
 
 
 @dataclasses.dataclass
@@ -60,13 +61,35 @@ class BuildContext:
     train_texts: frozenset[str] = frozenset()
 
 
-def make_example(item: Item, ctx: BuildContext, keep_audio: bool) -> dict:
-    """One checked example; raises BadInputError(reason) naming the utterance."""
+def _where(item: Item, audio) -> str:
+    """How messages name an utterance: its id and its audio file."""
+    return f"{item.id} ({getattr(audio, 'path', 'synthesised')})"
+
+
+def check_activity(wave: np.ndarray, rate: int, where: str, what: str) -> None:
+    """Raises BadInputError("no_speech" | "bad_amplitude") for audio that cannot be speech."""
+    found = speech_problem(wave, rate)
+    if found:
+        reason, why = found
+        raise BadInputError(reason, f"{where}: {what} audio: {why}. Check the file, or set "
+                            "data.check_speech_activity=false if it is speech after all")
+
+
+def make_example(item: Item, ctx: BuildContext, keep_audio: bool,
+                 held_out: bool = False) -> dict:
+    """One checked example; raises BadInputError(reason, message) naming the utterance.
+    `held_out`: the utterance is in validation or test, where a transcript of the train split
+    is not allowed."""
+    if item.problem:
+        raise BadInputError(*item.problem)
     cfg, rate = ctx.data, ctx.tokenizer.sample_rate
     text = normalize_transcript(item.text) if cfg.normalize_text else item.text.strip()
-    where = f"{item.id} ({getattr(item.audio, 'path', 'synthesised')})"
+    where = _where(item, item.audio)
     if not text:
         raise BadInputError("empty_text", f"{where}: the transcript is empty")
+    if held_out and normalize_transcript(item.text) in ctx.train_texts:
+        raise BadInputError("text_seen_in_train", f"{where}: the transcript {text[:40]!r} "
+                            "also occurs in the train split")
     if len(text) > cfg.max_text_chars:
         raise BadInputError("text_too_long", f"{where}: {len(text)} characters > "
                             f"data.max_text_chars={cfg.max_text_chars}")
@@ -76,6 +99,10 @@ def make_example(item: Item, ctx: BuildContext, keep_audio: bool) -> dict:
                     else item.tts_audio.load(rate, cfg.min_audio_seconds))
     except AudioError as e:
         raise BadInputError("bad_audio", f"{item.id}: {e}") from None
+    if cfg.check_speech_activity:
+        check_activity(wave, rate, where, "ASR input")
+        if tts_wave is not wave:
+            check_activity(tts_wave, rate, _where(item, item.tts_audio), "TTS target")
     seconds = len(wave) / rate
     if seconds > cfg.max_audio_seconds:
         raise BadInputError("audio_too_long", f"{where}: {seconds:.1f} s > "
@@ -100,7 +127,7 @@ def make_example(item: Item, ctx: BuildContext, keep_audio: bool) -> dict:
 
 
 class OmniflattenSpeechText(tfds.core.GeneratorBasedBuilder):
-    VERSION = tfds.core.Version("1.1.0")  # bump when examples change: part of the cache key
+    VERSION = tfds.core.Version("1.2.0")  # bump when examples change: part of the cache key
 
     # One BuilderConfig per cache key (see `build`): a new corpus, tokenizer or layout is a new
     # config, so a changed setting can never reuse stale tokens.
@@ -125,19 +152,16 @@ class OmniflattenSpeechText(tfds.core.GeneratorBasedBuilder):
         ctx, report = self._context, self._report
         start = time.perf_counter()
         for n, item in enumerate(items, 1):
-            if split != "train" and normalize_transcript(item.text) in ctx.train_texts:
-                report.skipped[(split, "text_seen_in_train")] += 1
-                continue
             try:
-                example = make_example(item, ctx, keep_audio=split == "test")
+                example = make_example(item, ctx, keep_audio=split == "test",
+                                       held_out=split != "train")
             except BadInputError as e:
                 reason, message = e.args
-                if ctx.data.on_bad_input == "stop":
-                    raise BadInputError(f"{message}. Fix or remove it, or set "
-                                        "data.on_bad_input=skip to skip and count such "
-                                        "utterances.") from None
+                if ctx.data.on_bad_input == "stop" and reason != "text_seen_in_train":
+                    raise stop_error(message) from None
                 report.skipped[(split, reason)] += 1
-                report.examples.append(message)
+                if reason != "text_seen_in_train":  # expected, not a problem to look at
+                    report.examples.append(message)
                 continue
             report.kept[split] += 1
             yield item.id, example
