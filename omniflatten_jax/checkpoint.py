@@ -21,9 +21,14 @@ what needs the description (the duplex command) says how to add it (`upgrade`).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import io
+import logging
 import os
+import re
+import shutil
+import sys
 from typing import Any
 
 import jax
@@ -31,7 +36,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from omniflatten_jax import finite, paths
+from omniflatten_jax import checksum, finite, paths
 from omniflatten_jax.config import FlattenConfig, ModelConfig, from_dict, to_dict
 from omniflatten_jax.vocab import TokenLayout
 
@@ -40,6 +45,14 @@ FORMAT = 3  # 1 (no "format" key): model, layout, lineage; 2: + stage; 3: + data
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint cannot go on as this run: another architecture, tokenizer or stage."""
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint step whose files cannot be read or do not hold what was written."""
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (a full or read-only disk, lost permissions)."""
 
 
 class ArchitectureMismatchError(CheckpointMismatchError):
@@ -159,12 +172,20 @@ def save_params(directory: str | os.PathLike, step: int, params, meta: Checkpoin
     return paths.join(directory, str(step))
 
 
-def _described_items(params, meta: CheckpointMeta, speech_tokenizer: bytes | None) -> dict:
+def _described_items(params, meta: CheckpointMeta, speech_tokenizer: bytes | None,
+                     opt_state=None) -> dict:
+    """The items of a step; ``checksums`` (`omniflatten_jax.checksum`) lets restoring prove
+    the arrays are those written."""
     if (speech_tokenizer is None) != (meta.speech_tokenizer_sha256 is None) or (
             speech_tokenizer is not None and sha256(speech_tokenizer)
             != meta.speech_tokenizer_sha256):
         raise ValueError("the speech tokenizer given does not match the metadata's hash")
+    sums = {"params": checksum.tree_checksums(params)}
     items = dict(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta.to_json()))
+    if opt_state is not None:
+        sums["opt_state"] = checksum.tree_checksums(opt_state)
+        items["opt_state"] = ocp.args.StandardSave(opt_state)
+    items["checksums"] = ocp.args.JsonSave(sums)
     if speech_tokenizer is not None:
         items["speech_tokenizer"] = ocp.args.StandardSave(_tokenizer_item(speech_tokenizer))
     return items
@@ -199,9 +220,114 @@ def load_speech_tokenizer(path: str | os.PathLike):
 
 def load_meta(path: str | os.PathLike) -> CheckpointMeta:
     directory, step = resolve(path)
+    where = paths.join(directory, str(step))
     with ocp.CheckpointManager(directory) as manager:
-        restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    return CheckpointMeta.from_json(restored["meta"])
+        restored = restore_items(manager, step, where, meta=ocp.args.JsonRestore())
+    try:
+        return CheckpointMeta.from_json(restored["meta"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorruptCheckpointError(f"{where}/meta does not describe a checkpoint ({e}): the "
+                                     "step is damaged or was not written by this project; use "
+                                     "another step") from None
+
+
+def _quiet_closed_event_loop() -> None:
+    """After a failed restore or save, TensorStore still completes the other arrays' reads
+    and writes and posts each result to Orbax's event loop, which is closed by then: every
+    post prints a ``RuntimeError: Event loop is closed`` traceback (through
+    `sys.unraisablehook` or `sys.excepthook`), hundreds of lines hiding the one error that
+    matters. Only exactly those are dropped; installed before restoring or saving, as they
+    are printed before the failure reaches us."""
+    def closed_loop(error) -> bool:
+        return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+    if not getattr(sys.excepthook, "_drops_closed_event_loop", False):
+        previous_excepthook = sys.excepthook
+
+        def excepthook(kind, value, tb):
+            if not closed_loop(value):
+                previous_excepthook(kind, value, tb)
+
+        excepthook._drops_closed_event_loop = True
+        sys.excepthook = excepthook
+    if not getattr(sys.unraisablehook, "_drops_closed_event_loop", False):
+        previous_unraisablehook = sys.unraisablehook
+
+        def unraisablehook(unraisable):
+            if not closed_loop(unraisable.exc_value):
+                previous_unraisablehook(unraisable)
+
+        unraisablehook._drops_closed_event_loop = True
+        sys.unraisablehook = unraisablehook
+
+
+def _unretrieved_after_failure(record: logging.LogRecord) -> bool:
+    """Drops asyncio's "exception was never retrieved" for the reads and writes abandoned by
+    a failed restore or save (whose error is raised to the caller instead)."""
+    return "exception was never retrieved" not in record.getMessage()
+
+
+def _orbax_background_error(record: logging.LogRecord) -> bool:
+    """Drops the tracebacks Orbax logs for a failed background save: it re-raises the same
+    error to the caller, which reports it in one line (`CheckpointSaveError`)."""
+    return not ("orbax" in record.pathname and record.levelno >= logging.ERROR)
+
+
+def quiet_background_failures() -> None:
+    """One failed save or restore must read as one error, not hundreds of lines: filters
+    for exactly the echoes of errors that are raised to the caller anyway."""
+    _quiet_closed_event_loop()
+    for name, only in (("asyncio", _unretrieved_after_failure),
+                       ("absl", _orbax_background_error)):
+        if only not in logging.getLogger(name).filters:
+            logging.getLogger(name).addFilter(only)
+
+
+def _probe_ocdbt(folder: str) -> None:
+    """Lists an array item's OCDBT database: a damaged manifest or index fails here, once,
+    instead of in every array's concurrent read."""
+    if not (epath.Path(folder) / "manifest.ocdbt").exists():
+        return
+    import tensorstore as ts
+
+    base = folder if paths.is_url(folder) else "file://" + folder
+    ts.KvStore.open({"driver": "ocdbt", "base": base.rstrip("/") + "/"}).result().list().result()
+
+
+def restore_items(manager, step: int, where: str, **items) -> dict:
+    """Restores the named items of `step`, with `checksums` verified when the step has them.
+
+    What Orbax raises on damaged files (a truncated manifest, undecodable chunk bytes) becomes
+    one `CorruptCheckpointError` naming the step; the checksums catch what decodes but
+    differs (changed bytes, a flipped bit) and name the array."""
+    arrays = [k for k in ("params", "opt_state") if k in items]
+    if arrays and (epath.Path(where) / "checksums").exists():
+        items["checksums"] = ocp.args.JsonRestore()
+    restored = {}
+    quiet_background_failures()
+    for name, arg in items.items():  # one at a time, so that an error names its item
+        try:
+            _probe_ocdbt(paths.join(where, name))
+            restored[name] = manager.restore(step, args=ocp.args.Composite(**{name: arg}))[name]
+        except (CheckpointMismatchError, CorruptCheckpointError):
+            raise
+        except Exception as e:  # noqa: BLE001  Orbax and TensorStore raise many kinds
+            found = (epath.Path(where) / name).exists()
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            raise CorruptCheckpointError(
+                f"{where}/{name} {'cannot be read' if found else 'is missing'} "
+                f"({type(e).__name__}: {first}): the step is damaged or was not finished; use "
+                "another step of its folder, or a copy") from e
+    sums = restored.get("checksums")
+    for item in arrays if sums else ():
+        bad = checksum.mismatches(restored[item], sums.get(item, {}))
+        if bad:
+            raise CorruptCheckpointError(
+                f"{where}: {item}{bad[0]}"
+                f"{f' (and {len(bad) - 1} more arrays)' if len(bad) > 1 else ''} does not "
+                "match the checksum written with it: the checkpoint's files were changed or "
+                "damaged after saving. Use another step of its folder, or a copy.")
+    return restored
 
 
 def check_complete(restored, abstract, where: str) -> None:
@@ -237,8 +363,7 @@ def load_params(path: str | os.PathLike, shardings=None, layout: TokenLayout | N
                             model.abstract_params, shardings)
     where = paths.join(directory, str(step))
     with ocp.CheckpointManager(directory) as manager:
-        restored = manager.restore(
-            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
+        restored = restore_items(manager, step, where, params=ocp.args.StandardRestore(abstract))
     check_complete(restored["params"], abstract, where)
     finite.check_finite(restored["params"], f"checkpoint {where}",
                         "It was written by a run that diverged (or is corrupted): use an "
@@ -269,19 +394,54 @@ class TrainCheckpointer:
                  speech_tokenizer: bytes | None = None):
         self.directory = paths.absolute(directory)
         self.speech_tokenizer = speech_tokenizer
+        self._pending: int | None = None  # the last step handed to Orbax to write
+        quiet_background_failures()
         self._manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=True, create=True))
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def check_space(self, abstract_params, abstract_opt_state) -> None:
+        """Before training: the disk must hold one more step than is kept (a step is written
+        before the oldest is deleted), or the run would fail at its first save."""
+        if paths.is_url(self.directory):
+            return
+        need = 1.1 * sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(
+            (abstract_params, abstract_opt_state))) / jax.process_count()
+        epath.Path(self.directory).mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.directory).free
+        if free < need:
+            raise CheckpointSaveError(
+                f"{self.directory} has {free / 1e9:.2f} GB free, and one "
+                f"checkpoint step needs about {need / 1e9:.2f} GB per host: free space there "
+                "or give another --workdir")
+
+    def _saving(self, action) -> None:
+        """Runs a save-related call; what Orbax raises for a failed (background) save becomes
+        one `CheckpointSaveError` naming the step it was writing and the cause."""
+        try:
+            action()
+        except CheckpointSaveError:
+            raise
+        except Exception as e:  # noqa: BLE001  Orbax re-raises the writer thread's error
+            step = self._pending if self._pending is not None else "?"
+            raise CheckpointSaveError(f"saving step {step} in {self.directory} failed: "
+                                      f"{_save_failure(e)}") from e
+
+    def check_for_errors(self) -> None:
+        """Raises the error of a background save that has failed since the last call, so a
+        full disk is reported at the next logged step, not the next save."""
+        self._saving(self._manager.check_for_errors)
+
     def save(self, step: int, params, opt_state, data_state: dict | None,
              meta: CheckpointMeta) -> None:
-        items = _described_items(params, meta, self.speech_tokenizer)
-        items["opt_state"] = ocp.args.StandardSave(opt_state)
+        items = _described_items(params, meta, self.speech_tokenizer, opt_state)
         if data_state is not None:
             items["data_state"] = ocp.args.JsonSave(data_state)
-        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        self._saving(lambda: self._manager.save(step, args=ocp.args.Composite(**items),
+                                                force=True))
+        self._pending = step
 
     def restore(self, step: int, abstract_params, abstract_opt_state, data_iter):
         """Restores the state of `step` into the given targets; `data_iter` is set in place."""
@@ -296,7 +456,7 @@ class TrainCheckpointer:
             else:
                 legacy = True
                 items["data_iter"] = _legacy_data_restore(data_iter, where)
-        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        restored = restore_items(self._manager, step, where, **items)
         check_complete(restored["params"], abstract_params, where)
         check_complete(restored["opt_state"], abstract_opt_state, where)
         if data_iter is not None and not legacy:
@@ -305,11 +465,42 @@ class TrainCheckpointer:
             restored["meta"])
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        self._saving(self._manager.wait_until_finished)
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
+
+
+def _save_failure(error: BaseException) -> str:
+    """The cause of a failed save in a few words: the OS error (TensorStore reports it inside
+    a message, as ``[os_error_code='28']``) and, for a full disk, the fix."""
+    texts = [str(e) for e in _chain(error)]
+    codes = [e.errno for e in _chain(error) if isinstance(e, OSError) and e.errno]
+    codes += [int(m) for t in texts for m in re.findall(r"os_error_code='(\d+)'", t)]
+    if codes:
+        reason = os.strerror(codes[0])
+        if codes[0] in (errno.ENOSPC, errno.EDQUOT):
+            reason += ": free space there or give another --workdir"
+        elif codes[0] in (errno.EACCES, errno.EPERM, errno.EROFS):
+            reason += ": give a writable --workdir"
+        return reason
+    return f"{type(error).__name__}: {(texts[0].splitlines() or [''])[0][:300]}"
+
+
+def _chain(error: BaseException):
+    """The error, its causes and contexts, and the errors of an exception group."""
+    seen = set()
+    stack = [error]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        stack += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
 
 
 def _legacy_data_restore(data_iter, where: str):
