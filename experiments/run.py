@@ -40,27 +40,58 @@ def build_config():
     return cli.build_config(overrides)
 
 
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message names the input and the fix: reported in one line."""
+    from data_pipelines.builders.speech_text import BadInputError
+    from omniflatten_jax.checkpoint import (
+        CheckpointMismatchError,
+        CheckpointSaveError,
+        CorruptCheckpointError,
+    )
+    from omniflatten_jax.config import ConfigError
+    from omniflatten_jax.finite import NonFiniteError
+    from omniflatten_jax.hosts import HostMismatchError
+    from omniflatten_jax.vocab import LayoutMismatchError
+    from omniflatten_jax.workdir_lock import WorkdirLockedError
+
+    return (CheckpointMismatchError, CorruptCheckpointError, NonFiniteError, HostMismatchError,
+            LayoutMismatchError, WorkdirLockedError, CheckpointSaveError, BadInputError,
+            FileNotFoundError, PermissionError, ConfigError, StageFailed)
+
+
+class StageFailed(RuntimeError):
+    """An expected error of one stage, its message prefixed with the stage's name."""
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cli.start()
     start = time.perf_counter()
-    if FLAGS.stage == "smoke":
-        from experiments import smoke
+    with cli.errors_in_one_line(expected_errors()):
+        if FLAGS.stage == "smoke":
+            from experiments import smoke
 
-        smoke.run(FLAGS.workdir, FLAGS.steps or 60)
-    else:
-        run_stages(build_config())
+            smoke.run(FLAGS.workdir, FLAGS.steps or 60)
+        else:
+            run_stages(build_config())
     logging.getLogger(__name__).info("done in %.0f s", time.perf_counter() - start)
+
+
+def check_init_from(cfg, path: str) -> None:
+    """`--init_from` exists, is readable and holds this run's architecture and token layout
+    (the runner checks it again, with the stage's description, when it loads the weights)."""
+    from omniflatten_jax import checkpoint
+
+    meta = checkpoint.load_meta(path)
+    checkpoint.check_architecture(meta.model, cfg.model, path)
+    cfg.layout.check_matches(meta.layout, ours="this run", theirs=f"checkpoint {path}")
 
 
 def run_stages(cfg) -> None:
     from experiments import alignment_stage, dialogue_stage
-    from omniflatten_jax.checkpoint import CheckpointMismatchError
-    from omniflatten_jax.finite import NonFiniteError
-    from omniflatten_jax.hosts import HostMismatchError
+    from omniflatten_jax import paths, workdir_lock
     from omniflatten_jax.training.preemption import EXIT_CODE, Preempted
-    from omniflatten_jax.vocab import LayoutMismatchError
     try:
         plans = (stages.plan_curriculum(cfg) if FLAGS.stage == "all"
                  else (stages.plan_stage(cfg, FLAGS.stage),))
@@ -73,13 +104,16 @@ def run_stages(cfg) -> None:
         init_from = FLAGS.init_from if plan is plans[0] else None
         runner = dialogue_stage if plan.is_dialogue else alignment_stage
         try:
-            runner.run(cfg, plan, FLAGS.workdir, init_from)
+            with workdir_lock.hold(paths.join(FLAGS.workdir, plan.name)):
+                if init_from:  # said before preparing data, not after
+                    check_init_from(cfg, init_from)
+                runner.run(cfg, plan, FLAGS.workdir, init_from)
         except dialogue_stage.MissingPredecessor as e:
             raise app.UsageError(str(e)) from None
-        except (CheckpointMismatchError, LayoutMismatchError, HostMismatchError) as e:
-            sys.exit(f"error: {plan.name}: {e}")
-        except NonFiniteError as e:  # a diverged run, or --init_from non-finite weights
-            sys.exit(f"error: {e}")
+        except expected_errors() as e:
+            message = cli.one_line(e)
+            raise StageFailed(message if message.startswith(f"{plan.name}:")
+                              else f"{plan.name}: {message}") from e
         except Preempted as e:
             log.warning("%s", e)
             sys.exit(EXIT_CODE)

@@ -25,7 +25,7 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(names)}")
+        raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(names)}")
     return cls(**data)
 
 
@@ -33,11 +33,15 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the setting."""
+
+
 def _require(ok: bool, field: str, value: Any, rule: str) -> None:
     """Validation at parse time: a bad value is an error naming the field, never a late crash
     (``override`` adds the section, as in ``train.steps``)."""
     if not ok:
-        raise ValueError(f"{field} must be {rule}, got {value!r}")
+        raise ConfigError(f"{field} must be {rule}, got {value!r}")
 
 
 def _finite(value: Any) -> bool:
@@ -76,10 +80,10 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         if self.attention_impl not in ("auto", "xla", "cudnn"):
-            raise ValueError(
+            raise ConfigError(
                 f"attention_impl must be auto, xla or cudnn, not {self.attention_impl!r}")
 
 
@@ -119,7 +123,7 @@ def preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}") from None
 
 
@@ -156,7 +160,7 @@ class MeshConfig:
 
     def __post_init__(self):
         if self.slices < 1:
-            raise ValueError(f"mesh.slices must be at least 1, not {self.slices}")
+            raise ConfigError(f"mesh.slices must be at least 1, not {self.slices}")
 
     @property
     def axis_names(self) -> tuple[str, str, str]:
@@ -183,10 +187,10 @@ class FlattenConfig:
 
     def __post_init__(self):
         if self.speech_chunk < 1 or self.text_chunk < 1:
-            raise ValueError(f"chunk sizes must be >= 1, got speech={self.speech_chunk} "
+            raise ConfigError(f"chunk sizes must be >= 1, got speech={self.speech_chunk} "
                              f"text={self.text_chunk}")
         if self.assistant_text_lead_chunks < 0:
-            raise ValueError("assistant_text_lead_chunks must be >= 0")
+            raise ConfigError("assistant_text_lead_chunks must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,7 +234,7 @@ class MelConfig:
     @property
     def hop(self) -> int:
         if self.sample_rate % self.frame_rate:
-            raise ValueError(f"frame_rate {self.frame_rate} must divide sample_rate "
+            raise ConfigError(f"frame_rate {self.frame_rate} must divide sample_rate "
                              f"{self.sample_rate}")
         return self.sample_rate // self.frame_rate
 
@@ -274,9 +278,9 @@ class DataConfig:
 
     def __post_init__(self):
         if self.on_bad_input not in ("skip", "stop"):
-            raise ValueError(f"on_bad_input must be skip or stop, not {self.on_bad_input!r}")
+            raise ConfigError(f"on_bad_input must be skip or stop, not {self.on_bad_input!r}")
         if not 0.0 <= self.asr_fraction <= 1.0:
-            raise ValueError(f"asr_fraction must lie in [0, 1], got {self.asr_fraction}")
+            raise ConfigError(f"asr_fraction must lie in [0, 1], got {self.asr_fraction}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,7 +355,7 @@ class EvalConfig:
 
     def __post_init__(self):
         if self.params not in PARAM_PLACEMENTS:
-            raise ValueError(f"eval.params must be one of {PARAM_PLACEMENTS}, "
+            raise ConfigError(f"eval.params must be one of {PARAM_PLACEMENTS}, "
                              f"not {self.params!r}")
 
 
@@ -377,7 +381,7 @@ class ExperimentConfig:
 
     def __post_init__(self):
         if self.curriculum not in CURRICULA:
-            raise ValueError(f"curriculum must be one of {sorted(CURRICULA)}, "
+            raise ConfigError(f"curriculum must be one of {sorted(CURRICULA)}, "
                              f"not {self.curriculum!r}")
 
     @property
@@ -394,7 +398,7 @@ CURRICULA = {
 def _parse(text: str, current: Any) -> Any:
     if isinstance(current, bool):
         if text.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"expected true or false, got {text!r}")
+            raise ConfigError(f"expected true or false, got {text!r}")
         return text.lower() in ("true", "1")
     if isinstance(current, tuple):
         items = [t for t in text.strip("()[] ").split(",") if t.strip()]
@@ -406,19 +410,20 @@ def override(config: Any, assignment: str) -> Any:
     """Applies ``"train.steps=100"`` to a nested frozen config, parsed by the field's type and
     validated by its class; an error names the whole setting (``train.steps``)."""
     if "=" not in assignment:
-        raise ValueError(f"override {assignment!r} must look like section.field=value")
+        raise ConfigError(f"override {assignment!r} must look like section.field=value")
     path, text = assignment.split("=", 1)
     try:
         return _override(config, path.strip().split("."), text)
     except ValueError as e:
-        raise ValueError(f"cannot set {path.strip()} to {text!r}: {e}") from None
+        raise ConfigError(f"cannot set {path.strip()} to {text!r}: {e}") from None
 
 
 def _override(config: Any, path: list[str], text: str) -> Any:
     head, *rest = path
     fields = {f.name for f in dataclasses.fields(config)}
     if head not in fields:
-        raise ValueError(f"{type(config).__name__} has no field {head!r}; fields: {sorted(fields)}")
+        raise ConfigError(f"{type(config).__name__} has no field {head!r}; fields: "
+                          f"{sorted(fields)}")
     current = getattr(config, head)
     value = _override(current, rest, text) if rest else _parse(text, current)
     return dataclasses.replace(config, **{head: value})

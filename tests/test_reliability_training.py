@@ -88,3 +88,131 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_the_good_checkpoints(
         check_finite(params, str(step), "")
     assert any(np.isnan(v) for v in losses(stage).values())  # the log shows what happened
     assert json.loads(eval_before)["step"] == 4
+
+
+def test_a_held_stage_lock_stops_a_second_run_and_a_stale_one_is_taken_over(tmp_path):
+    import socket
+    import subprocess
+
+    from omniflatten_jax import workdir_lock
+
+    stage = tmp_path / "alignment"
+    with workdir_lock.hold(str(stage)):
+        holder = json.loads((stage / ".lock").read_text())
+        assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+        with pytest.raises(workdir_lock.WorkdirLockedError, match=rf"pid {os.getpid()} on"):
+            with workdir_lock.hold(str(stage)):
+                pass
+    assert not (stage / ".lock").exists()  # released
+    # A holder that died (kill -9 leaves its lock behind), or whose pid was reused.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    for dead in ({"pid": gone.pid}, {"pid": os.getpid(), "started_ticks": "1"}):
+        (stage / ".lock").write_text(json.dumps(dict(dead, host=socket.gethostname())))
+        with workdir_lock.hold(str(stage)):
+            assert json.loads((stage / ".lock").read_text())["pid"] == os.getpid()
+
+
+def test_errors_end_in_one_line_before_any_work(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import SMALL_MODEL
+    from test_training import ROOT
+
+    from omniflatten_jax.model import transformer
+    from omniflatten_jax.vocab import TokenLayout
+
+    layout = TokenLayout("bytes", 256, 32)
+    other = checkpoint.save_params(  # two layers; the embedded config's model has four
+        tmp_path / "other", 1, transformer(SMALL_MODEL, layout.vocab_size).init(
+            jax.random.key(0)), checkpoint.CheckpointMeta(SMALL_MODEL, layout))
+    run = [sys.executable, os.path.join(ROOT, "experiments", "run.py"), "--stage=alignment"]
+    cases = {
+        (f"--init_from={other}",): "error: alignment: " + other + " holds another model",
+        ("--set=train.checkpoint_every=0",): "error: cannot set train.checkpoint_every to '0'",
+        ("--set=optimizer.peak_lr=nan",): "error: cannot set optimizer.peak_lr to 'nan'",
+        ("--config=nope",): "error: unknown config 'nope'",
+        ("--init_from=/nonexistent/ckpt",): "error: alignment: checkpoint /nonexistent/ckpt",
+    }
+    for args, first_words in cases.items():
+        out = subprocess.run(run + [f"--workdir={tmp_path / 'w'}", *args], capture_output=True,
+                             text=True, cwd=ROOT, timeout=300)
+        assert out.returncode == 1, (args, out.stderr[-2000:])
+        lines = out.stderr.strip().splitlines()
+        assert lines[-1].startswith(first_words), (args, lines[-3:])
+        assert "Traceback" not in out.stderr, args
+
+
+def _children(pid: int) -> list:
+    import psutil
+
+    return psutil.Process(pid).children(recursive=True)
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_no_data_worker_outlives_its_run(spoken_corpus, tmp_path, how):
+    import signal
+    import time
+
+    import psutil
+
+    _, manifest, _ = spoken_corpus
+    proc = run_cli(tmp_path, manifest, "--set=data.num_workers=2", steps=100000)
+    deadline = time.time() + 400
+    workers = []
+    while time.time() < deadline and proc.poll() is None:
+        workers = [c for c in _children(proc.pid) if "python" in c.name().lower()]
+        if len(workers) >= 2 and (tmp_path / "alignment" / "metrics.jsonl").exists():
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None and len(workers) >= 2, "training with 2 workers did not start"
+    proc.send_signal(getattr(signal, how))
+    proc.communicate(timeout=300)
+    gone, alive = psutil.wait_procs(workers, timeout=20)
+    assert not alive, f"{len(alive)} data workers outlived the run ({how})"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real filesystem of a given size (tmpfs; needs root, as on the CI machine)."""
+    import subprocess
+
+    mounted = []
+
+    def make(megabytes: int):
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}M", "tmpfs",
+                               str(folder)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode()[:200]}")
+        mounted.append(folder)
+        return folder
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def test_a_full_disk_is_said_in_one_line_before_training_or_at_the_failed_save(
+        spoken_corpus, tmp_path, small_disk):
+    _, manifest, _ = spoken_corpus
+    # Too small for one checkpoint step of the embedded model (about 40 MB): said up front.
+    tiny = small_disk(20)
+    out, _ = run_cli(tiny, manifest).communicate(timeout=600)
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("error: alignment: ") and "GB free, and one checkpoint step needs" \
+        in last, out[-3000:]
+    assert "alignment step 1/" not in out
+    # Room for the first step's checkpoint but not the second's: the failed background save
+    # is the run's last line, naming the step and the cause.
+    disk = small_disk(70)
+    proc = run_cli(disk, manifest, "--set=train.checkpoint_every=1",
+                   "--set=train.keep_checkpoints=3", steps=6)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 1, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("error: alignment: saving ") and "No space left on device" in last, \
+        out[-3000:]
+    assert "Traceback" not in out

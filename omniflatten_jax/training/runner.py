@@ -103,6 +103,7 @@ def train_stage(cfg: ExperimentConfig, plan: StagePlan, stage_dir: str, make_dat
             params, meta, _ = checkpoint.load_params(where, program.param_shardings, cfg.layout)
             return StageResult(placed(params), meta, latest, 0)
 
+        ckpt.check_space(program.abstract_params, program.abstract_opt_state)
         data_iter = iter(make_data())
         if latest is not None:
             params, opt_state, restored = ckpt.restore(
@@ -168,6 +169,7 @@ def train_stage(cfg: ExperimentConfig, plan: StagePlan, stage_dir: str, make_dat
                         _log_step(stage, step, train.steps, metrics, lr(step - 1), rate,
                                   per_step, loss_names, writer)
                         check_numerics()
+                        ckpt.check_for_errors()
                     # At the final step the save below is the last one anyway: finish normally.
                     preempted = preemption.reached(step) and step < train.steps
                     if step % train.checkpoint_every == 0 or step == train.steps or preempted:
