@@ -99,8 +99,10 @@ def test_unreadable_input_is_a_clear_error(stage_dir, tmp_path):
     assert result.returncode != 0
     assert f"{bad}: cannot be read as audio" in result.stderr
     assert "Traceback" not in result.stderr
-    missing = run_cli("--checkpoint", str(tmp_path / "nowhere"), "--input", str(bad),
-                      "--out_dir", str(tmp_path / "out"))
+    # A readable input (the input is checked before the checkpoint, which is slower to read).
+    soundfile.write(tmp_path / "user.wav", np.zeros(16_000, np.float32), 16_000)
+    missing = run_cli("--checkpoint", str(tmp_path / "nowhere"), "--input",
+                      str(tmp_path / "user.wav"), "--out_dir", str(tmp_path / "out"))
     assert missing.returncode != 0 and "does not exist" in missing.stderr
 
 

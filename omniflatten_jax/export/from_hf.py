@@ -11,6 +11,10 @@ to the output layer's rows.
 
 A folder that we exported ourselves carries `token_layout.json`; its layout is used as is, and
 its stage description (`omniflatten.json`) and speech tokenizer come back with it.
+
+Weights holding NaN or infinite values are refused (nothing is written). The checkpoint is
+written beside `--out` and renamed into place at the end (`export.staging`); a non-empty
+`--out` is refused, before anything is read, unless `--overwrite` says to replace it.
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import safe_open
 
-from omniflatten_jax import checkpoint
+from omniflatten_jax import checkpoint, paths
 from omniflatten_jax.export import hf_config, weight_map
+from omniflatten_jax.export.staging import check_destination, staged_folder
 from omniflatten_jax.export.to_hf import DESCRIPTION_FILE, SPEECH_TOKENIZER_FILE
+from omniflatten_jax.finite import check_finite
+from omniflatten_jax.inference.cli import add_verbose_flag, command_errors
 from omniflatten_jax.model import transformer
 from omniflatten_jax.vocab import LAYOUT_FILENAME, LayoutMismatchError, TokenLayout
 
@@ -63,8 +70,12 @@ def read_safetensors(hf_dir: str) -> dict[str, np.ndarray]:
 
 
 def import_hf(hf_dir: str, out: str, num_speech_codes: int | None = None,
-              text_tokenizer: str | None = None, seed: int = 0) -> str:
-    """Converts `hf_dir` and writes step 0 of a checkpoint in `out`; returns the step folder."""
+              text_tokenizer: str | None = None, seed: int = 0,
+              overwrite: bool = False) -> str:
+    """Converts `hf_dir` and writes step 0 of a checkpoint in `out`; returns the step folder.
+    `out` is checked before anything is read, the converted weights before anything is
+    written."""
+    check_destination(out, overwrite)
     config_path = os.path.join(hf_dir, "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{config_path} not found: --hf_dir must be a local Hugging "
@@ -108,12 +119,17 @@ def import_hf(hf_dir: str, out: str, num_speech_codes: int | None = None,
     if leftover:
         raise ValueError(f"{hf_dir}: tensors this Qwen2 config has no place for: {leftover[:8]}")
     checkpoint.check_complete(params, model.abstract_params, hf_dir)
+    check_finite(params, f"{hf_dir} (Hugging Face weights)",
+                 "Import a model with finite weights: re-download it, or re-save it from the "
+                 "last good training step.")
 
     meta = checkpoint.CheckpointMeta(cfg, layout, ({
         "kind": "hf_import", "path": os.path.abspath(hf_dir), "hf_vocab_size": hf_vocab,
         "new_rows": NEW_ROWS_RULE, "seed": seed},))
     meta, speech_tokenizer = _our_description(hf_dir, meta)
-    return checkpoint.save_params(out, 0, params, meta, speech_tokenizer)
+    with staged_folder(out, overwrite) as folder:
+        checkpoint.save_params(folder, 0, params, meta, speech_tokenizer)
+    return paths.join(out, "0")
 
 
 def _our_description(hf_dir: str, meta: checkpoint.CheckpointMeta
@@ -148,10 +164,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text_tokenizer", choices=("qwen2", "bytes"), default=None,
                         help="which tokenizer's ids the text rows hold (default: qwen2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the new rows' noise")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out if it exists and is not empty")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
-    step_dir = import_hf(args.hf_dir, args.out, args.num_speech_codes, args.text_tokenizer,
-                         args.seed)
-    meta = checkpoint.load_meta(step_dir)
+    with command_errors(args.verbose):
+        step_dir = import_hf(args.hf_dir, args.out, args.num_speech_codes, args.text_tokenizer,
+                             args.seed, args.overwrite)
+        meta = checkpoint.load_meta(step_dir)
     print(f"wrote {step_dir}: {transformer(meta.model, meta.layout.vocab_size).num_params:,} "
           f"parameters, vocab {meta.layout.vocab_size} (text {meta.layout.text_vocab_size}, "
           f"speech {meta.layout.num_speech_codes}, special {len(meta.layout.special_tokens)})")

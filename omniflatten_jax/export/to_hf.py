@@ -10,6 +10,10 @@ and export"), so that a PyTorch user can turn audio into the model's speech ids 
 extended vocabulary is kept: speech codes and special tokens are part of the model. Only the
 padding rows that no token uses are dropped, so the exported vocabulary is the layout's
 `used_size`.
+
+A checkpoint with NaN or infinite weights (a diverged run) is refused, naming the tensor. The
+folder is written beside `--out` and renamed into place at the end (`export.staging`); a
+non-empty `--out` is refused unless `--overwrite` says to replace it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from safetensors.flax import save_file
 
 from omniflatten_jax import checkpoint
 from omniflatten_jax.export import hf_config, weight_map
+from omniflatten_jax.export.staging import check_destination, staged_folder
+from omniflatten_jax.inference.cli import add_verbose_flag, command_errors
 from omniflatten_jax.vocab import TokenLayout
 
 SPEECH_TOKENIZER_FILE = "speech_tokenizer.npz"
@@ -38,23 +44,38 @@ def generation_config(layout: TokenLayout) -> dict:
             "pad_token_id": layout.special("<pad>"), "do_sample": False}
 
 
-def export_hf(checkpoint_path: str, out: str, dtype: str = "float32") -> str:
+def export_hf(checkpoint_path: str, out: str, dtype: str = "float32",
+              overwrite: bool = False) -> str:
+    """Writes the Hugging Face folder `out` from a checkpoint; returns `out`. The destination
+    is checked before the weights are read (a refusal costs nothing), and the weights before
+    anything is written (`checkpoint.load_params` refuses non-finite ones)."""
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be float32 or bfloat16, not {dtype!r}")
+    check_destination(out, overwrite)
     params, meta, step_dir = checkpoint.load_params(checkpoint_path)
-    params = jax.tree.map(np.asarray, params)
-    layout, cfg = meta.layout, meta.model
+    tensors = hf_tensors(jax.tree.map(np.asarray, params), meta, dtype)
+    with staged_folder(out, overwrite) as folder:
+        _write_folder(folder, tensors, meta, step_dir, dtype)
+    return out
+
+
+def hf_tensors(params, meta: checkpoint.CheckpointMeta, dtype: str) -> dict:
+    """Our parameter tree -> Hugging Face tensor names and layouts (padding rows dropped)."""
     tensors = {}
-    for name, path, transform in weight_map.iter_hf(cfg):
+    for name, path, transform in weight_map.iter_hf(meta.model):
         array = weight_map.to_hf(weight_map.get_path(params, path), transform)
         if path[0] in ("embed", "lm_head"):
-            array = array[:layout.used_size]  # drop the padding rows
+            array = array[:meta.layout.used_size]  # drop the padding rows
         tensors[name] = jnp.asarray(np.ascontiguousarray(array), dtype=dtype)
+    return tensors
 
-    os.makedirs(out, exist_ok=True)
+
+def _write_folder(out: str, tensors: dict, meta: checkpoint.CheckpointMeta, step_dir: str,
+                  dtype: str) -> None:
+    layout = meta.layout
     save_file(tensors, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(hf_config.model_config_to_hf(cfg, layout, dtype), f, indent=2)
+        json.dump(hf_config.model_config_to_hf(meta.model, layout, dtype), f, indent=2)
     with open(os.path.join(out, "generation_config.json"), "w") as f:
         json.dump(generation_config(layout), f, indent=2)
     layout.save(out)
@@ -63,7 +84,6 @@ def export_hf(checkpoint_path: str, out: str, dtype: str = "float32") -> str:
     if meta.speech_tokenizer_sha256 is not None:
         with open(os.path.join(out, SPEECH_TOKENIZER_FILE), "wb") as f:
             f.write(checkpoint.load_speech_tokenizer_bytes(step_dir))
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,9 +92,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="a checkpoints folder (latest step) or one step folder inside it")
     parser.add_argument("--out", required=True, help="Hugging Face folder to write")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out if it exists and is not empty")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
-    out = export_hf(args.checkpoint, args.out, args.dtype)
-    print(f"wrote {out} from {checkpoint.resolve(args.checkpoint)}; load it with "
+    with command_errors(args.verbose):
+        out = export_hf(args.checkpoint, args.out, args.dtype, args.overwrite)
+        directory, step = checkpoint.resolve(args.checkpoint)
+    print(f"wrote {out} from {directory} step {step}; load it with "
           f"transformers.AutoModelForCausalLM.from_pretrained({out!r})")
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -86,6 +87,40 @@ class DuplexSettings:
         return cls(chunk_layout(meta.stage, meta.flatten), meta.flatten, meta.context_chunks)
 
 
+class LatencyStats:
+    """Per-chunk decode times summarised as they come, in a fixed size: count, mean and max
+    exactly; percentiles from a histogram of bins 0.5% wide (1 us to 1,000 s), so a reported
+    p95 is within 0.25% of the exact one. An hour of streaming holds what a minute does."""
+
+    RATIO = 1.005
+    LOW_MS = 1e-3
+    BINS = math.ceil(math.log(1e6 / LOW_MS) / math.log(RATIO))
+
+    def __init__(self):
+        self.count, self.total_ms, self.max_ms = 0, 0.0, 0.0
+        self.histogram = np.zeros(self.BINS, np.int64)
+
+    def add(self, ms: float) -> None:
+        self.count += 1
+        self.total_ms += ms
+        self.max_ms = max(self.max_ms, ms)
+        b = int(math.log(max(ms, self.LOW_MS) / self.LOW_MS) / math.log(self.RATIO))
+        self.histogram[min(b, self.BINS - 1)] += 1
+
+    @property
+    def mean_ms(self) -> float:
+        return self.total_ms / self.count if self.count else math.nan
+
+    def percentile(self, q: float) -> float:
+        """The `q`-th percentile (nearest rank), at its bin's geometric centre (never above
+        the max)."""
+        if not self.count:
+            return math.nan
+        rank = max(math.ceil(q / 100 * self.count), 1)
+        b = int(np.searchsorted(np.cumsum(self.histogram), rank))
+        return min(self.LOW_MS * self.RATIO ** (b + 0.5), self.max_ms)
+
+
 class DuplexDecoder:
     """Streams user speech through a duplex model chunk by chunk (the stateful shell).
 
@@ -122,7 +157,7 @@ class DuplexDecoder:
         self.recent: collections.deque[np.ndarray] = collections.deque(maxlen=max(keep, 1))
         self.key = placed.key(seed)
         self.chunks_done = self.in_cache = self.slides = 0
-        self.chunk_ms: list[float] = []  # wall time of each `step`, the slide included
+        self.latency = LatencyStats()  # wall time of each `step`, the slide included
 
     def _feed(self, cache, user: jax.Array, key: jax.Array):
         return feed_and_generate(self.placed, cache, user, self.fed_valid, self.legal,
@@ -166,7 +201,7 @@ class DuplexDecoder:
         self.key, key = jax.random.split(self.key)
         out, self.cache = self._feed(self.cache, self.placed.put(user_chunk, batch=True), key)
         out = self.placed.get(out)  # on the host: the chunk is complete
-        self.chunk_ms.append((time.perf_counter() - start) * 1000)
+        self.latency.add((time.perf_counter() - start) * 1000)
         self.recent.append(np.concatenate([user_chunk, out], axis=1))
         self.chunks_done += 1
         self.in_cache += 1
@@ -210,9 +245,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``python -m omniflatten_jax.inference.duplex --checkpoint CKPT --input user.wav
     --out_dir DIR``: the recording streamed through the model as if live (module docstring of
     `inference.recording` lists the files written). Everything but the audio comes from the
-    checkpoint: the stage, its chunk layout, its context window and its speech tokenizer."""
+    checkpoint: the stage, its chunk layout, its context window and its speech tokenizer.
+    Every failure is one line naming the file and the fix (`inference.cli`)."""
     import argparse
-    import sys
+
+    from omniflatten_jax.inference.cli import add_verbose_flag, command_errors
 
     parser = argparse.ArgumentParser(
         prog="python -m omniflatten_jax.inference.duplex",
@@ -229,31 +266,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top_k", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
-
-    from omniflatten_jax import checkpoint
-    from omniflatten_jax.inference.recording import stream_recording, write_outputs
-    from omniflatten_jax.speech.audio import AudioError
-    from omniflatten_jax.speech.tokenizer import load_speech_tokenizer
-
-    try:
-        meta = checkpoint.load_meta(args.checkpoint)
-        directory, step = checkpoint.resolve(args.checkpoint)
-        where = os.path.join(directory, str(step))
-        settings = DuplexSettings.of_checkpoint(meta, where)
-        tokenizer = (load_speech_tokenizer(args.speech_tokenizer) if args.speech_tokenizer
-                     else checkpoint.load_speech_tokenizer(where))
-        if tokenizer.num_codes != meta.layout.num_speech_codes:
-            raise ValueError(f"the speech tokenizer has {tokenizer.num_codes} codes but "
-                             f"{where} was trained on {meta.layout.num_speech_codes}")
-        placed = PlacedModel.restore(where, placement=args.params)
-        result = stream_recording(placed, meta.layout, settings, tokenizer, args.input,
-                                  sampling=Sampling(args.temperature, args.top_k),
-                                  seed=args.seed)
-    except (AudioError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
-    summary = write_outputs(result, meta.layout, tokenizer, args.out_dir,
-                            title=f"{meta.stage} {where} on {os.path.basename(args.input)}")
+    with command_errors(args.verbose):
+        summary = run_duplex(args)
     print(f"{args.input}: {summary['input_seconds']} s in {summary['chunks']} chunks of "
           f"{summary['chunk_audio_ms']:.0f} ms; decode latency per chunk mean "
           f"{summary['latency_ms']['mean']} ms, p95 {summary['latency_ms']['p95']} ms, max "
@@ -261,6 +277,36 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"compiled beforehand in {summary['compile_seconds']} s); real-time factor "
           f"{summary['real_time_factor']}")
     print(f"wrote {', '.join(sorted(os.listdir(args.out_dir)))} to {args.out_dir}")
+
+
+def run_duplex(args) -> dict:
+    """The command's work, cheapest checks first: the output folder and the input are checked
+    before the checkpoint is read, and the checkpoint's description before its weights."""
+    from omniflatten_jax import checkpoint
+    from omniflatten_jax.inference.recording import (
+        check_recording,
+        prepare_out_dir,
+        stream_recording,
+    )
+    from omniflatten_jax.speech.tokenizer import load_speech_tokenizer
+
+    prepare_out_dir(args.out_dir)
+    check_recording(args.input)
+    sampling = Sampling(args.temperature, args.top_k)
+    meta = checkpoint.load_meta(args.checkpoint)
+    directory, step = checkpoint.resolve(args.checkpoint)
+    where = os.path.join(directory, str(step))
+    settings = DuplexSettings.of_checkpoint(meta, where)
+    tokenizer = (load_speech_tokenizer(args.speech_tokenizer) if args.speech_tokenizer
+                 else checkpoint.load_speech_tokenizer(where))
+    if tokenizer.num_codes != meta.layout.num_speech_codes:
+        raise ValueError(f"the speech tokenizer has {tokenizer.num_codes} codes but {where} was "
+                         f"trained on {meta.layout.num_speech_codes}: give the tokenizer it "
+                         "was trained with (or none: the checkpoint's own)")
+    placed = PlacedModel.restore(where, placement=args.params)
+    return stream_recording(placed, meta.layout, settings, tokenizer, tokenizer, args.input,
+                            args.out_dir, sampling=sampling, seed=args.seed,
+                            title=f"{meta.stage} {where} on {os.path.basename(args.input)}")
 
 
 if __name__ == "__main__":
