@@ -8,13 +8,7 @@ the same configuration from the same command line. The flags are defined by call
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import re
-import sys
-import time
-import traceback
 
 from absl import flags
 from absl import logging as absl_logging
@@ -78,47 +72,12 @@ def start() -> None:
         logging.getLogger(name).setLevel(level)
 
 
-def one_line(error: BaseException) -> str:
-    """An exception's message on one line (whitespace runs collapsed)."""
-    text = re.sub(r"\s+", " ", str(error)).strip()
-    return text or type(error).__name__
+def errors_in_one_line(expected: tuple[type[BaseException], ...]):
+    """Every error ends the command with one line and exit status 1
+    (`omniflatten_jax.command_errors`); the traceback of an unexpected one is written to
+    ``WORKDIR/logs/``, so a run on a pod leaves it behind, and ``--verbose`` prints it."""
+    from omniflatten_jax import command_errors, paths
 
-
-@contextlib.contextmanager
-def errors_in_one_line(expected: tuple[type[BaseException], ...] = ()):
-    """Every error ends the command with one line, ``error: ...``, and exit status 1.
-
-    `expected` errors (ours, whose message names the input and the fix) print only that line;
-    any other also names the file its traceback was written to (``WORKDIR/logs/``), so a run
-    on a pod leaves it behind. ``--verbose`` prints the traceback as well."""
-    try:
-        yield
-    except (SystemExit, KeyboardInterrupt, flags.Error):
-        raise
-    except Exception as e:  # noqa: BLE001  reported, then the command exits
-        text = traceback.format_exc()
-        if FLAGS.verbose:
-            sys.stderr.write(text)
-        line = f"error: {one_line(e)}"
-        if not isinstance(e, expected):
-            line = f"error: {type(e).__name__}: {one_line(e)}"
-            saved = _save_traceback(text)
-            if saved and not FLAGS.verbose:
-                line += f" (traceback: {saved}; --verbose prints it)"
-        sys.exit(line)
-
-
-def _save_traceback(text: str) -> str | None:
-    """Writes `text` under WORKDIR/logs/; None when the workdir cannot be written."""
-    from etils import epath
-
-    from omniflatten_jax import paths
-
-    name = time.strftime("error-%Y%m%d-%H%M%S") + f"-{os.getpid()}.txt"
-    path = paths.join(paths.absolute(FLAGS.workdir), "logs", name)
-    try:
-        epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
-        epath.Path(path).write_text(text)
-    except OSError:
-        return None
-    return path
+    return command_errors.one_line_errors(
+        FLAGS.verbose, expected, command_errors.traceback_file(
+            paths.join(paths.absolute(FLAGS.workdir), "logs")))

@@ -91,6 +91,7 @@ def check_init_from(cfg, path: str) -> None:
 def run_stages(cfg) -> None:
     from experiments import alignment_stage, dialogue_stage
     from omniflatten_jax import paths, workdir_lock
+    from omniflatten_jax.command_errors import one_line
     from omniflatten_jax.training.preemption import EXIT_CODE, Preempted
     try:
         plans = (stages.plan_curriculum(cfg) if FLAGS.stage == "all"
@@ -111,7 +112,7 @@ def run_stages(cfg) -> None:
         except dialogue_stage.MissingPredecessor as e:
             raise app.UsageError(str(e)) from None
         except expected_errors() as e:
-            message = cli.one_line(e)
+            message = one_line(e)
             raise StageFailed(message if message.startswith(f"{plan.name}:")
                               else f"{plan.name}: {message}") from e
         except Preempted as e:

@@ -186,8 +186,11 @@ def test_errors_are_one_line_and_verbose_shows_the_traceback(stage_dir, recordin
     args = ["--checkpoint", str(damaged), "--input", str(recording), "--out_dir",
             str(tmp_path / "out")]
     assert str(damaged / "1" / "meta") in main_error(duplex.main, args, capsys)
-    with pytest.raises(ValueError, match="cannot be read"):
+    with pytest.raises(SystemExit):
         duplex.main(args + ["--verbose"])
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err, err
+    assert err.strip().splitlines()[-1].startswith("error: ") and "cannot be read" in err
     err = main_error(to_hf.main, ["--checkpoint", str(tmp_path / "none"), "--out",
                                   str(tmp_path / "hf")], capsys)
     assert f"checkpoint {tmp_path / 'none'} does not exist" in err

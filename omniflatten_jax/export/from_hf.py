@@ -31,11 +31,11 @@ import numpy as np
 from safetensors import safe_open
 
 from omniflatten_jax import checkpoint, paths
+from omniflatten_jax.command_errors import add_verbose_flag, one_line_errors
 from omniflatten_jax.export import hf_config, weight_map
 from omniflatten_jax.export.staging import check_destination, staged_folder
 from omniflatten_jax.export.to_hf import DESCRIPTION_FILE, SPEECH_TOKENIZER_FILE
 from omniflatten_jax.finite import check_finite
-from omniflatten_jax.inference.cli import add_verbose_flag, command_errors
 from omniflatten_jax.model import transformer
 from omniflatten_jax.vocab import LAYOUT_FILENAME, LayoutMismatchError, TokenLayout
 
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="replace --out if it exists and is not empty")
     add_verbose_flag(parser)
     args = parser.parse_args(argv)
-    with command_errors(args.verbose):
+    with one_line_errors(args.verbose):
         step_dir = import_hf(args.hf_dir, args.out, args.num_speech_codes, args.text_tokenizer,
                              args.seed, args.overwrite)
         meta = checkpoint.load_meta(step_dir)

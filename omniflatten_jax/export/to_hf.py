@@ -29,9 +29,9 @@ import numpy as np
 from safetensors.flax import save_file
 
 from omniflatten_jax import checkpoint
+from omniflatten_jax.command_errors import add_verbose_flag, one_line_errors
 from omniflatten_jax.export import hf_config, weight_map
 from omniflatten_jax.export.staging import check_destination, staged_folder
-from omniflatten_jax.inference.cli import add_verbose_flag, command_errors
 from omniflatten_jax.vocab import TokenLayout
 
 SPEECH_TOKENIZER_FILE = "speech_tokenizer.npz"
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="replace --out if it exists and is not empty")
     add_verbose_flag(parser)
     args = parser.parse_args(argv)
-    with command_errors(args.verbose):
+    with one_line_errors(args.verbose):
         out = export_hf(args.checkpoint, args.out, args.dtype, args.overwrite)
         directory, step = checkpoint.resolve(args.checkpoint)
     print(f"wrote {out} from {directory} step {step}; load it with "

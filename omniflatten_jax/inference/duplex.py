@@ -246,10 +246,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     --out_dir DIR``: the recording streamed through the model as if live (module docstring of
     `inference.recording` lists the files written). Everything but the audio comes from the
     checkpoint: the stage, its chunk layout, its context window and its speech tokenizer.
-    Every failure is one line naming the file and the fix (`inference.cli`)."""
+    Every failure is one line naming the file and the fix (`command_errors`)."""
     import argparse
 
-    from omniflatten_jax.inference.cli import add_verbose_flag, command_errors
+    from omniflatten_jax.command_errors import add_verbose_flag, one_line_errors
 
     parser = argparse.ArgumentParser(
         prog="python -m omniflatten_jax.inference.duplex",
@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     add_verbose_flag(parser)
     args = parser.parse_args(argv)
-    with command_errors(args.verbose):
+    with one_line_errors(args.verbose):
         summary = run_duplex(args)
     print(f"{args.input}: {summary['input_seconds']} s in {summary['chunks']} chunks of "
           f"{summary['chunk_audio_ms']:.0f} ms; decode latency per chunk mean "
