@@ -46,6 +46,11 @@ STOP_HINT = ("Fix or remove it, or set data.on_bad_input=skip to skip such input
              "them in build_report.json.")
 
 
+class InputFileError(ValueError):
+    """A source file that cannot be read as a corpus at all (not UTF-8, not JSON, empty, an
+    unknown source): the message names the file (and line)."""
+
+
 class BadInputError(ValueError):
     """An input that cannot become a training example.
 
@@ -77,17 +82,17 @@ def jsonl_lines(path: str, expected: str) -> Iterator[tuple[int, dict]]:
             try:
                 line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
             except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{n}: not UTF-8 (byte {raw[e.start]:#04x} at column "
+                raise InputFileError(f"{path}:{n}: not UTF-8 (byte {raw[e.start]:#04x} at column "
                                  f"{e.start + 1}): save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not JSON ({e.msg} at column {e.colno}): "
+                raise InputFileError(f"{path}:{n}: not JSON ({e.msg} at column {e.colno}): "
                                  f"expected {expected}, got {line.strip()[:80]!r}") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path}:{n}: expected {expected}, got "
+                raise InputFileError(f"{path}:{n}: expected {expected}, got "
                                  f"{line.strip()[:80]!r}")
             yield n, row
 
@@ -254,7 +259,7 @@ def _check_usable(items: dict[str, list[Item]], source: str, what: str) -> None:
     if len(rejected) == len(everything):
         why = (f": every line was rejected ({len(rejected)}), e.g. {rejected[0][1]}" if rejected
                else " (the file is empty or blank)")
-        raise ValueError(f"{source} holds no {what}{why}")
+        raise InputFileError(f"{source} holds no {what}{why}")
 
 
 def speech_text_items(cfg: DataConfig, seed: int = 0) -> dict[str, list[Item]]:
@@ -267,7 +272,7 @@ def speech_text_items(cfg: DataConfig, seed: int = 0) -> dict[str, list[Item]]:
     elif kind == "manifest" and arg:
         items = manifest_items(arg, cfg)
     else:
-        raise ValueError(f"unknown data source {cfg.source!r}: use embedded, "
+        raise InputFileError(f"unknown data source {cfg.source!r}: use embedded, "
                          "librispeech:DIR or manifest:FILE.jsonl")
     if cfg.max_utterances:
         total = sum(len(v) for v in items.values())

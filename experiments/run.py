@@ -42,7 +42,7 @@ def build_config():
 
 def expected_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message names the input and the fix: reported in one line."""
-    from data_pipelines.builders.speech_text import BadInputError
+    from data_pipelines.corpus import BadInputError, InputFileError
     from omniflatten_jax.checkpoint import (
         CheckpointMismatchError,
         CheckpointSaveError,
@@ -56,7 +56,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 
     return (CheckpointMismatchError, CorruptCheckpointError, NonFiniteError, HostMismatchError,
             LayoutMismatchError, WorkdirLockedError, CheckpointSaveError, BadInputError,
-            FileNotFoundError, PermissionError, ConfigError, StageFailed)
+            InputFileError, FileNotFoundError, PermissionError, ConfigError, StageFailed)
 
 
 class StageFailed(RuntimeError):

@@ -127,8 +127,11 @@ def test_errors_end_in_one_line_before_any_work(tmp_path):
     other = checkpoint.save_params(  # two layers; the embedded config's model has four
         tmp_path / "other", 1, transformer(SMALL_MODEL, layout.vocab_size).init(
             jax.random.key(0)), checkpoint.CheckpointMeta(SMALL_MODEL, layout))
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes('{"audio": "a.wav", "text": "café"}\n'.encode("latin-1"))
     run = [sys.executable, os.path.join(ROOT, "experiments", "run.py"), "--stage=alignment"]
     cases = {
+        (f"--data=manifest:{latin1}",): f"error: alignment: {latin1}:1: not UTF-8",
         (f"--init_from={other}",): "error: alignment: " + other + " holds another model",
         ("--set=train.checkpoint_every=0",): "error: cannot set train.checkpoint_every to '0'",
         ("--set=optimizer.peak_lr=nan",): "error: cannot set optimizer.peak_lr to 'nan'",
@@ -150,7 +153,7 @@ def _children(pid: int) -> list:
     return psutil.Process(pid).children(recursive=True)
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGINT"])
 def test_no_data_worker_outlives_its_run(spoken_corpus, tmp_path, how):
     import signal
     import time

@@ -27,7 +27,13 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from data_pipelines.corpus import BadInputError, check_policy, jsonl_lines, stop_error
+from data_pipelines.corpus import (
+    BadInputError,
+    InputFileError,
+    check_policy,
+    jsonl_lines,
+    stop_error,
+)
 from data_pipelines.synth.chatterbot import load_conversations
 from omniflatten_jax.config import DialogueConfig
 from omniflatten_jax.transcripts import normalize_transcript
@@ -143,7 +149,7 @@ def read_jsonl(path: str, *, on_bad_input: str = "stop"
                 raise stop_error(e.args[1]) from None
             dialogues.append((f"line{n}", Rejected(*e.args)))
     if not dialogues:
-        raise ValueError(f"dialogue file {path} holds no dialogues (the file is empty or "
+        raise InputFileError(f"dialogue file {path} holds no dialogues (the file is empty or "
                          f"blank): expected one {DIALOGUE_LINE} per line")
     return dialogues
 
@@ -187,7 +193,7 @@ def dialogue_entries(cfg: DialogueConfig, *, on_bad_input: str = "skip",
     elif kind == "jsonl" and arg:
         raw = read_jsonl(arg, on_bad_input=on_bad_input)
     else:
-        raise ValueError(f"unknown dialogue source {cfg.source!r}: use embedded or jsonl:FILE")
+        raise InputFileError(f"unknown dialogue source {cfg.source!r}: use embedded or jsonl:FILE")
     entries: list[tuple[str, TextDialogue | Rejected]] = []
     usable = 0
     for uid, turns in raw:
@@ -199,7 +205,7 @@ def dialogue_entries(cfg: DialogueConfig, *, on_bad_input: str = "skip",
         entries.append((uid, entry))
     if not usable:
         rejected = [t for _, t in entries if isinstance(t, Rejected)]
-        raise ValueError(f"dialogue source {cfg.source!r} holds no usable dialogues: every "
+        raise InputFileError(f"dialogue source {cfg.source!r} holds no usable dialogues: every "
                          f"one was rejected ({len(rejected)}), e.g. {rejected[0].message}")
     return entries
 
