@@ -317,7 +317,8 @@ def restore_items(manager, step: int, where: str, **items) -> dict:
             raise CorruptCheckpointError(
                 f"{where}/{name} {'cannot be read' if found else 'is missing'} "
                 f"({type(e).__name__}: {first}): the step is damaged or was not finished; use "
-                "another step of its folder, or a copy") from e
+                "another step of its folder (a run resumes from the step before once this one is "
+                "moved away), or a copy") from e
     sums = restored.get("checksums")
     for item in arrays if sums else ():
         bad = checksum.mismatches(restored[item], sums.get(item, {}))
@@ -326,7 +327,8 @@ def restore_items(manager, step: int, where: str, **items) -> dict:
                 f"{where}: {item}{bad[0]}"
                 f"{f' (and {len(bad) - 1} more arrays)' if len(bad) > 1 else ''} does not "
                 "match the checksum written with it: the checkpoint's files were changed or "
-                "damaged after saving. Use another step of its folder, or a copy.")
+                "damaged after saving. Use another step of its folder (a run resumes from the "
+                "step before once this one is moved away), or a copy.")
     return restored
 
 
