@@ -82,8 +82,8 @@ class DuplexSettings:
                 "`python -m omniflatten_jax.upgrade --checkpoint CKPT --out NEW --stage STAGE "
                 "--speech_tokenizer FILE [--settings OLD_INFERENCE_JSON]`, then use NEW.")
         if meta.stage not in CHUNKED_STAGES or meta.context_chunks is None:
-            raise ValueError(f"{where} is a {meta.stage} checkpoint; the duplex decoder runs "
-                             f"a duplex stage: one of {CHUNKED_STAGES}")
+            raise ValueError(f"{where} is a checkpoint of the {meta.stage} stage; the duplex "
+                             f"decoder runs a duplex stage: one of {CHUNKED_STAGES}")
         return cls(chunk_layout(meta.stage, meta.flatten), meta.flatten, meta.context_chunks)
 
 
