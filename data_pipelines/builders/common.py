@@ -7,6 +7,7 @@ import os
 
 import tensorflow_datasets as tfds
 
+from data_pipelines.corpus import InputFileError
 from omniflatten_jax.vocab import TokenLayout
 
 
@@ -31,6 +32,6 @@ def data_source(name: str, data_dir: str, config_name: str, split: str, layout: 
     layout.check_matches(TokenLayout.load(folder), ours="this run", theirs=f"dataset {folder}")
     builder = tfds.builder(f"{name}/{config_name}", data_dir=data_dir)
     if split not in builder.info.splits:
-        raise ValueError(f"dataset {folder} has no {split!r} examples (see its "
+        raise InputFileError(f"dataset {folder} has no {split!r} examples (see its "
                          "build_report.json for what was skipped)")
     return builder.as_data_source(split=split)
