@@ -70,6 +70,9 @@ class ModelConfig:
     attention_impl: AttentionImpl = "auto"
     # Recompute each decoder layer in the backward pass (saves activation memory).
     remat: bool = False
+    # Training loss over chunks of this many positions, never the full [B, T, vocab] logits
+    # (`training.loss.chunked_token_losses`); 0 = the full logits.
+    loss_chunk: int = 0
 
     ARCHITECTURE = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
                     "head_dim", "rope_theta", "rms_norm_eps", "tie_embeddings")
@@ -82,6 +85,7 @@ class ModelConfig:
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+        _require(self.loss_chunk >= 0, "loss_chunk", self.loss_chunk, ">= 0 (0 = full logits)")
         if self.attention_impl not in ("auto", "xla", "cudnn"):
             raise ConfigError(
                 f"attention_impl must be auto, xla or cudnn, not {self.attention_impl!r}")

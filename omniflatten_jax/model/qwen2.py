@@ -57,8 +57,10 @@ class Qwen2(nnx.Module):
     def __call__(self, tokens: jax.Array, positions: jax.Array,
                  segment_ids: jax.Array | None = None,
                  cache: tuple[LayerCache, ...] | None = None,
-                 cache_index: jax.Array | None = None, cache_mask: jax.Array | None = None):
-        """``tokens [B, T]`` -> fp32 logits ``[B, T, vocab]`` (and the updated cache, if any)."""
+                 cache_index: jax.Array | None = None, cache_mask: jax.Array | None = None,
+                 hidden_only: bool = False):
+        """``tokens [B, T]`` -> fp32 logits ``[B, T, vocab]`` (and the updated cache, if any);
+        with `hidden_only`, the final normalised hidden states ``[B, T, embed]`` instead."""
         dtype = jnp.dtype(self.cfg.dtype)
         x = jnp.take(self.embed[...], tokens, axis=0).astype(dtype)
         x = constrain(x, ("batch", "length", "act_embed"))
@@ -72,9 +74,16 @@ class Qwen2(nnx.Module):
                                        cache_mask)
             new_cache.append(layer_cache)
         x = self.final_norm(x)
-        if self.lm_head is None:
-            logits = jnp.einsum("bte,ve->btv", x, self.embed[...].astype(dtype))
-        else:
-            logits = jnp.einsum("bte,ev->btv", x, self.lm_head[...].astype(dtype))
+        if hidden_only:  # the loss projects it chunk by chunk (`training.loss`)
+            return x, (None if cache is None else tuple(new_cache))
+        logits = jnp.einsum("bte,ev->btv", x, self.head_weight())
         logits = constrain(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
         return logits, (None if cache is None else tuple(new_cache))
+
+    def head_weight(self) -> jax.Array:
+        """The output projection ``[embed, vocab]`` in the compute dtype (the embedding,
+        transposed, when tied)."""
+        dtype = jnp.dtype(self.cfg.dtype)
+        if self.lm_head is None:
+            return self.embed[...].astype(dtype).T
+        return self.lm_head[...].astype(dtype)

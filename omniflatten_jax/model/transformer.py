@@ -83,6 +83,14 @@ class Transformer:
         logits, _ = self._module(params)(tokens, positions, segment_ids)
         return logits
 
+    def hidden(self, params: Params, tokens: jax.Array, positions: jax.Array,
+               segment_ids: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """The final normalised hidden states ``[B, T, embed]`` and the output projection
+        ``[embed, vocab]``: what a loss that never builds the full logits needs."""
+        module = self._module(params)
+        x, _ = module(tokens, positions, segment_ids, hidden_only=True)
+        return x, module.head_weight()
+
     def init_cache(self, batch: int, max_len: int, dtype=None) -> DecodeCache:
         dtype = jnp.dtype(dtype or self.cfg.dtype)
         shape = (batch, max_len, self.cfg.num_kv_heads, self.cfg.head_dim)

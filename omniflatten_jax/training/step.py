@@ -11,7 +11,7 @@ import optax
 from omniflatten_jax.flatten import Stream
 from omniflatten_jax.model import Params, Transformer
 from omniflatten_jax.training.guard import Guard, apply_if_finite
-from omniflatten_jax.training.loss import token_losses
+from omniflatten_jax.training.loss import chunked_token_losses, token_losses
 
 Batch = dict[str, jax.Array]  # tokens, positions, segment_ids, loss_mask, streams: [B, T]
 
@@ -29,8 +29,13 @@ def loss_and_metrics(model: Transformer, params: Params, batch: Batch
     mask = batch["loss_mask"][:, 1:] & (segments[:, 1:] == segments[:, :-1])
     # The whole row goes through the model (the last logit predicts nothing): cuDNN flash
     # attention trains only on even lengths, and seq_len is even where T - 1 would not be.
-    logits = model.logits(params, batch["tokens"], batch["positions"], segments)[:, :-1]
-    per_token = token_losses(logits, targets) * mask
+    if model.cfg.loss_chunk:
+        hidden, head = model.hidden(params, batch["tokens"], batch["positions"], segments)
+        per_token = chunked_token_losses(hidden[:, :-1], head, targets,
+                                         model.cfg.loss_chunk) * mask
+    else:
+        logits = model.logits(params, batch["tokens"], batch["positions"], segments)[:, :-1]
+        per_token = token_losses(logits, targets) * mask
     count = jnp.sum(mask)
     loss = jnp.sum(per_token) / jnp.maximum(count, 1)
     streams = batch["streams"][:, 1:]
