@@ -70,3 +70,14 @@ def train_flops_per_token(num_params: int, vocab_size: int, model_cfg, seq_len: 
     n = matmul_params(num_params, vocab_size, model_cfg.hidden_size, model_cfg.tie_embeddings)
     attention = 6 * model_cfg.num_layers * seq_len * model_cfg.num_heads * model_cfg.head_dim
     return float(6 * n + attention)
+
+
+def utilisation(tokens_per_s: float, flops_per_token: float, device_kind: str,
+                num_devices: int) -> dict[str, float]:
+    """What the training logs report: tokens/s per chip and, on a chip in `CHIPS`, model FLOP
+    utilisation (the model FLOPs of the tokens trained, over the devices' peak). Tokens are
+    those of real examples, not padding: compute spent on padding is not useful work."""
+    out = {"tokens_per_s_per_chip": tokens_per_s / num_devices}
+    if device_kind in CHIPS:
+        out["mfu"] = tokens_per_s * flops_per_token / (peak_flops(device_kind) * num_devices)
+    return out

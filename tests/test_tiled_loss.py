@@ -63,3 +63,15 @@ def test_chunked_loss_and_every_gradient_equal_the_full_logits(tied):
     for path, g in jax.tree_util.tree_leaves_with_path(grads_b):
         np.testing.assert_allclose(g, flat_a[path], rtol=1e-5, atol=1e-5,
                                    err_msg=jax.tree_util.keystr(path))
+
+
+def test_utilisation_reports_per_chip_rate_and_mfu_on_known_chips():
+    from omniflatten_jax.accelerators import utilisation
+
+    h200 = utilisation(93_000.0, 6 * 494e6, "NVIDIA H200", 1)
+    assert h200["tokens_per_s_per_chip"] == 93_000.0
+    np.testing.assert_allclose(h200["mfu"], 93_000 * 6 * 494e6 / 989e12)
+    pod = utilisation(8 * 50_000.0, 1e9, "TPU v5", 8)
+    assert pod["tokens_per_s_per_chip"] == 50_000.0
+    np.testing.assert_allclose(pod["mfu"], 50_000 * 1e9 / 459e12)
+    assert "mfu" not in utilisation(1000.0, 1e9, "cpu", 8)  # no peak figure: no MFU

@@ -66,7 +66,9 @@ def test_cli_runs_the_stage_then_reports_it_complete(spoken_corpus, tmp_path):
     assert sorted(losses(stage)) == [1, 2, 3, 4, 5, 6]
     assert any(f.startswith("events") for f in os.listdir(stage / "tensorboard"))
     row = read_metrics(stage)[-1]
-    assert {"loss/asr_text", "loss/tts_speech", "tokens_per_s", "lr"} <= set(row)
+    assert {"loss/asr_text", "loss/tts_speech", "tokens_per_s", "tokens_per_s_per_chip",
+            "lr"} <= set(row)
+    assert "mfu" not in row  # no peak FLOP/s figure for a CPU
     again = finish(run_cli(tmp_path, manifest))
     assert "alignment is complete" in again and "step 1/6" not in again
     # The trained checkpoint exports to a folder that transformers loads.

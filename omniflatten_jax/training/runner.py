@@ -28,7 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from omniflatten_jax import checkpoint, finite, hosts, paths, sharding
+from omniflatten_jax import accelerators, checkpoint, finite, hosts, paths, sharding
 from omniflatten_jax.config import ExperimentConfig
 from omniflatten_jax.placement import PlacedModel
 from omniflatten_jax.stages import StagePlan, train_section
@@ -136,6 +136,8 @@ def train_stage(cfg: ExperimentConfig, plan: StagePlan, stage_dir: str, make_dat
         writer = MetricsWriter(stage_dir, enabled=hosts.is_primary())
         # Rates and ETA are measured from the end of the first step (which includes compiling).
         tokens_seen, first_done, skipped = 0, None, 0
+        flops_per_token = accelerators.train_flops_per_token(
+            model.num_params, cfg.layout.vocab_size, cfg.model, train.seq_len)
         guard = program.init_guard(start)
 
         def check_numerics() -> None:  # where the host syncs anyway: logged steps, saves
@@ -166,8 +168,11 @@ def train_stage(cfg: ExperimentConfig, plan: StagePlan, stage_dir: str, make_dat
                             elapsed = now - first_done[0]
                             rate = tokens_seen / elapsed
                             per_step = elapsed / (step - first_done[1])
+                        speed = None if rate is None else accelerators.utilisation(
+                            rate, flops_per_token, jax.devices()[0].device_kind,
+                            jax.device_count())
                         _log_step(stage, step, train.steps, metrics, lr(step - 1), rate,
-                                  per_step, loss_names, writer)
+                                  per_step, loss_names, writer, speed)
                         check_numerics()
                         ckpt.check_for_errors()
                     # At the final step the save below is the last one anyway: finish normally.
@@ -200,17 +205,22 @@ def train_stage(cfg: ExperimentConfig, plan: StagePlan, stage_dir: str, make_dat
 
 
 def _log_step(stage, step, total, metrics, lr_value, tokens_per_s, seconds_per_step,
-              loss_names, writer) -> None:
+              loss_names, writer, utilisation: dict | None = None) -> None:
     values = {"loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"]),
               "lr": float(lr_value)}
     if tokens_per_s is not None:
         values["tokens_per_s"] = tokens_per_s
+        values.update(utilisation or {})
     for key, (total_loss, count) in metrics["per_stream"].items():
         if count > 0 and key in loss_names:
             values[f"loss/{loss_names[key]}"] = float(total_loss / count)
     writer.write(step, values)
     streams = "  ".join(f"{k[5:]} {v:.3f}" for k, v in values.items() if k.startswith("loss/"))
+    per_chip = (f" ({values['tokens_per_s_per_chip']:.0f}/chip"
+                + (f", MFU {100 * values['mfu']:.1f}%" if "mfu" in values else "") + ")"
+                if "tokens_per_s_per_chip" in values else "")
     speed = ("compiled" if tokens_per_s is None else
-             f"{tokens_per_s:.0f} tok/s  ETA {format_duration(seconds_per_step * (total - step))}")
+             f"{tokens_per_s:.0f} tok/s{per_chip}  "
+             f"ETA {format_duration(seconds_per_step * (total - step))}")
     log.info("%s step %d/%d  loss %.3f  %s  grad %.2f  lr %.2e  %s", stage, step, total,
              values["loss"], streams, values["grad_norm"], values["lr"], speed)
