@@ -43,14 +43,11 @@ def build_config():
 def expected_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message names the input and the fix: reported in one line."""
     from data_pipelines.corpus import BadInputError, InputFileError
-    from omniflatten_jax.checkpoint import (
-        CheckpointMismatchError,
-        CheckpointSaveError,
-        CorruptCheckpointError,
-    )
+    from omniflatten_jax.checkpoint import CheckpointMismatchError, CorruptCheckpointError
     from omniflatten_jax.config import ConfigError
     from omniflatten_jax.finite import NonFiniteError
     from omniflatten_jax.hosts import HostMismatchError
+    from omniflatten_jax.training.checkpointer import CheckpointSaveError
     from omniflatten_jax.vocab import LayoutMismatchError
     from omniflatten_jax.workdir_lock import WorkdirLockedError
 

@@ -21,14 +21,9 @@ what needs the description (the duplex command) says how to add it (`upgrade`).
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import io
-import logging
 import os
-import re
-import shutil
-import sys
 from typing import Any
 
 import jax
@@ -36,7 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from omniflatten_jax import checksum, finite, paths
+from omniflatten_jax import checksum, finite, orbax_noise, paths
 from omniflatten_jax.config import FlattenConfig, ModelConfig, from_dict, to_dict
 from omniflatten_jax.vocab import TokenLayout
 
@@ -49,10 +44,6 @@ class CheckpointMismatchError(ValueError):
 
 class CorruptCheckpointError(ValueError):
     """A checkpoint step whose files cannot be read or do not hold what was written."""
-
-
-class CheckpointSaveError(OSError):
-    """A checkpoint could not be written (a full or read-only disk, lost permissions)."""
 
 
 class ArchitectureMismatchError(CheckpointMismatchError):
@@ -165,14 +156,14 @@ def save_params(directory: str | os.PathLike, step: int, params, meta: Checkpoin
     """Writes a params-only step (imports, upgrades); training writes more items, same format.
     `speech_tokenizer` (the file's bytes) must hash to `meta.speech_tokenizer_sha256`."""
     directory = paths.absolute(directory)
-    items = _described_items(params, meta, speech_tokenizer)
+    items = described_items(params, meta, speech_tokenizer)
     with ocp.CheckpointManager(directory) as manager:
         manager.save(step, args=ocp.args.Composite(**items))
         manager.wait_until_finished()
     return paths.join(directory, str(step))
 
 
-def _described_items(params, meta: CheckpointMeta, speech_tokenizer: bytes | None,
+def described_items(params, meta: CheckpointMeta, speech_tokenizer: bytes | None,
                      opt_state=None) -> dict:
     """The items of a step; ``checksums`` (`omniflatten_jax.checksum`) lets restoring prove
     the arrays are those written."""
@@ -231,58 +222,6 @@ def load_meta(path: str | os.PathLike) -> CheckpointMeta:
                                      "another step") from None
 
 
-def _quiet_closed_event_loop() -> None:
-    """After a failed restore or save, TensorStore still completes the other arrays' reads
-    and writes and posts each result to Orbax's event loop, which is closed by then: every
-    post prints a ``RuntimeError: Event loop is closed`` traceback (through
-    `sys.unraisablehook` or `sys.excepthook`), hundreds of lines hiding the one error that
-    matters. Only exactly those are dropped; installed before restoring or saving, as they
-    are printed before the failure reaches us."""
-    def closed_loop(error) -> bool:
-        return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
-
-    if not getattr(sys.excepthook, "_drops_closed_event_loop", False):
-        previous_excepthook = sys.excepthook
-
-        def excepthook(kind, value, tb):
-            if not closed_loop(value):
-                previous_excepthook(kind, value, tb)
-
-        excepthook._drops_closed_event_loop = True
-        sys.excepthook = excepthook
-    if not getattr(sys.unraisablehook, "_drops_closed_event_loop", False):
-        previous_unraisablehook = sys.unraisablehook
-
-        def unraisablehook(unraisable):
-            if not closed_loop(unraisable.exc_value):
-                previous_unraisablehook(unraisable)
-
-        unraisablehook._drops_closed_event_loop = True
-        sys.unraisablehook = unraisablehook
-
-
-def _unretrieved_after_failure(record: logging.LogRecord) -> bool:
-    """Drops asyncio's "exception was never retrieved" for the reads and writes abandoned by
-    a failed restore or save (whose error is raised to the caller instead)."""
-    return "exception was never retrieved" not in record.getMessage()
-
-
-def _orbax_background_error(record: logging.LogRecord) -> bool:
-    """Drops the tracebacks Orbax logs for a failed background save: it re-raises the same
-    error to the caller, which reports it in one line (`CheckpointSaveError`)."""
-    return not ("orbax" in record.pathname and record.levelno >= logging.ERROR)
-
-
-def quiet_background_failures() -> None:
-    """One failed save or restore must read as one error, not hundreds of lines: filters
-    for exactly the echoes of errors that are raised to the caller anyway."""
-    _quiet_closed_event_loop()
-    for name, only in (("asyncio", _unretrieved_after_failure),
-                       ("absl", _orbax_background_error)):
-        if only not in logging.getLogger(name).filters:
-            logging.getLogger(name).addFilter(only)
-
-
 def _probe_ocdbt(folder: str) -> None:
     """Lists an array item's OCDBT database: a damaged manifest or index fails here, once,
     instead of in every array's concurrent read."""
@@ -304,7 +243,7 @@ def restore_items(manager, step: int, where: str, **items) -> dict:
     if arrays and (epath.Path(where) / "checksums").exists():
         items["checksums"] = ocp.args.JsonRestore()
     restored = {}
-    quiet_background_failures()
+    orbax_noise.quiet_background_failures()
     for name, arg in items.items():  # one at a time, so that an error names its item
         try:
             _probe_ocdbt(paths.join(where, name))
@@ -377,141 +316,3 @@ def abstract_like(tree, shardings):
     """ShapeDtypeStructs carrying the shardings that restored arrays should land in."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         tree, shardings)
-
-
-class TrainCheckpointer:
-    """Saves and restores a run's whole state: params, optimiser state, data position, meta.
-
-    Saves are asynchronous (training continues while the arrays are written); `wait` blocks
-    until they are on disk, so that a caller can say "saved" truthfully. Every step carries
-    `speech_tokenizer` (the file's bytes, when the stage has one) beside its metadata.
-
-    The data position (item ``data_state``) is the state of the global data iterator, the same
-    on every host (`data_pipelines.pipelines`): process 0 writes it once, and any number of
-    processes restores it. Checkpoints from before that (item ``data_iter``, one Grain state
-    file per process) resume only on the process count that wrote them.
-    """
-
-    def __init__(self, directory: str | os.PathLike, keep: int,
-                 speech_tokenizer: bytes | None = None):
-        self.directory = paths.absolute(directory)
-        self.speech_tokenizer = speech_tokenizer
-        self._pending: int | None = None  # the last step handed to Orbax to write
-        quiet_background_failures()
-        self._manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=True, create=True))
-
-    def latest_step(self) -> int | None:
-        return self._manager.latest_step()
-
-    def check_space(self, abstract_params, abstract_opt_state) -> None:
-        """Before training: the disk must hold one more step than is kept (a step is written
-        before the oldest is deleted), or the run would fail at its first save."""
-        if paths.is_url(self.directory):
-            return
-        need = 1.1 * sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(
-            (abstract_params, abstract_opt_state))) / jax.process_count()
-        epath.Path(self.directory).mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(self.directory).free
-        if free < need:
-            raise CheckpointSaveError(
-                f"{self.directory} has {free / 1e9:.2f} GB free, and one "
-                f"checkpoint step needs about {need / 1e9:.2f} GB per host: free space there "
-                "or give another --workdir")
-
-    def _saving(self, action) -> None:
-        """Runs a save-related call; what Orbax raises for a failed (background) save becomes
-        one `CheckpointSaveError` naming the step it was writing and the cause."""
-        try:
-            action()
-        except CheckpointSaveError:
-            raise
-        except Exception as e:  # noqa: BLE001  Orbax re-raises the writer thread's error
-            step = self._pending if self._pending is not None else "?"
-            raise CheckpointSaveError(f"saving step {step} in {self.directory} failed: "
-                                      f"{_save_failure(e)}") from e
-
-    def check_for_errors(self) -> None:
-        """Raises the error of a background save that has failed since the last call, so a
-        full disk is reported at the next logged step, not the next save."""
-        self._saving(self._manager.check_for_errors)
-
-    def save(self, step: int, params, opt_state, data_state: dict | None,
-             meta: CheckpointMeta) -> None:
-        items = _described_items(params, meta, self.speech_tokenizer, opt_state)
-        if data_state is not None:
-            items["data_state"] = ocp.args.JsonSave(data_state)
-        self._saving(lambda: self._manager.save(step, args=ocp.args.Composite(**items),
-                                                force=True))
-        self._pending = step
-
-    def restore(self, step: int, abstract_params, abstract_opt_state, data_iter):
-        """Restores the state of `step` into the given targets; `data_iter` is set in place."""
-        where = paths.join(self.directory, str(step))
-        items = dict(params=ocp.args.StandardRestore(abstract_params),
-                     opt_state=ocp.args.StandardRestore(abstract_opt_state),
-                     meta=ocp.args.JsonRestore())
-        legacy = False
-        if data_iter is not None:
-            if (epath.Path(where) / "data_state").exists():
-                items["data_state"] = ocp.args.JsonRestore()
-            else:
-                legacy = True
-                items["data_iter"] = _legacy_data_restore(data_iter, where)
-        restored = restore_items(self._manager, step, where, **items)
-        check_complete(restored["params"], abstract_params, where)
-        check_complete(restored["opt_state"], abstract_opt_state, where)
-        if data_iter is not None and not legacy:
-            data_iter.set_state(restored["data_state"])
-        return restored["params"], restored["opt_state"], CheckpointMeta.from_json(
-            restored["meta"])
-
-    def wait(self) -> None:
-        self._saving(self._manager.wait_until_finished)
-
-    def close(self) -> None:
-        try:
-            self.wait()
-        finally:
-            self._manager.close()
-
-
-def _save_failure(error: BaseException) -> str:
-    """The cause of a failed save in a few words: the OS error (TensorStore reports it inside
-    a message, as ``[os_error_code='28']``) and, for a full disk, the fix."""
-    texts = [str(e) for e in _chain(error)]
-    codes = [e.errno for e in _chain(error) if isinstance(e, OSError) and e.errno]
-    codes += [int(m) for t in texts for m in re.findall(r"os_error_code='(\d+)'", t)]
-    if codes:
-        reason = os.strerror(codes[0])
-        if codes[0] in (errno.ENOSPC, errno.EDQUOT):
-            reason += ": free space there or give another --workdir"
-        elif codes[0] in (errno.EACCES, errno.EPERM, errno.EROFS):
-            reason += ": give a writable --workdir"
-        return reason
-    return f"{type(error).__name__}: {(texts[0].splitlines() or [''])[0][:300]}"
-
-
-def _chain(error: BaseException):
-    """The error, its causes and contexts, and the errors of an exception group."""
-    seen = set()
-    stack = [error]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        stack += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
-
-
-def _legacy_data_restore(data_iter, where: str):
-    import grain
-
-    count = jax.process_count()
-    if not (epath.Path(where) / "data_iter" / f"process_0-of-{count}.json").exists():
-        raise CheckpointMismatchError(
-            f"{where} keeps its data position per process (written before the data order "
-            f"stopped depending on the host count) and has none for {count} processes: "
-            "resume it on the process count that wrote it.")
-    return grain.checkpoint.CheckpointRestore(data_iter)

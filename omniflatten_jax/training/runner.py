@@ -33,6 +33,7 @@ from omniflatten_jax.config import ExperimentConfig
 from omniflatten_jax.placement import PlacedModel
 from omniflatten_jax.stages import StagePlan, train_section
 from omniflatten_jax.training import guard as numerics
+from omniflatten_jax.training.checkpointer import TrainCheckpointer
 from omniflatten_jax.training.metrics import MetricsWriter, format_duration
 from omniflatten_jax.training.optimizer import learning_rate
 from omniflatten_jax.training.preemption import Preempted, PreemptionWatch
@@ -81,7 +82,7 @@ def train_stage(cfg: ExperimentConfig, plan: StagePlan, stage_dir: str, make_dat
     program = TrainProgram.build(cfg, train, mesh, f"{train_section(stage)}.batch_size")
     model, rules = program.model, program.rules
     lr = learning_rate(cfg.optimizer, train.steps)
-    ckpt = checkpoint.TrainCheckpointer(paths.join(stage_dir, "checkpoints"),
+    ckpt = TrainCheckpointer(paths.join(stage_dir, "checkpoints"),
                                         train.keep_checkpoints, speech_tokenizer)
     ours = describe(cfg, plan, (), speech_tokenizer, data_fingerprint)
 
