@@ -19,6 +19,7 @@ import importlib.metadata
 import importlib.resources
 import json
 import os
+import time
 
 from etils import epath
 
@@ -107,7 +108,10 @@ def dialogue_inputs(source: str, language: str) -> Inputs:
 
 
 def save(inputs: Inputs, folder: str) -> None:
-    (epath.Path(folder) / INPUTS_FILE).write_text(json.dumps(inputs.to_json(), indent=1))
+    # The build time is recorded, not read from the file's mtime: object stores and some file
+    # systems keep whole seconds, and two builds within a second must still be ordered.
+    record = {**inputs.to_json(), "built_at_ns": time.time_ns()}
+    (epath.Path(folder) / INPUTS_FILE).write_text(json.dumps(record, indent=1))
 
 
 def why_rebuild(inputs: Inputs, datasets_dir: str, new_name: str) -> str:
@@ -122,9 +126,9 @@ def why_rebuild(inputs: Inputs, datasets_dir: str, new_name: str) -> str:
         except (OSError, ValueError):
             continue
         if saved.get("source") == inputs.source:
-            previous.append((path.stat().mtime, path.parent.name, saved))
+            previous.append((saved.get("built_at_ns", 0), path.parent.name, saved))
     if not previous:
         return f"no earlier build of {inputs.source}"
-    _, name, saved = max(previous, key=lambda p: p[0])
+    _, name, saved = max(previous, key=lambda p: (p[0], p[1]))
     old = Inputs(saved["source"], saved["files"])
     return f"since {name}: {inputs.changes_since(old)}"
