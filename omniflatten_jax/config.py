@@ -14,7 +14,11 @@ from omniflatten_jax.vocab import TokenLayout
 
 T = TypeVar("T")
 
-AttentionImpl = Literal["auto", "xla", "cudnn"]
+AttentionImpl = Literal["auto", "xla", "cudnn", "splash", "pallas_gpu"]
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "pallas_gpu")
+# What a rematerialised decoder layer keeps for the backward pass (`model.layer_stack`).
+RematPolicy = Literal["none", "minimal", "save_matmuls", "full"]
+REMAT_POLICIES = ("none", "minimal", "save_matmuls", "full")
 # Where evaluation and decoding keep the parameters (`placement.PlacedModel`).
 ParamPlacement = Literal["sharded", "replicated"]
 PARAM_PLACEMENTS = ("sharded", "replicated")
@@ -66,10 +70,18 @@ class ModelConfig:
     # fp32 master weights; activations and matmuls in `dtype` (bfloat16 on accelerators).
     param_dtype: str = "float32"
     dtype: str = "float32"
-    # "auto": cuDNN flash attention on GPU with a 16-bit dtype, XLA otherwise.
+    # Attention over packed rows (`model.packed_attention`). "auto": Pallas splash on TPU, the
+    # Pallas GPU kernel (packed rows) or cuDNN (unpacked) on GPU in 16 bits, XLA otherwise.
     attention_impl: AttentionImpl = "auto"
-    # Recompute each decoder layer in the backward pass (saves activation memory).
-    remat: bool = False
+    # What each decoder layer saves for the backward pass; the rest is recomputed:
+    # "none" (no recomputation, most memory), "minimal" (every matmul output, attention's
+    # included: only element-wise work is recomputed), "save_matmuls" (the weight matmuls'
+    # outputs: attention and element-wise work recomputed), "full" (only the layer's input).
+    # Old configs' true / false read as "full" / "none".
+    remat: RematPolicy = "none"
+    # Run the decoder layers as one `lax.scan` (compile time independent of depth) instead of
+    # a Python loop; the parameter tree and checkpoints are the same either way.
+    scan_layers: bool = True
     # Training loss over chunks of this many positions, never the full [B, T, vocab] logits
     # (`training.loss.chunked_token_losses`); 0 = the full logits.
     loss_chunk: int = 0
@@ -86,9 +98,13 @@ class ModelConfig:
             raise ConfigError(
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         _require(self.loss_chunk >= 0, "loss_chunk", self.loss_chunk, ">= 0 (0 = full logits)")
-        if self.attention_impl not in ("auto", "xla", "cudnn"):
-            raise ConfigError(
-                f"attention_impl must be auto, xla or cudnn, not {self.attention_impl!r}")
+        old = {True: "full", False: "none", "true": "full", "false": "none"}
+        if isinstance(self.remat, bool) or self.remat in old:  # written before policies
+            object.__setattr__(self, "remat", old[self.remat])
+        _require(self.remat in REMAT_POLICIES, "remat", self.remat,
+                 f"one of {', '.join(REMAT_POLICIES)}")
+        _require(self.attention_impl in ATTENTION_IMPLS, "attention_impl", self.attention_impl,
+                 f"one of {', '.join(ATTENTION_IMPLS)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,12 +115,18 @@ class Preset:
     layout: TokenLayout
 
 
+# The Qwen2 presets' loss chunk: 156k-entry fp32 logits of 128 positions per row. On v5p-64 at
+# 8 x 1024 tokens per chip the 0.5B step's temporaries are 1.84 GiB with 128, 3.03 with 256
+# and 13.34 with the full logits (docs/benchmarks.md).
+QWEN2_LOSS_CHUNK = 128
+
+
 def _qwen2(hidden, mlp, layers, heads, kv_heads, tied, text_vocab) -> Preset:
     return Preset(
         ModelConfig(hidden_size=hidden, intermediate_size=mlp, num_layers=layers,
                     num_heads=heads, num_kv_heads=kv_heads, head_dim=hidden // heads,
                     tie_embeddings=tied, max_position_embeddings=32_768,
-                    dtype="bfloat16"),
+                    dtype="bfloat16", loss_chunk=QWEN2_LOSS_CHUNK),
         TokenLayout(text_tokenizer="qwen2", text_vocab_size=text_vocab, num_speech_codes=4096),
     )
 

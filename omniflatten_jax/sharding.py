@@ -106,6 +106,11 @@ def activate(mesh: Mesh, rules: Rules):
         _ACTIVE.reset(token)
 
 
+def active() -> tuple[Mesh, Rules] | None:
+    """The mesh and rules set by `activate`, or None outside it."""
+    return _ACTIVE.get()
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     """Annotates an activation with logical axes; a no-op when no mesh is active."""
     active = _ACTIVE.get()

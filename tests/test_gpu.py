@@ -1,4 +1,4 @@
-"""Checks that need a GPU: the cuDNN flash-attention path the model selects there.
+"""Checks that need a GPU: the Pallas GPU and cuDNN attention paths the model selects there.
 
 Skipped on CPU (CI). Run on a GPU machine with
 ``JAX_PLATFORMS=cuda,cpu python -m pytest -q tests/test_gpu.py`` (conftest otherwise pins CPU).
@@ -14,7 +14,7 @@ import pytest
 from omniflatten_jax.config import ModelConfig
 from omniflatten_jax.inference.duplex import DuplexDecoder
 from omniflatten_jax.model import Transformer
-from omniflatten_jax.model.attention import attention_impl
+from omniflatten_jax.model.packed_attention import resolve
 from omniflatten_jax.training.step import loss_and_metrics
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")
@@ -38,13 +38,15 @@ def packed_batch(b=2, t=256, seed=0):
     return jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segments)
 
 
-def test_gpu_selects_cudnn_for_16_bit_models():
-    assert attention_impl(CFG) == "cudnn"
-    assert attention_impl(dataclasses.replace(CFG, dtype="float32")) == "xla"
+def test_gpu_selects_pallas_for_packed_and_cudnn_for_unpacked_16_bit_rows():
+    assert resolve("auto", "bfloat16", packed=True) == "pallas_gpu"
+    assert resolve("auto", "bfloat16", packed=False) == "cudnn"
+    assert resolve("auto", "float32", packed=True) == "xla"
 
 
-def test_cudnn_attention_matches_xla_on_packed_rows():
-    cudnn = Transformer(dataclasses.replace(CFG, attention_impl="cudnn"), VOCAB)
+@pytest.mark.parametrize("impl", ["pallas_gpu", "cudnn"])
+def test_gpu_attention_matches_xla_on_packed_rows(impl):
+    cudnn = Transformer(dataclasses.replace(CFG, attention_impl=impl), VOCAB)
     xla = Transformer(dataclasses.replace(CFG, attention_impl="xla"), VOCAB)
     params = xla.init(jax.random.key(0))
     tokens, positions, segments = packed_batch()
@@ -66,7 +68,7 @@ def test_cudnn_attention_matches_xla_on_packed_rows():
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_c), jax.tree.leaves(g_x)):
         rel = float(jnp.linalg.norm(a - b) / (jnp.linalg.norm(b) + 1e-12))
         assert rel < 5e-2, (jax.tree_util.keystr(path), rel)
-    # An odd length (cuDNN trains on even ones only) falls back to XLA instead of failing.
+    # An odd length (cuDNN trains on even ones only; the Pallas kernel pads) still trains.
     odd = jax.jit(jax.grad(lambda p: cudnn.logits(p, tokens[:, :255], positions[:, :255],
                                                        segments[:, :255]).sum()))(params)
     assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(odd))

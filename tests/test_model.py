@@ -11,7 +11,7 @@ import pytest
 from omniflatten_jax import sharding
 from omniflatten_jax.config import PRESETS, MeshConfig, ModelConfig
 from omniflatten_jax.model import Transformer
-from omniflatten_jax.model.attention import attention_impl
+from omniflatten_jax.model.packed_attention import resolve
 from omniflatten_jax.training.loss import masked_cross_entropy
 
 CFG = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
@@ -136,8 +136,11 @@ def test_remat_and_bf16_compute_match():
 
 
 def test_attention_backend_choice():
-    assert attention_impl(CFG) == "xla"  # CPU
-    assert attention_impl(dataclasses.replace(CFG, attention_impl="cudnn")) == "cudnn"
+    assert resolve("auto", "bfloat16", packed=True) == "xla"  # CPU
+    assert resolve("cudnn", "bfloat16", packed=True) == "cudnn"
+    devices = np.array(jax.devices()[:1])
+    with sharding.activate(jax.sharding.Mesh(devices, ("data",)), ()):
+        assert resolve("auto", "bfloat16", packed=True) == "xla"  # the mesh's platform: CPU
 
 
 def test_left_padded_prompts_decode_like_unpadded_ones():

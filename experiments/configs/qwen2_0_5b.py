@@ -28,7 +28,7 @@ def config() -> ExperimentConfig:
     qwen = preset("qwen2_0_5b")
     return ExperimentConfig(
         name="qwen2_0_5b",
-        model=dataclasses.replace(qwen.model, remat=True),
+        model=dataclasses.replace(qwen.model, remat="full"),
         layout=qwen.layout,
         data=DataConfig(max_text_chars=400, num_workers=4, num_packing_bins=32),
         train=TrainConfig(steps=20_000, batch_size=64, seq_len=1024, log_every=50,

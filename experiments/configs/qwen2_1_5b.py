@@ -21,5 +21,5 @@ def config() -> ExperimentConfig:
     """`qwen2_0_5b`'s training settings with this model (one source for the Qwen presets)."""
     base, qwen = qwen2_0_5b.config(), preset("qwen2_1_5b")
     return dataclasses.replace(
-        base, name="qwen2_1_5b", model=dataclasses.replace(qwen.model, remat=True),
+        base, name="qwen2_1_5b", model=dataclasses.replace(qwen.model, remat="full"),
         layout=qwen.layout,)

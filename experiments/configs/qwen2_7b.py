@@ -23,7 +23,7 @@ def config() -> ExperimentConfig:
     """`qwen2_0_5b`'s training settings with this model (one source for the Qwen presets)."""
     base, qwen = qwen2_0_5b.config(), preset("qwen2_7b")
     return dataclasses.replace(
-        base, name="qwen2_7b", model=dataclasses.replace(qwen.model, remat=True),
+        base, name="qwen2_7b", model=dataclasses.replace(qwen.model, remat="full"),
         layout=qwen.layout,
         # 8 rows of 1024 tokens per chip of a v5p-64
         train=dataclasses.replace(base.train, batch_size=256))

@@ -1,15 +1,16 @@
-"""Grouped-query self-attention with RoPE, packed-sequence masks and a preallocated KV cache."""
+"""Grouped-query self-attention with RoPE over packed rows (`packed_attention`) or a
+preallocated KV cache."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from omniflatten_jax.config import ModelConfig
 from omniflatten_jax.model.layers import Einsum, apply_rope
+from omniflatten_jax.model.packed_attention import packed_attention
 from omniflatten_jax.sharding import constrain
 
 
@@ -18,14 +19,6 @@ class LayerCache(NamedTuple):
 
     k: jax.Array
     v: jax.Array
-
-
-def attention_impl(cfg: ModelConfig) -> str:
-    """cuDNN flash attention on GPU with a 16-bit dtype, XLA otherwise (or as configured)."""
-    if cfg.attention_impl != "auto":
-        return cfg.attention_impl
-    on_gpu = jax.default_backend() == "gpu"
-    return "cudnn" if on_gpu and cfg.dtype in ("bfloat16", "float16") else "xla"
 
 
 class Attention(nnx.Module):
@@ -40,7 +33,7 @@ class Attention(nnx.Module):
                         bias_dims=2, **dense)
         self.o = Einsum("bthd,hde->bte", (h, d, e), ("heads", "head_dim", "embed"), **dense)
         self.rope_theta = cfg.rope_theta
-        self.impl = attention_impl(cfg)
+        self.impl = cfg.attention_impl  # resolved when traced: `packed_attention.resolve`
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None,
                  cache: LayerCache | None = None, cache_index: jax.Array | None = None,
@@ -58,7 +51,7 @@ class Attention(nnx.Module):
         k = constrain(k, ("batch", "length", "act_kv_heads", None))
         v = constrain(v, ("batch", "length", "act_kv_heads", None))
         if cache is None:
-            out = self._attend_packed(q, k, v, segment_ids)
+            out = packed_attention(q, k, v, segment_ids, self.impl)
         else:
             def write(buf, new):
                 return jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype),
@@ -69,17 +62,3 @@ class Attention(nnx.Module):
                 mask=cache_mask[:, None], implementation="xla")
         out = constrain(out, ("batch", "length", "act_heads", None))
         return self.o(out), cache
-
-    def _attend_packed(self, q, k, v, segment_ids):
-        if segment_ids is None:
-            mask = None
-        else:
-            same = segment_ids[:, :, None] == segment_ids[:, None, :]
-            # Padding (segment 0) attends only to itself, so its rows never go empty.
-            own = jnp.eye(q.shape[1], dtype=bool)[None]
-            mask = (same & (segment_ids[:, None, :] != 0)) | own
-            mask = mask[:, None]  # [B, 1, T, T]
-        # cuDNN takes the mask as a bias, which it trains on only for even lengths.
-        impl = "xla" if self.impl == "cudnn" and q.shape[1] % 2 else self.impl
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True,
-                                            implementation=impl)

@@ -13,6 +13,7 @@ from flax import nnx
 
 from omniflatten_jax.config import ModelConfig
 from omniflatten_jax.model.attention import Attention, LayerCache
+from omniflatten_jax.model.layer_stack import run_layers
 from omniflatten_jax.model.layers import Einsum, RMSNorm, param
 from omniflatten_jax.sharding import constrain
 
@@ -65,14 +66,13 @@ class Qwen2(nnx.Module):
         x = jnp.take(self.embed[...], tokens, axis=0).astype(dtype)
         x = constrain(x, ("batch", "length", "act_embed"))
         new_cache = []
-        for i, layer in enumerate(self.layers):
-            layer_cache = None if cache is None else cache[i]
-            if self.cfg.remat and cache is None:
-                x, _ = nnx.remat(lambda lyr, *a: lyr(*a))(layer, x, positions, segment_ids)
-            else:
-                x, layer_cache = layer(x, positions, segment_ids, layer_cache, cache_index,
-                                       cache_mask)
-            new_cache.append(layer_cache)
+        if cache is None:
+            x = run_layers(list(self.layers), x, positions, segment_ids, remat=self.cfg.remat,
+                           scan=self.cfg.scan_layers, dtype=dtype)
+        else:  # decoding: a loop that threads each layer's cache
+            for layer, layer_cache in zip(self.layers, cache):
+                x, layer_cache = layer(x, positions, None, layer_cache, cache_index, cache_mask)
+                new_cache.append(layer_cache)
         x = self.final_norm(x)
         if hidden_only:  # the loss projects it chunk by chunk (`training.loss`)
             return x, (None if cache is None else tuple(new_cache))

@@ -1,0 +1,195 @@
+"""Our train step against Hugging Face transformers + PyTorch: same device, model, rows, run.
+
+    python experiments/benchmark_vs_torch.py            # GPU: qwen2_0_5b, 8 x 4096 packed
+    python experiments/benchmark_vs_torch.py --config=embedded --batch=2 --seq_len=256   # CPU
+
+Both sides train the same model from the same weights (ours, converted by the Hugging Face
+weight map) on the same packed rows (``--segments`` sequences per row, positions restarting
+in each), with AdamW at the configuration's settings:
+
+- ours: the trainer's `TrainProgram` step (packed attention kernel, loss over chunks when the
+  configuration says so, remat policy, numerics guard) on a one-device mesh;
+- theirs: ``transformers.Qwen2ForCausalLM`` in fp32 master weights under bf16 autocast (on
+  GPU; fp32 on CPU, where autocast would time bf16 emulation), fused AdamW, ``torch.compile``
+  of the model, attention ``--torch_attention`` (sdpa by default: transformers turns restarting
+  ``position_ids`` into a block-causal mask for packed rows).
+
+Each side runs ``--warmup`` untimed steps (compilation) then ``--steps`` timed steps, each to
+completion. Printed: ms per step, tokens per second, model TFLOP/s and MFU (on chips with a
+known peak; `accelerators.train_flops_per_token`), the first-step loss of each side (the
+same model on the same rows: they agree to the compute dtype's precision) and the ratio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+flags.DEFINE_string("config", None, "a named configuration (default: qwen2_0_5b on an "
+                    "accelerator, embedded on CPU)")
+flags.DEFINE_integer("batch", None, "rows per step (default: 8 on an accelerator, 2 on CPU)")
+flags.DEFINE_integer("seq_len", None, "tokens per row (default: 4096 on an accelerator, 256 "
+                     "on CPU)")
+flags.DEFINE_integer("segments", 4, "packed sequences per row")
+flags.DEFINE_integer("steps", 10, "timed steps per side")
+flags.DEFINE_integer("warmup", 2, "untimed steps per side (compilation)")
+flags.DEFINE_string("torch_attention", "sdpa", "transformers attn_implementation: sdpa, eager, "
+                    "flex_attention, flash_attention_2 (if installed)")
+flags.DEFINE_bool("torch_compile", True, "torch.compile the transformers model")
+flags.DEFINE_multi_string("set", [], "configuration overrides of our side, e.g. "
+                          "--set=model.remat=save_matmuls")
+FLAGS = flags.FLAGS
+
+
+def packed_rows(vocab: int, batch: int, seq_len: int, segments: int, seed: int = 0):
+    """Rows of `segments` sequences of (nearly) equal length, every token real."""
+    rng = np.random.default_rng(seed)
+    bounds = np.linspace(0, seq_len, segments + 1).astype(int)
+    segment_ids = np.zeros((batch, seq_len), np.int32)
+    positions = np.zeros((batch, seq_len), np.int32)
+    for s, (lo, hi) in enumerate(zip(bounds, bounds[1:]), start=1):
+        segment_ids[:, lo:hi] = s
+        positions[:, lo:hi] = np.arange(hi - lo)
+    return {"tokens": rng.integers(0, vocab, (batch, seq_len)).astype(np.int32),
+            "positions": positions, "segment_ids": segment_ids,
+            "loss_mask": np.ones((batch, seq_len), bool),
+            "streams": np.ones((batch, seq_len), np.int32)}
+
+
+def run_ours(cfg, rows, warmup: int, steps: int):
+    """(seconds per step, first-step loss, the initial parameters as numpy)."""
+    import jax
+
+    from omniflatten_jax import sharding
+    from omniflatten_jax.config import MeshConfig
+    from omniflatten_jax.training.program import TrainProgram
+
+    batch, seq_len = rows["tokens"].shape
+    mesh = sharding.make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+    train = dataclasses.replace(cfg.train, batch_size=batch, seq_len=seq_len)
+    program = TrainProgram.build(cfg, train, mesh)
+    params = program.init_params(0)
+    initial = jax.device_get(params)
+    opt_state, guard = program.init_opt_state(params), program.init_guard(0)
+    device_rows = program.global_batch(rows)
+    with sharding.activate(mesh, program.rules):
+        first = None
+        for i in range(warmup + steps):
+            if i == warmup:
+                jax.block_until_ready(params)
+                start = time.perf_counter()
+            params, opt_state, guard, metrics = program.step(params, opt_state, guard,
+                                                             device_rows)
+            if first is None:
+                first = float(metrics["loss"])
+        jax.block_until_ready(params)
+    return (time.perf_counter() - start) / steps, first, initial
+
+
+def run_torch(cfg, params, rows, warmup: int, steps: int, attention: str, compile_: bool):
+    """(seconds per step, first-step loss) of transformers' Qwen2 from the same weights."""
+    import torch
+    import transformers
+
+    from omniflatten_jax.export import weight_map
+    from omniflatten_jax.export.hf_config import model_config_to_hf
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    hf = model_config_to_hf(cfg.model, cfg.layout, "float32")
+    hf["vocab_size"] = cfg.layout.vocab_size  # the same (padded) output layer as ours
+    config = transformers.Qwen2Config(**hf)
+    config._attn_implementation = attention
+    model = transformers.Qwen2ForCausalLM(config)
+    state = {name: torch.from_numpy(np.array(
+        weight_map.to_hf(np.asarray(weight_map.get_path(params, path)), transform)))
+        for name, path, transform in weight_map.iter_hf(cfg.model)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [m for m in missing if m != "lm_head.weight"]:
+        raise RuntimeError(f"weight map mismatch: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    model.to(device).train()
+    opt = cfg.optimizer
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opt.peak_lr, betas=(opt.b1, opt.b2),
+                                  weight_decay=opt.weight_decay, fused=True)
+    tokens = torch.from_numpy(rows["tokens"].astype(np.int64)).to(device)
+    positions = torch.from_numpy(rows["positions"].astype(np.int64)).to(device)
+    # transformers shifts labels itself: label t is the target of position t - 1; a segment's
+    # first token is nobody's target (the same pairs our loss counts).
+    labels = tokens.masked_fill(positions == 0, -100)
+    forward = torch.compile(model) if compile_ else model
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
+
+    def step():
+        with autocast:
+            loss = forward(input_ids=tokens, position_ids=positions, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), opt.clip_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    first = float(step().detach())
+    for _ in range(warmup - 1):
+        step()
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return (time.perf_counter() - start) / steps, first
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import jax
+    import torch
+
+    from experiments.configs import get_config
+    from omniflatten_jax import accelerators
+    from omniflatten_jax.model import transformer
+
+    accelerated = jax.default_backend() != "cpu"
+    cfg = get_config(FLAGS.config or ("qwen2_0_5b" if accelerated else "embedded"), FLAGS.set)
+    batch = FLAGS.batch or (8 if accelerated else 2)
+    seq_len = FLAGS.seq_len or (4096 if accelerated else 256)
+    rows = packed_rows(cfg.layout.vocab_size, batch, seq_len, FLAGS.segments)
+    model = transformer(cfg.model, cfg.layout.vocab_size)
+    kind = jax.devices()[0].device_kind
+    flops = accelerators.train_flops_per_token(model.num_params, model.vocab_size, cfg.model,
+                                               seq_len)
+    print(f"{cfg.name}: {model.num_params / 1e6:.1f}M params, vocabulary "
+          f"{cfg.layout.vocab_size:,}, {batch} x {seq_len} tokens in {FLAGS.segments} packed "
+          f"segments per row, on {kind} [jax {jax.__version__}, torch {torch.__version__}]")
+    print(f"  ours:   {cfg.model.dtype} compute, attention {cfg.model.attention_impl}, remat "
+          f"{cfg.model.remat}, scan_layers {cfg.model.scan_layers}, loss_chunk "
+          f"{cfg.model.loss_chunk}")
+    print(f"  theirs: transformers Qwen2ForCausalLM, attention {FLAGS.torch_attention}, "
+          f"torch.compile {FLAGS.torch_compile}, fused AdamW, "
+          f"{'bf16 autocast' if torch.cuda.is_available() else 'fp32'}")
+    ours, ours_loss, params = run_ours(cfg, rows, FLAGS.warmup, FLAGS.steps)
+    theirs, theirs_loss = run_torch(cfg, params, rows, FLAGS.warmup, FLAGS.steps,
+                                    FLAGS.torch_attention, FLAGS.torch_compile)
+    tokens = batch * seq_len
+    for name, seconds, loss in (("ours", ours, ours_loss), ("torch", theirs, theirs_loss)):
+        use = accelerators.utilisation(tokens / seconds, flops, kind, 1)
+        mfu = f"{use['mfu']:6.1%}" if "mfu" in use else "   n/a"
+        print(f"  {name:<6} {seconds * 1e3:9.1f} ms/step  {tokens / seconds:10.0f} tokens/s  "
+              f"{tokens / seconds * flops / 1e12:7.2f} model TFLOP/s  MFU {mfu}  "
+              f"first loss {loss:.4f}")
+    print(f"  ratio (ours / torch tokens/s): {theirs / ours:.2f}x")
+
+
+if __name__ == "__main__":
+    app.run(main)
