@@ -22,7 +22,6 @@ same model on the same rows: they agree to the compute dtype's precision) and th
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
@@ -46,51 +45,6 @@ flags.DEFINE_bool("torch_compile", True, "torch.compile the transformers model")
 flags.DEFINE_multi_string("set", [], "configuration overrides of our side, e.g. "
                           "--set=model.remat=save_matmuls")
 FLAGS = flags.FLAGS
-
-
-def packed_rows(vocab: int, batch: int, seq_len: int, segments: int, seed: int = 0):
-    """Rows of `segments` sequences of (nearly) equal length, every token real."""
-    rng = np.random.default_rng(seed)
-    bounds = np.linspace(0, seq_len, segments + 1).astype(int)
-    segment_ids = np.zeros((batch, seq_len), np.int32)
-    positions = np.zeros((batch, seq_len), np.int32)
-    for s, (lo, hi) in enumerate(zip(bounds, bounds[1:]), start=1):
-        segment_ids[:, lo:hi] = s
-        positions[:, lo:hi] = np.arange(hi - lo)
-    return {"tokens": rng.integers(0, vocab, (batch, seq_len)).astype(np.int32),
-            "positions": positions, "segment_ids": segment_ids,
-            "loss_mask": np.ones((batch, seq_len), bool),
-            "streams": np.ones((batch, seq_len), np.int32)}
-
-
-def run_ours(cfg, rows, warmup: int, steps: int):
-    """(seconds per step, first-step loss, the initial parameters as numpy)."""
-    import jax
-
-    from omniflatten_jax import sharding
-    from omniflatten_jax.config import MeshConfig
-    from omniflatten_jax.training.program import TrainProgram
-
-    batch, seq_len = rows["tokens"].shape
-    mesh = sharding.make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-    train = dataclasses.replace(cfg.train, batch_size=batch, seq_len=seq_len)
-    program = TrainProgram.build(cfg, train, mesh)
-    params = program.init_params(0)
-    initial = jax.device_get(params)
-    opt_state, guard = program.init_opt_state(params), program.init_guard(0)
-    device_rows = program.global_batch(rows)
-    with sharding.activate(mesh, program.rules):
-        first = None
-        for i in range(warmup + steps):
-            if i == warmup:
-                jax.block_until_ready(params)
-                start = time.perf_counter()
-            params, opt_state, guard, metrics = program.step(params, opt_state, guard,
-                                                             device_rows)
-            if first is None:
-                first = float(metrics["loss"])
-        jax.block_until_ready(params)
-    return (time.perf_counter() - start) / steps, first, initial
 
 
 def run_torch(cfg, params, rows, warmup: int, steps: int, attention: str, compile_: bool):
@@ -127,8 +81,11 @@ def run_torch(cfg, params, rows, warmup: int, steps: int, attention: str, compil
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
 
     def step():
+        # use_cache=False: with a cache transformers ignores restarting position_ids and lets
+        # the packed segments attend to each other.
         with autocast:
-            loss = forward(input_ids=tokens, position_ids=positions, labels=labels).loss
+            loss = forward(input_ids=tokens, position_ids=positions, labels=labels,
+                           use_cache=False).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), opt.clip_norm)
         optimizer.step()
@@ -157,6 +114,7 @@ def main(argv):
     import torch
 
     from experiments.configs import get_config
+    from experiments.step_timing import packed_rows, time_train_program
     from omniflatten_jax import accelerators
     from omniflatten_jax.model import transformer
 
@@ -178,7 +136,7 @@ def main(argv):
     print(f"  theirs: transformers Qwen2ForCausalLM, attention {FLAGS.torch_attention}, "
           f"torch.compile {FLAGS.torch_compile}, fused AdamW, "
           f"{'bf16 autocast' if torch.cuda.is_available() else 'fp32'}")
-    ours, ours_loss, params = run_ours(cfg, rows, FLAGS.warmup, FLAGS.steps)
+    ours, ours_loss, params = time_train_program(cfg, rows, FLAGS.warmup, FLAGS.steps)
     theirs, theirs_loss = run_torch(cfg, params, rows, FLAGS.warmup, FLAGS.steps,
                                     FLAGS.torch_attention, FLAGS.torch_compile)
     tokens = batch * seq_len

@@ -23,27 +23,14 @@ which needs 86.9), so only a compiled batch counts. Each compile runs in a child
 (libtpu 0.0.42 segfaults on some large steps: reported as a crash, never a lost plan) and
 takes minutes for a Qwen2 step on two cores.
 
-Topologies: ``v5p-N`` (N TensorCores, two per chip: v5p-64 is 32 chips, 2x4x4), ``v4-N``
-likewise, ``v5e-N`` / ``v5litepod-N`` and ``v6e-N`` (N chips: v6e-16 is 4x4), or a chip grid
-``v5p:2x4x4``, ``v6e:4x4``, ``v5e:2x4``. ``--slices=N`` plans N such slices joined by the
-data-centre network (`mesh.slices`: the data axis spans the slices). ``--per_chip_batch``
-sets the stage's global batch to that times the chips of all slices; without it the
-configuration's batch is planned as shipped.
-
-libtpu: jax's ``tpu`` extra pins it (``libtpu==0.0.42.*`` for jax 0.10.2, about 700 MB).
-`experiments/launch/venv.sh` installs that pin into ``.venv/libtpu`` (not into the venv's
-site-packages: importable there, libtpu makes every plain CPU ``jax.devices()`` try to start
-a TPU runtime and print errors). This script adds that folder to ``sys.path``; by hand:
-``pip install --target .venv/libtpu "libtpu==0.0.42.*"`` (the pin of your jax:
-``python -c "import importlib.metadata as m; print(m.requires('jax'))"``). Elsewhere set
-``OMNIFLATTEN_LIBTPU_DIR``, or install ``jax[tpu]`` (an importable libtpu is used as it is).
-The host runs nothing: JAX stays on CPU, and several plans may run at once.
+``--slices=N`` plans N slices joined by the data-centre network (`mesh.slices`: the data axis
+spans the slices). ``--per_chip_batch`` sets the stage's global batch to that times the chips
+of all slices; without it the configuration's batch is planned as shipped. Topology names and
+installing libtpu: `experiments/tpu_topology.py`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -56,112 +43,16 @@ from absl import app, flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-LIBTPU_DIR = os.environ.get("OMNIFLATTEN_LIBTPU_DIR", os.path.join(ROOT, ".venv", "libtpu"))
-
-# --- topologies (no JAX here: the module imports without starting a backend) ---------------
-
-@dataclasses.dataclass(frozen=True)
-class Topology:
-    name: str  # as given
-    family: str  # v4, v5p, v5e, v6e
-    grid: tuple[int, ...]  # chips per dimension of one slice
-    slices: int
-
-    # family: (libtpu's name, chip config, TensorCores per name unit, grid rank)
-    FAMILIES = {"v4": ("v4", "megacore", 2, 3), "v5p": ("v5", "megacore", 2, 3),
-                "v5e": ("v5e", "default", 1, 2), "v6e": ("v6e", "default", 1, 2)}
-    ALIASES = {"v5": "v5p", "v5litepod": "v5e", "v5lite": "v5e", "v6": "v6e"}
-
-    @property
-    def chips_per_slice(self) -> int:
-        return math.prod(self.grid)
-
-    @property
-    def chips(self) -> int:
-        return self.chips_per_slice * self.slices
-
-    @property
-    def libtpu_name(self) -> str:
-        return f"{self.FAMILIES[self.family][0]}:{'x'.join(map(str, self.grid))}"
-
-    @property
-    def accelerator_type(self) -> str:
-        """One slice's Cloud TPU name (``v5p-64``, ``v6e-16``, ``v5litepod-16``)."""
-        units = self.chips_per_slice * self.FAMILIES[self.family][2]
-        return f"{'v5litepod' if self.family == 'v5e' else self.family}-{units}"
-
-    def describe(self) -> str:
-        one = f"{self.accelerator_type} ({self.libtpu_name}, {self.chips_per_slice} chips)"
-        return one if self.slices == 1 else f"{self.slices} x {one} = {self.chips} chips"
-
-
-def _grid(chips: int, rank: int) -> tuple[int, ...]:
-    """Cloud TPU's slice shapes: from 2x2x1 (3-D) or 1x1 (2-D), double the smallest dimension,
-    the last of equals first (v5p-64: 2x4x4, v5p-128: 4x4x4, v6e-16: 4x4, v6e-32: 4x8)."""
-    grid = [2, 2, 1] if rank == 3 else [1, 1]
-    if chips < math.prod(grid) or chips & (chips - 1):
-        raise ValueError(f"{chips} chips is not a {rank}-D TPU slice (a power of two"
-                         f"{', at least 4' if rank == 3 else ''})")
-    while math.prod(grid) < chips:
-        smallest = min(grid)
-        grid[max(i for i, g in enumerate(grid) if g == smallest)] *= 2
-    return tuple(grid)
-
-
-def parse_topology(name: str, slices: int = 1) -> Topology:
-    """``v5p-64`` / ``v6e-16`` / ``v5e-8`` (Cloud TPU names) or ``v5p:2x4x4`` (a chip grid)."""
-    if slices < 1:
-        raise ValueError(f"--slices must be at least 1, not {slices}")
-    m = re.fullmatch(r"(v\w+?)([-:])(\d+(?:x\d+)*)", name.strip().lower())
-    family = m and Topology.ALIASES.get(m.group(1), m.group(1))
-    if not m or family not in Topology.FAMILIES:
-        raise ValueError(f"unknown topology {name!r}: use v5p-N, v4-N, v5e-N, v6e-N (Cloud TPU "
-                         "names) or a chip grid such as v5p:2x4x4, v6e:4x4")
-    _, _, cores_per_unit, rank = Topology.FAMILIES[family]
-    if m.group(2) == "-":
-        units = int(m.group(3))
-        if units % cores_per_unit:
-            raise ValueError(f"{name}: {family}-N counts TensorCores, {cores_per_unit} per chip")
-        grid = _grid(units // cores_per_unit, rank)
-    else:
-        grid = tuple(int(g) for g in m.group(3).split("x"))
-        if len(grid) != rank:
-            raise ValueError(f"{name}: a {family} grid has {rank} dimensions")
-    return Topology(name, family, grid, slices)
-
+from experiments.tpu_topology import (  # noqa: E402
+    LIBTPU_DIR,
+    Topology,
+    libtpu_path,
+    parse_topology,
+    tpu_devices,
+    use_libtpu,
+)
 
 # --- one compile, in a child process --------------------------------------------------------
-
-def libtpu_path() -> str | None:
-    """Where libtpu is: "" when importable as it is, LIBTPU_DIR, or None (not installed)."""
-    if importlib.util.find_spec("libtpu") is not None:
-        return ""
-    return LIBTPU_DIR if os.path.isdir(os.path.join(LIBTPU_DIR, "libtpu")) else None
-
-
-def _use_libtpu(topology: Topology) -> None:
-    """Before JAX loads: libtpu on the path, JAX itself on CPU (the TPU devices are
-    compile-only, so no chip is touched and several plans may hold libtpu at once)."""
-    path = libtpu_path()
-    if path is None:
-        sys.exit(f"error: libtpu is not installed (looked in {LIBTPU_DIR}); run "
-                 "bash experiments/launch/venv.sh, or see `plan.py --help`")
-    if path:
-        sys.path.append(path)
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    # Off a TPU VM libtpu cannot read these from the metadata server and logs errors.
-    os.environ.setdefault("TPU_ACCELERATOR_TYPE", topology.accelerator_type)
-    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-
-
-def tpu_devices(topology: Topology):
-    from jax.experimental.topologies import get_topology_desc
-
-    return get_topology_desc(platform="tpu", topology_name=topology.libtpu_name,
-                             chip_config_name=Topology.FAMILIES[topology.family][1],
-                             num_slices=topology.slices).devices
-
 
 def shard_bytes(tree) -> int:
     """Bytes one device holds of a tree of sharded abstract arrays (its shard of each leaf)."""
@@ -191,8 +82,9 @@ def compile_one(config: str, topology: Topology, stage: str, per_chip_batch: int
                 seq_len: int | None, overrides=(), emit=print) -> None:
     """Compiles the stage's train step once and `emit`s two JSON lines: what the shardings
     say (before compiling), then the compiler's memory (after). JAX loads here."""
-    _use_libtpu(topology)
+    use_libtpu(topology)
     from omniflatten_jax import accelerators, sharding
+    from omniflatten_jax.model import packed_attention
     from omniflatten_jax.training.program import TrainProgram
 
     cfg, stage_plan, section = stage_config(config, topology, stage, per_chip_batch, seq_len,
@@ -212,7 +104,11 @@ def compile_one(config: str, topology: Topology, stage: str, per_chip_batch: int
         "batch": shard_bytes(program.abstract_batch)}))
     start = time.perf_counter()
     try:
-        mem = program.lower().compile().memory_analysis()
+        lowered = program.lower()
+        # Pallas TPU kernels lower to Mosaic custom calls: the proof the attention kernel (not
+        # a dense mask) is what was compiled.
+        kernels = lowered.as_text().count("tpu_custom_call")
+        mem = lowered.compile().memory_analysis()
     except Exception as e:  # noqa: BLE001 (JaxRuntimeError; only an HBM overflow is expected)
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
@@ -225,7 +121,9 @@ def compile_one(config: str, topology: Topology, stage: str, per_chip_batch: int
     bytes_["total"] = (bytes_["argument"] + bytes_["output"] - bytes_["alias"] + bytes_["temp"]
                        + bytes_["code"])
     emit(json.dumps({"compiled": True, "error": None, "seconds": time.perf_counter() - start,
-                     **bytes_}))
+                     "attention": packed_attention.resolve(cfg.model.attention_impl,
+                                                           cfg.model.dtype, True, "tpu"),
+                     "pallas_calls": kernels, **bytes_}))
 
 
 # --- the parent: compiles in children, the batch search, the report ------------------------
@@ -392,6 +290,7 @@ def plan(config: str, topology: Topology, stage: str, per_chip_batch: int | None
                   "per_chip": step / topology.chips, "peak_per_chip": chip.peak_bf16_flops,
                   "seconds_at_peak": step / topology.chips / chip.peak_bf16_flops},
         "compile_seconds": first["seconds"],
+        "attention": first.get("attention"), "pallas_calls": first.get("pallas_calls"),
     }
     if max_batch:
         out["max_per_chip_batch"] = largest_batch(measure, results, per_chip_batch,
@@ -425,6 +324,8 @@ def report(plan: dict) -> str:
         f"  total        {_gib(r['total']):>12}   of {_gib(plan['hbm_bytes'])} HBM: "
         + ("fits" if plan["fits"] else f"does not fit ({plan['error']})"),
         "",
+        f"attention {plan['attention']} ({plan['pallas_calls']} Pallas kernel calls in the "
+        "step)" if plan["attention"] else "attention: not compiled",
         f"step {f['step']:.3e} FLOPs ({f['per_token']:.3e} per token), {f['per_chip']:.3e} per "
         f"chip: {f['seconds_at_peak']:.3f} s at the peak {f['peak_per_chip'] / 1e12:.0f} "
         "TFLOP/s",

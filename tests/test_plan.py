@@ -133,7 +133,19 @@ def test_plan_one_and_two_slices():
     assert two["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}
     assert one["per_chip"]["params"] == two["per_chip"]["params"]
     assert one["device_kind"] == "TPU v5"
+    # packed attention compiled as the splash kernel, once per layer body and pass
+    assert one["attention"] == "splash" and one["pallas_calls"] > 0
     assert one["hbm_bytes"] == accelerators.chip("TPU v5").hbm_bytes
+
+
+@needs_libtpu
+def test_a_dialogue_row_of_8192_tokens_compiles_with_the_tpu_kernel():
+    p = json.loads(run_plan("--topology=v5p-8", "--stage=half_duplex", "--per_chip_batch=1",
+                            "--seq_len=8192", "--json").stdout)
+    assert p["fits"] and p["seq_len"] == 8192 and p["attention"] == "splash"
+    assert p["pallas_calls"] > 0
+    # no [T, T] mask or score matrix: 8192^2 fp32 scores alone would be 256 MiB per head
+    assert p["per_chip"]["temp"] < 2**28, p["per_chip"]
 
 
 @needs_libtpu

@@ -36,12 +36,13 @@ def platform() -> str:
     return jax.default_backend() if active is None else active[0].devices.flat[0].platform
 
 
-def resolve(impl: str, dtype, packed: bool) -> str:
-    """The implementation `auto` stands for: splash on TPU; on GPU with a 16-bit dtype the
-    Pallas kernel for packed rows and cuDNN's causal path for unpacked ones; XLA otherwise."""
+def resolve(impl: str, dtype, packed: bool, target: str | None = None) -> str:
+    """The implementation `auto` stands for on `target` (default: `platform()`): splash on
+    TPU; on GPU with a 16-bit dtype the Pallas kernel for packed rows and cuDNN's causal path
+    for unpacked ones; XLA otherwise."""
     if impl != "auto":
         return impl
-    target = platform()
+    target = target or platform()
     if target == "tpu":
         return "splash"
     if target == "gpu" and jnp.dtype(dtype).itemsize == 2:
