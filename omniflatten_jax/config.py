@@ -7,150 +7,27 @@ Every config is a frozen dataclass that round-trips through a plain dict (``to_d
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
+from omniflatten_jax.config_rules import ConfigError, from_dict, to_dict  # noqa: F401
+from omniflatten_jax.config_rules import finite as _finite
+from omniflatten_jax.config_rules import require as _require
+
+# The model's section lives in its own module; imported here, where every section is found.
+from omniflatten_jax.model_config import (  # noqa: F401
+    ATTENTION_IMPLS,
+    PRESETS,
+    QWEN2_LOSS_CHUNK,
+    REMAT_POLICIES,
+    ModelConfig,
+    Preset,
+    preset,
+)
 from omniflatten_jax.vocab import TokenLayout
 
-T = TypeVar("T")
-
-AttentionImpl = Literal["auto", "xla", "cudnn", "splash", "pallas_gpu"]
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "pallas_gpu")
-# What a rematerialised decoder layer keeps for the backward pass (`model.layer_stack`).
-RematPolicy = Literal["none", "minimal", "save_matmuls", "full"]
-REMAT_POLICIES = ("none", "minimal", "save_matmuls", "full")
 # Where evaluation and decoding keep the parameters (`placement.PlacedModel`).
 ParamPlacement = Literal["sharded", "replicated"]
 PARAM_PLACEMENTS = ("sharded", "replicated")
-
-
-def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Builds a config from a dict, rejecting unknown keys by name (a typo is an error)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(names)}")
-    return cls(**data)
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot be used; the message names the setting."""
-
-
-def _require(ok: bool, field: str, value: Any, rule: str) -> None:
-    """Validation at parse time: a bad value is an error naming the field, never a late crash
-    (``override`` adds the section, as in ``train.steps``)."""
-    if not ok:
-        raise ConfigError(f"{field} must be {rule}, got {value!r}")
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) \
-        and math.isfinite(value)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """A Qwen2 decoder's architecture and numerics (the vocabulary size comes from TokenLayout)."""
-
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rope_theta: float = 1_000_000.0
-    rms_norm_eps: float = 1e-6
-    tie_embeddings: bool = True
-    max_position_embeddings: int = 32_768
-    # fp32 master weights; activations and matmuls in `dtype` (bfloat16 on accelerators).
-    param_dtype: str = "float32"
-    dtype: str = "float32"
-    # Attention over packed rows (`model.packed_attention`). "auto": Pallas splash on TPU, the
-    # Pallas GPU kernel (packed rows) or cuDNN (unpacked) on GPU in 16 bits, XLA otherwise.
-    attention_impl: AttentionImpl = "auto"
-    # What each decoder layer saves for the backward pass; the rest is recomputed:
-    # "none" (no recomputation, most memory), "minimal" (every matmul output, attention's
-    # included: only element-wise work is recomputed), "save_matmuls" (the weight matmuls'
-    # outputs: attention and element-wise work recomputed), "full" (only the layer's input).
-    # Old configs' true / false read as "full" / "none".
-    remat: RematPolicy = "none"
-    # Run the decoder layers as one `lax.scan` (compile time independent of depth) instead of
-    # a Python loop; the parameter tree and checkpoints are the same either way.
-    scan_layers: bool = True
-    # Training loss over chunks of this many positions, never the full [B, T, vocab] logits
-    # (`training.loss.chunked_token_losses`); 0 = the full logits.
-    loss_chunk: int = 0
-
-    ARCHITECTURE = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
-                    "head_dim", "rope_theta", "rms_norm_eps", "tie_embeddings")
-
-    def architecture(self) -> dict[str, Any]:
-        """The fields that weights depend on (not dtypes, remat or the attention backend)."""
-        return {name: getattr(self, name) for name in self.ARCHITECTURE}
-
-    def __post_init__(self):
-        if self.num_heads % self.num_kv_heads:
-            raise ConfigError(
-                f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
-        _require(self.loss_chunk >= 0, "loss_chunk", self.loss_chunk, ">= 0 (0 = full logits)")
-        old = {True: "full", False: "none", "true": "full", "false": "none"}
-        if isinstance(self.remat, bool) or self.remat in old:  # written before policies
-            object.__setattr__(self, "remat", old[self.remat])
-        _require(self.remat in REMAT_POLICIES, "remat", self.remat,
-                 f"one of {', '.join(REMAT_POLICIES)}")
-        _require(self.attention_impl in ATTENTION_IMPLS, "attention_impl", self.attention_impl,
-                 f"one of {', '.join(ATTENTION_IMPLS)}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Preset:
-    """A model architecture together with the token layout it is trained with."""
-
-    model: ModelConfig
-    layout: TokenLayout
-
-
-# The Qwen2 presets' loss chunk: 156k-entry fp32 logits of 128 positions per row. On v5p-64 at
-# 8 x 1024 tokens per chip the 0.5B step's temporaries are 1.84 GiB with 128, 3.03 with 256
-# and 13.34 with the full logits (docs/benchmarks.md).
-QWEN2_LOSS_CHUNK = 128
-
-
-def _qwen2(hidden, mlp, layers, heads, kv_heads, tied, text_vocab) -> Preset:
-    return Preset(
-        ModelConfig(hidden_size=hidden, intermediate_size=mlp, num_layers=layers,
-                    num_heads=heads, num_kv_heads=kv_heads, head_dim=hidden // heads,
-                    tie_embeddings=tied, max_position_embeddings=32_768,
-                    dtype="bfloat16", loss_chunk=QWEN2_LOSS_CHUNK),
-        TokenLayout(text_tokenizer="qwen2", text_vocab_size=text_vocab, num_speech_codes=4096),
-    )
-
-
-PRESETS: dict[str, Preset] = {
-    # About 3.3M parameters: trains on a laptop CPU in minutes. Text is UTF-8 bytes.
-    "tiny": Preset(
-        ModelConfig(hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4,
-                    num_kv_heads=2, head_dim=64, rope_theta=10_000.0, max_position_embeddings=4096),
-        TokenLayout(text_tokenizer="bytes", text_vocab_size=256, num_speech_codes=256),
-    ),
-    # Hugging Face shapes of Qwen/Qwen2-0.5B, -1.5B and -7B.
-    "qwen2_0_5b": _qwen2(896, 4864, 24, 14, 2, True, 151_936),
-    "qwen2_1_5b": _qwen2(1536, 8960, 28, 12, 2, True, 151_936),
-    "qwen2_7b": _qwen2(3584, 18944, 28, 28, 4, False, 152_064),
-}
-
-
-def preset(name: str) -> Preset:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}") from None
 
 
 @dataclasses.dataclass(frozen=True)
