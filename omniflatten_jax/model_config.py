@@ -95,10 +95,13 @@ def _qwen2(hidden, mlp, layers, heads, kv_heads, tied, text_vocab) -> Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # About 3.3M parameters: trains on a laptop CPU in minutes. Text is UTF-8 bytes.
+    # About 3.3M parameters: trains on a laptop CPU in minutes. Text is UTF-8 bytes. Its 4
+    # layers run as a loop: on CPU the scan's stacked weights cost more than they save (the
+    # embedded step: 137 ms looped, 201 ms scanned, docs/benchmarks.md).
     "tiny": Preset(
         ModelConfig(hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4,
-                    num_kv_heads=2, head_dim=64, rope_theta=10_000.0, max_position_embeddings=4096),
+                    num_kv_heads=2, head_dim=64, rope_theta=10_000.0, max_position_embeddings=4096,
+                    scan_layers=False),
         TokenLayout(text_tokenizer="bytes", text_vocab_size=256, num_speech_codes=256),
     ),
     # Hugging Face shapes of Qwen/Qwen2-0.5B, -1.5B and -7B.
