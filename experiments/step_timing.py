@@ -28,6 +28,9 @@ def time_train_program(cfg, rows, warmup: int, steps: int):
     steps, the first step's loss, the initial parameters as numpy)."""
     import jax
 
+    if warmup < 1 or steps < 1:
+        raise ValueError(f"need at least 1 warm-up and 1 timed step, got {warmup} and {steps}")
+
     from omniflatten_jax import sharding
     from omniflatten_jax.config import MeshConfig
     from omniflatten_jax.training.program import TrainProgram
@@ -41,14 +44,15 @@ def time_train_program(cfg, rows, warmup: int, steps: int):
     opt_state, guard = program.init_opt_state(params), program.init_guard(0)
     device_rows = program.global_batch(rows)
     with sharding.activate(mesh, program.rules):
-        first = None
-        for i in range(warmup + steps):
-            if i == warmup:
-                jax.block_until_ready(params)
-                start = time.perf_counter()
+        params, opt_state, guard, metrics = program.step(params, opt_state, guard, device_rows)
+        first = float(metrics["loss"])
+        for _ in range(warmup - 1):
             params, opt_state, guard, metrics = program.step(params, opt_state, guard,
                                                              device_rows)
-            if first is None:
-                first = float(metrics["loss"])
+        jax.block_until_ready(params)
+        start = time.perf_counter()
+        for _ in range(steps):
+            params, opt_state, guard, metrics = program.step(params, opt_state, guard,
+                                                             device_rows)
         jax.block_until_ready(params)
     return (time.perf_counter() - start) / steps, first, initial

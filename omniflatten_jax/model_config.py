@@ -37,9 +37,9 @@ class ModelConfig:
     # Pallas GPU kernel (packed rows) or cuDNN (unpacked) on GPU in 16 bits, XLA otherwise.
     attention_impl: AttentionImpl = "auto"
     # What each decoder layer saves for the backward pass; the rest is recomputed:
-    # "none" (no recomputation, most memory), "minimal" (every matmul output, attention's
-    # included: only element-wise work is recomputed), "save_matmuls" (the weight matmuls'
-    # outputs: attention and element-wise work recomputed), "full" (only the layer's input).
+    # "none" (no recomputation, most memory), "minimal" (every matmul output, XLA attention's
+    # included), "save_matmuls" (the weight matmuls' outputs), "full" (only the layer's input).
+    # A Pallas attention kernel (splash, pallas_gpu) is recomputed under every policy but none.
     # Old configs' true / false read as "full" / "none".
     remat: RematPolicy = "none"
     # Run the decoder layers as one `lax.scan` (compile time independent of depth) instead of
@@ -61,9 +61,10 @@ class ModelConfig:
             raise ConfigError(
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         _require(self.loss_chunk >= 0, "loss_chunk", self.loss_chunk, ">= 0 (0 = full logits)")
-        old = {True: "full", False: "none", "true": "full", "false": "none"}
-        if isinstance(self.remat, bool) or self.remat in old:  # written before policies
-            object.__setattr__(self, "remat", old[self.remat])
+        if isinstance(self.remat, bool) or str(self.remat).lower() in ("true", "false"):
+            # written before policies: remat was on or off, and on meant the whole layer
+            on = self.remat is True or str(self.remat).lower() == "true"
+            object.__setattr__(self, "remat", "full" if on else "none")
         _require(self.remat in REMAT_POLICIES, "remat", self.remat,
                  f"one of {', '.join(REMAT_POLICIES)}")
         _require(self.attention_impl in ATTENTION_IMPLS, "attention_impl", self.attention_impl,
@@ -97,7 +98,7 @@ def _qwen2(hidden, mlp, layers, heads, kv_heads, tied, text_vocab) -> Preset:
 PRESETS: dict[str, Preset] = {
     # About 3.3M parameters: trains on a laptop CPU in minutes. Text is UTF-8 bytes. Its 4
     # layers run as a loop: on CPU the scan's stacked weights cost more than they save (the
-    # embedded step: 137 ms looped, 201 ms scanned, docs/benchmarks.md).
+    # embedded step: 139 ms looped, 201 ms scanned, docs/benchmarks.md).
     "tiny": Preset(
         ModelConfig(hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4,
                     num_kv_heads=2, head_dim=64, rope_theta=10_000.0, max_position_embeddings=4096,

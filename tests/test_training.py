@@ -107,7 +107,7 @@ def test_shrunken_qwen2_0_5b_config_trains_on_8_devices(spoken_corpus, tmp_path)
     _, manifest, _ = spoken_corpus
     cfg = override(get_config("qwen2_0_5b_shrunk"), f"data.source=manifest:{manifest}")
     cfg = override(override(cfg, "data.num_workers=0"), "speech.fit_max_utterances=64")
-    assert jax.device_count() == 8 and cfg.model.dtype == "bfloat16" and cfg.model.remat
+    assert jax.device_count() == 8 and cfg.model.dtype == "bfloat16" and cfg.model.remat == "full"
     prepared = prepare_speech_text(cfg, str(tmp_path))
     source = data_source(prepared.data_dir, prepared.config_name, "train", cfg.layout)
 

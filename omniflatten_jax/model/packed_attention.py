@@ -4,7 +4,9 @@ A packed row holds several sequences one after another; ``segment_ids [B, T]`` n
 (0 marks padding). A token attends causally to the tokens of its own segment only.
 
 - ``splash``: TPU Pallas splash attention (`jax.experimental.pallas.ops.tpu`), segment ids and
-  a causal block mask: fully masked blocks are skipped, memory is linear in T.
+  a causal block mask: blocks above the diagonal are skipped and memory is linear in T. Blocks
+  masked only by segment ids (data, not known when compiling) are still computed, so a row
+  costs about T^2 / 2 whatever its packing.
 - ``pallas_gpu``: the Pallas GPU (Triton) flash attention, which takes segment ids.
 - ``cudnn``: cuDNN through `jax.nn.dot_product_attention`; it has no segment ids, so packed
   rows reach it as a dense mask (its slow path). Kept for unpacked rows and for comparison.
@@ -92,7 +94,9 @@ def reference(q, k, v, segment_ids, implementation: str = "xla") -> jax.Array:
 
 def _per_shard(kernel, q, k, v, segment_ids):
     """Runs `kernel` on each device's block of rows and heads (`jax.shard_map`): a Pallas call
-    is opaque to XLA's partitioner. Sequence and head_dim are whole on every device."""
+    is opaque to XLA's partitioner. Sequence and head_dim are whole on every device. Heads
+    that do not divide the tensor axis are not split: each of its devices computes them all
+    (correct, and redundant; the presets use no tensor parallelism)."""
     active = sharding.active()
     if active is None:
         return kernel(q, k, v, segment_ids, platform() == "cpu")
