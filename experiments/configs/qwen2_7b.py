@@ -7,10 +7,10 @@ master weights, layer remat, data + FSDP parallelism.
 Pods: a v5p-64 (32 chips) and 4 nodes x 8 80 GB GPUs (32 GPUs). The global batches (256 rows
 of 1024 tokens: 8 per chip; 32 rows of 8192: 1 per chip) divide over the 32 data-parallel
 devices of each. No tensor parallelism: FSDP alone leaves 0.9 GiB of parameters and 1.8 GiB
-of Adam moments per chip on 32 chips; the alignment step needs 40.5 GiB per v5p chip in all,
-a dialogue step (one row of 8192) 53.1 GiB (``python experiments/plan.py --config=qwen2_7b
---topology=v5p-64``, docs/benchmarks.md). A 32 GiB v6e chip fits 4 rows of 1024, not 8: on a
-v6e pod, set batches (--set) that fit and divide. Start from real weights with ``--init_from``.
+of Adam moments per chip on 32 chips; the alignment step needs 9.6 GiB per v5p chip in all,
+a dialogue step (one row of 8192) 9.5 GiB, and a v6e-16 fits 32 rows of 1024 per chip
+(``python experiments/plan.py --config=qwen2_7b --topology=v5p-64``, docs/benchmarks.md).
+Start from real weights with ``--init_from``.
 """
 
 import dataclasses
