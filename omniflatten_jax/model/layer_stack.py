@@ -4,7 +4,8 @@ A Python loop over 24-28 layers traces and compiles each layer anew, so compile 
 with depth; a scan compiles one layer. The parameter tree keeps one entry per layer (what
 checkpoints and the Hugging Face weight map hold): the scan stacks the layers' weights, cast
 to the compute dtype, inside the jitted step. That stack is a copy of the layer weights in
-16 bits per step (sharded like them), the price of leaving every checkpoint as it was.
+16 bits per step (its sharding left to the compiler, which follows the weights'), the price of
+leaving every checkpoint as it was.
 
 The remat policy names what a layer keeps for the backward pass (`ModelConfig.remat`).
 """
