@@ -120,6 +120,17 @@ def test_two_processes_killed_and_resumed_match_one_process(reference, tmp_path)
     assert_same_losses(losses(workdir), expected, range(1, STEPS + 1))
 
 
+def test_two_processes_scanning_rematerialised_layers_with_a_chunked_loss_match_one_process(
+        reference, tmp_path):
+    """The pod settings (scanned layers, full remat, the loss over chunks) on a 2-process
+    cluster give the losses of the looped, full-logits reference: each is exact in fp32."""
+    manifest, _, expected = reference
+    workdir = with_data(reference, tmp_path)
+    finish(two_processes(workdir, manifest, "--set=model.scan_layers=true",
+                         "--set=model.remat=full", "--set=model.loss_chunk=32"))
+    assert_same_losses(losses(workdir), expected, range(1, STEPS + 1))
+
+
 def test_sigterm_saves_on_every_host_and_resumes_on_one_process_and_another_mesh(
         reference, tmp_path):
     """A preemption notice to host 1 of a 2-slice data=2 x fsdp=2 run: both hosts save one

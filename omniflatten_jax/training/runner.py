@@ -82,8 +82,8 @@ def train_stage(cfg: ExperimentConfig, plan: StagePlan, stage_dir: str, make_dat
     program = TrainProgram.build(cfg, train, mesh, f"{train_section(stage)}.batch_size")
     model, rules = program.model, program.rules
     lr = learning_rate(cfg.optimizer, train.steps)
-    ckpt = TrainCheckpointer(paths.join(stage_dir, "checkpoints"),
-                                        train.keep_checkpoints, speech_tokenizer)
+    ckpt = TrainCheckpointer(paths.join(stage_dir, "checkpoints"), train.keep_checkpoints,
+                             speech_tokenizer)
     ours = describe(cfg, plan, (), speech_tokenizer, data_fingerprint)
 
     def placed(params) -> PlacedModel:
