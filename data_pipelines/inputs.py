@@ -63,6 +63,13 @@ def _stat(path: str) -> str:
     return f"stat:{st.st_size}:{st.st_mtime_ns}"
 
 
+def _synthesiser() -> str:
+    """What the synthesised audio depends on: the eSpeak wheel and how it is called."""
+    from data_pipelines.synth.espeak import REVISION
+
+    return f"{importlib.metadata.version('espeakng-loader')} {REVISION}"
+
+
 def _embedded(language: str) -> dict[str, str]:
     from data_pipelines.synth.chatterbot import LANGUAGES
 
@@ -70,7 +77,7 @@ def _embedded(language: str) -> dict[str, str]:
         language, language)
     files = {f"chatterbot/{p.name}": "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()
              for p in sorted(folder.iterdir(), key=lambda p: p.name) if p.name.endswith(".yml")}
-    files["espeakng-loader"] = importlib.metadata.version("espeakng-loader")
+    files["espeakng-loader"] = _synthesiser()
     return files
 
 
@@ -102,8 +109,7 @@ def dialogue_inputs(source: str, language: str) -> Inputs:
         if not os.path.isfile(arg):
             raise FileNotFoundError(f"dialogue file {arg} does not exist (dialogue.source="
                                     f"{source})")
-        return Inputs(source, {os.path.abspath(arg): _sha(arg),
-                               "espeakng-loader": importlib.metadata.version("espeakng-loader")})
+        return Inputs(source, {os.path.abspath(arg): _sha(arg), "espeakng-loader": _synthesiser()})
     return Inputs(source, _embedded(language))
 
 

@@ -1,5 +1,9 @@
 """Prepares a stage's data in the workdir, once: speech tokenizer, token layout, TFDS dataset.
 
+A dataset is built in the calling process (`runners.Runner` ``local``: what `run.py` does) or
+by Apache Beam (`beam_build`) on any runner; both write the same records under the same cache
+key, so a training run reuses a dataset whichever way it was built.
+
 Everything is cached under ``WORKDIR/data`` and keyed by the settings it depends on and by a
 fingerprint of its inputs (`data_pipelines.inputs`), so a second run reuses it, and a changed
 setting or input file rebuilds only what it affects (the log says what changed). A dataset is
@@ -12,6 +16,7 @@ storage) and the hosts compare the dataset's fingerprint, which checkpoints also
 launcher may run the step of its own first, on one machine:
 
     python -m data_pipelines.prepare --workdir=DIR [--config=NAME --data=... --set=...]
+        [--runner=direct|local|dataflow|flink|spark] [-- BEAM PIPELINE OPTIONS]
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from etils import epath
 from data_pipelines import inputs as data_inputs
 from data_pipelines.builders import speech_text
 from data_pipelines.corpus import speech_text_items, split_of
+from data_pipelines.runners import RUNNERS, Runner
 from omniflatten_jax import hosts, paths
 from omniflatten_jax.config import ExperimentConfig, to_dict
 from omniflatten_jax.speech import load_speech_tokenizer
@@ -41,7 +47,6 @@ from omniflatten_jax.speech.activity import speech_problem
 from omniflatten_jax.speech.audio import AudioError
 from omniflatten_jax.speech.kmeans import KMeansMelTokenizer
 from omniflatten_jax.stages import ALIGNMENT, dialogue_plans, plan_stage
-from omniflatten_jax.transcripts import normalize_transcript
 
 log = logging.getLogger(__name__)
 
@@ -215,9 +220,11 @@ def speech_tokenizer(cfg: ExperimentConfig, data_root: str, items: dict,
     return path
 
 
-def prepare_speech_text(cfg: ExperimentConfig, workdir: str) -> PreparedData:
+def prepare_speech_text(cfg: ExperimentConfig, workdir: str,
+                        runner: Runner = Runner()) -> PreparedData:
     """The alignment stage's dataset (split and tokenized with its plan's seed, examples
-    checked against its row length), built by process 0 and read by every host."""
+    checked against its row length), built by process 0 (in that process, or on a Beam
+    `runner`) and read by every host."""
     plan = plan_stage(cfg, ALIGNMENT)
     data_root = paths.join(workdir, "data")
     data_dir = paths.join(data_root, "tfds")
@@ -241,17 +248,17 @@ def prepare_speech_text(cfg: ExperimentConfig, workdir: str) -> PreparedData:
             return inputs.key
         log.info("building speech-text dataset %s (%s)", name,
                  data_inputs.why_rebuild(inputs, datasets, name))
-        train_texts = frozenset(normalize_transcript(item.text) for item in items["train"])
-        context = speech_text.BuildContext(load_speech_tokenizer(tokenizer_path), cfg.layout,
-                                           cfg.data, plan.train.seq_len, train_texts)
+        context = speech_text.BuildContext(
+            load_speech_tokenizer(tokenizer_path), cfg.layout, cfg.data, plan.train.seq_len,
+            speech_text.held_out_repeats(items), tokenizer_path=tokenizer_path)
         start = time.perf_counter()
         with _staging(data_dir, speech_text.NAME, name) as staging:
             data_inputs.save(inputs, _mkdir(staging, speech_text.NAME, name))
-            report = speech_text.build(staging, name, items, context)
-        skipped = sum(report.skipped.values())
-        log.info("built speech-text dataset %s in %.0f s: kept %s, skipped %d %s", name,
-                 time.perf_counter() - start, dict(report.kept), skipped,
-                 dict(report.to_json()["skipped"]) if skipped else "")
+            report = speech_text.build(staging, name, items, context, runner)
+        skipped = sum(report["skipped"].values())
+        log.info("built speech-text dataset %s %s in %.0f s: kept %s, skipped %d %s", name,
+                 runner.described(), time.perf_counter() - start, report["kept"], skipped,
+                 report["skipped"] if skipped else "")
         return inputs.key
 
     key = _on_process_0("the speech-text dataset", build)
@@ -265,10 +272,12 @@ def _mkdir(*parts: str) -> str:
     return str(folder)
 
 
-def prepare_dialogues(cfg: ExperimentConfig, workdir: str) -> PreparedData:
+def prepare_dialogues(cfg: ExperimentConfig, workdir: str,
+                      runner: Runner = Runner()) -> PreparedData:
     """Simulates, tokenizes and writes the dialogue dataset once for every dialogue stage of
     the curriculum (their plans share the dialogue training section: one seed, one row
-    length), with the alignment stage's speech tokenizer; process 0 builds, every host reads."""
+    length), with the alignment stage's speech tokenizer; process 0 builds (in that process,
+    or on a Beam `runner`), every host reads."""
     from data_pipelines.builders import dialogues as dialogue_builder
 
     data_root = paths.join(workdir, "data")
@@ -310,12 +319,13 @@ def prepare_dialogues(cfg: ExperimentConfig, workdir: str) -> PreparedData:
             splits[split_of(uid, d.validation_fraction, d.test_fraction)].append((uid, turns))
         context = dialogue_builder.DialogueContext(
             load_speech_tokenizer(tokenizer_path), cfg.layout, d, seed, plans,
-            cfg.data.normalize_text, cfg.data.on_bad_input)
+            cfg.data.normalize_text, cfg.data.on_bad_input, tokenizer_path=tokenizer_path)
         start = time.perf_counter()
         with _staging(data_dir, dialogue_builder.NAME, name) as staging:
             data_inputs.save(inputs, _mkdir(staging, dialogue_builder.NAME, name))
-            report = dialogue_builder.build(staging, name, splits, context)
-        log.info("built dialogue dataset %s in %.0f s: %s", name, time.perf_counter() - start,
+            report = dialogue_builder.build(staging, name, splits, context, runner)
+        log.info("built dialogue dataset %s %s in %.0f s: %s", name, runner.described(),
+                 time.perf_counter() - start,
                  {k: v for k, v in report.items() if k != "first_skipped"})
         return keys
 
@@ -330,16 +340,20 @@ def main(argv) -> None:
 
     from experiments import cli
 
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    beam_args = [a for a in argv[1:] if a != "--"]
+    if beam_args and cli.FLAGS.runner == "local":
+        raise app.UsageError(f"unexpected arguments: {beam_args} (Beam pipeline options, after "
+                             "--, need a Beam runner)")
+    runner = Runner(cli.FLAGS.runner, tuple(beam_args))
     cli.start()
-    with cli.errors_in_one_line((hosts.HostMismatchError, FileNotFoundError, ValueError)):
+    with cli.errors_in_one_line((hosts.HostMismatchError, FileNotFoundError, ValueError,
+                                 ImportError)):
         cfg = cli.build_config()
         stage = cli.FLAGS.stage
         for name, prepare in [(s, f) for s, f in (("alignment", prepare_speech_text),
                                                   ("dialogue", prepare_dialogues))
                               if stage in (s, "all")]:
-            prepared = prepare(cfg, cli.FLAGS.workdir)
+            prepared = prepare(cfg, cli.FLAGS.workdir, runner)
             log.info("%s dataset %s in %s (fingerprint %s)", name, prepared.config_name,
                      prepared.data_dir, prepared.fingerprint[:12])
 
@@ -355,4 +369,8 @@ if __name__ == "__main__":
     cli.define_flags()
     flags.DEFINE_enum("stage", "all", ("alignment", "dialogue", "all"),
                       "which datasets: the alignment stage's, the dialogue stages', or both")
+    flags.DEFINE_enum("runner", "direct", RUNNERS,
+                      "where to build: local (this process), direct (Apache Beam's DirectRunner: "
+                      "a worker process per core) or a cluster runner (dataflow, flink, spark); "
+                      "Beam pipeline options follow a --, e.g. -- --direct_num_workers=8")
     app.run(main)

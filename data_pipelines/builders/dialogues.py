@@ -17,19 +17,16 @@ and are always counted.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import logging
-import os
-import time
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from data_pipelines.builders import common
-from data_pipelines.corpus import BadInputError, check_policy, stop_error
+from data_pipelines.builders import common, recipe
+from data_pipelines.corpus import BadInputError, check_policy
 from data_pipelines.dialogue_examples import ROLES, assistant_text_lag, stage_examples
 from data_pipelines.synth import voices
 from data_pipelines.synth.conversation import Conversation, SimulatedTurn, simulate
@@ -43,7 +40,6 @@ from omniflatten_jax.vocab import TokenLayout
 log = logging.getLogger(__name__)
 
 NAME = "omniflatten_dialogues"
-FIRST_SKIPPED = 50  # messages kept in the report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,9 +51,36 @@ class DialogueContext:
     plans: tuple[StagePlan, ...]  # every dialogue stage the dataset must serve
     normalize_text: bool = True
     on_bad_input: str = "skip"  # data.on_bad_input: "stop" on a problem of the user's file
+    tokenizer_path: str | None = None  # where `tokenizer` was read: what Beam workers get
+
+    # A dialogue entry is (id, turns or Rejected, n): n, its place among the usable
+    # dialogues of its split, seeds its voices and timing (`dialogue_entries_per_split`).
+    steps = ("synthesise", "tokenise", "lay out")
 
     def __post_init__(self):
         check_policy(self.on_bad_input)
+
+    def __reduce_ex__(self, protocol):
+        return recipe.reduce_with_tokenizer_file(self) or super().__reduce_ex__(protocol)
+
+    def step(self, name: str, split: str, state):
+        if name == "synthesise":
+            return state[0], synthesised(*state, self)
+        if name == "tokenise":
+            uid, conv = state
+            return uid, conv, tokenize(conv, self)
+        return laid_out(*state, self, keep_audio=split == "test")
+
+    def stops(self, state, reason: str) -> bool:
+        """Only problems of the user's file stop: layout problems follow from settings."""
+        turns = state[1]
+        return self.on_bad_input == "stop" and isinstance(turns, Rejected) and turns.bad_input
+
+    def skip_key(self, reason: str) -> str:
+        return f"skipped_{reason}"
+
+    def kept_keys(self, example: dict) -> list[str]:
+        return ["kept", *example["boundaries"].split(",")] if example["boundaries"] else ["kept"]
 
 
 def problem(example: dict, ctx: DialogueContext) -> str | None:
@@ -126,40 +149,59 @@ def tokenize(conv: Conversation, ctx: DialogueContext) -> dict:
             "boundaries": ",".join(conv.boundaries), "snr_db": np.float32(conv.snr_db)}
 
 
-def make_example(uid: str, turns: TextDialogue | Rejected, ctx: DialogueContext,
-                 n: int, keep_audio: bool) -> tuple[dict, Conversation]:
-    """One dialogue -> (the stored example, its simulated conversation); raises
-    BadInputError(reason, message) for one that cannot be used. `n` (the dialogue's place
-    among the usable ones of its split) seeds its voices and timing."""
+def synthesised(uid: str, turns: TextDialogue | Rejected, n: int,
+                ctx: DialogueContext) -> Conversation:
+    """A usable dialogue spoken by its two voices, with its turn timing; raises
+    BadInputError(reason, message) for a rejected one. `n` seeds its voices and timing."""
     if isinstance(turns, Rejected):
         raise BadInputError(turns.reason, turns.message)
     turns = clean_dialogue(turns, ctx.cfg, ctx.normalize_text, f"dialogue {uid}")
     rng = np.random.default_rng([ctx.seed, n, len(uid)])
-    conv = simulate(turns, voices.user_voice(ctx.cfg.language, rng),
+    return simulate(turns, voices.user_voice(ctx.cfg.language, rng),
                     voices.assistant_voice(ctx.cfg.language), ctx.cfg.simulation, rng,
                     ctx.tokenizer.sample_rate)
-    example = tokenize(conv, ctx)
+
+
+def laid_out(uid: str, conv: Conversation, example: dict, ctx: DialogueContext,
+             keep_audio: bool) -> dict:
+    """The stored example, once checked to lay out for every planned stage."""
     reason = problem(example, ctx)
     if reason:
         raise BadInputError(reason, f"dialogue {uid}: {reason.replace('_', ' ')} "
                             "(see the stage settings: flatten, dialogue_train.seq_len)")
+    example = dict(example)
     for channel in ("user", "assistant"):
         audio = getattr(conv, f"{channel}_audio")
         example[f"{channel}_audio"] = ((audio * 32767).astype(np.int16) if keep_audio
                                        else np.zeros(0, np.int16))
     example["id"] = uid
-    return example, conv
+    return example
 
 
-class OmniflattenDialogues(tfds.core.GeneratorBasedBuilder):
-    VERSION = tfds.core.Version("1.2.0")  # bump when examples change: part of the cache key
+def make_example(uid: str, turns: TextDialogue | Rejected, ctx: DialogueContext,
+                 n: int, keep_audio: bool) -> dict:
+    """One dialogue -> the stored example (every step); raises BadInputError(reason,
+    message) for one that cannot be used."""
+    conv = synthesised(uid, turns, n, ctx)
+    return laid_out(uid, conv, tokenize(conv, ctx), ctx, keep_audio)
 
-    def __init__(self, *, dialogues=None, context: DialogueContext | None = None,
-                 report: collections.Counter | None = None, skipped: list | None = None,
-                 **kw):
-        self._dialogues, self._context, self._report = dialogues, context, report
-        self._skipped = skipped if skipped is not None else []  # the first messages
-        super().__init__(**kw)
+
+def entries_per_split(dialogues: dict[str, list]) -> dict[str, list]:
+    """{split: [(id, turns or Rejected)]} -> {split: [(id, turns or Rejected, n)]}: n counts
+    the usable dialogues before it in its split, so that seeds do not depend on rejected
+    ones (nor on which process builds the dialogue)."""
+    entries = {}
+    for split, items in dialogues.items():
+        n, entries[split] = 0, []
+        for uid, turns in items:
+            n += not isinstance(turns, Rejected)
+            entries[split].append((uid, turns, n))
+    return entries
+
+
+class OmniflattenDialogues(common.RecipeBuilder):
+    VERSION = tfds.core.Version("1.3.0")  # bump when examples change: part of the cache key
+    PROGRESS_EVERY = 500
 
     def _info(self):
         def tensor(dtype):
@@ -174,58 +216,21 @@ class OmniflattenDialogues(tfds.core.GeneratorBasedBuilder):
                      "snr_db": tfds.features.Scalar(np.float32)}
         return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(features))
 
-    def _split_generators(self, dl_manager):
-        return common.non_empty_splits(self._generate_examples, self._dialogues)
 
-    def _generate_examples(self, split, dialogues):
-        ctx = self._context
-        start = time.perf_counter()
-        n = 0  # usable dialogues so far: their seeds do not depend on rejected ones
-        for i, (uid, turns) in enumerate(dialogues, 1):
-            n += not isinstance(turns, Rejected)
-            try:
-                example, conv = make_example(uid, turns, ctx, n, keep_audio=split == "test")
-            except BadInputError as e:
-                self._skip(split, turns, *e.args)
-                continue
-            self._report[(split, "kept")] += 1
-            for pattern in conv.boundaries:
-                self._report[(split, pattern)] += 1
-            yield uid, example
-            if i % 500 == 0:
-                log.info("  %s: %d/%d dialogues (%.0f/s)", split, i, len(dialogues),
-                         i / (time.perf_counter() - start))
-
-    def _skip(self, split: str, turns, reason: str, message: str) -> None:
-        """Counts a dialogue that cannot be used, or stops on a problem of the user's file."""
-        if (self._context.on_bad_input == "stop" and isinstance(turns, Rejected)
-                and turns.bad_input):
-            raise stop_error(message)
-        self._report[(split, f"skipped_{reason}")] += 1
-        if len(self._skipped) < FIRST_SKIPPED:
-            self._skipped.append(message)
-
-
-def build(data_dir: str, config_name: str, dialogues, context: DialogueContext) -> dict:
-    """Writes the dataset once per `config_name`; returns its report (counts per split and
-    reason, and the first skipped dialogues' messages). `dialogues`: {split: [(id, turns or
-    Rejected)]}, as `synth.dialogues.dialogue_entries` gives them."""
-    folder = os.path.join(data_dir, NAME, config_name)
-    report_path = epath.Path(folder) / "build_report.json"
+def build(data_dir: str, config_name: str, dialogues, context: DialogueContext,
+          runner=None) -> dict:
+    """Writes the dataset once per `config_name`, here or on a Beam `runner`; returns its
+    report (counts per split and reason, and the first skipped dialogues' messages).
+    `dialogues`: {split: [(id, turns or Rejected)]}, as `synth.dialogues.dialogue_entries`
+    gives them."""
+    report_path = epath.Path(data_dir) / NAME / config_name / "build_report.json"
     if report_path.exists():
         return json.loads(report_path.read_text())
-    report: collections.Counter = collections.Counter()
-    skipped: list[str] = []
-    tfds.disable_progress_bar()
-    builder = OmniflattenDialogues(dialogues=dialogues, context=context, report=report,
-                                   skipped=skipped, data_dir=data_dir,
-                                   config=tfds.core.BuilderConfig(name=config_name),
-                                   file_format="array_record")
-    builder.download_and_prepare()
-    context.layout.save(folder)
-    summary = {f"{split}/{what}": count for (split, what), count in sorted(report.items())}
-    if skipped:
-        summary["first_skipped"] = skipped
+    tally = common.build(OmniflattenDialogues, data_dir, config_name, context,
+                         entries_per_split(dialogues), runner)
+    summary = {f"{split}/{what}": count for (split, what), count in sorted(tally.counts.items())}
+    if tally.first:
+        summary["first_skipped"] = tally.messages()
     report_path.write_text(json.dumps(summary, indent=2))  # last: marks it finished
     return summary
 

@@ -12,19 +12,16 @@ square wave, DC) or with impossible sample values is a bad input too (`speech.ac
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import logging
-import os
-import time
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from data_pipelines.builders import common
-from data_pipelines.corpus import BadInputError, Item, stop_error
+from data_pipelines.builders import common, recipe
+from data_pipelines.corpus import SPLITS, BadInputError, Item
 from omniflatten_jax.config import DataConfig
 from omniflatten_jax.speech.activity import speech_problem
 from omniflatten_jax.speech.audio import AudioError
@@ -38,27 +35,52 @@ NAME = "omniflatten_speech_text"
 MARKERS = 6  # [ASR][SOS] ... [EOS][SOT] ... [EOT] (and the TTS order): six marker tokens
 
 
-@dataclasses.dataclass
-class BuildReport:
-    kept: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    examples: list = dataclasses.field(default_factory=list)
-
-    def to_json(self) -> dict:
-        return {"kept": dict(self.kept), "skipped": {f"{s}/{r}": n for (s, r), n
-                                                     in sorted(self.skipped.items())},
-                "first_skipped": self.examples[:50]}
-
-
 @dataclasses.dataclass(frozen=True)
 class BuildContext:
+    """The settings every example is built with, and the steps that build it (a `Recipe`)."""
+
     tokenizer: SpeechTokenizer
     layout: TokenLayout
     data: DataConfig
     seq_len: int
-    # Normalised transcripts of the train split: held-out utterances that repeat one of them
-    # are dropped, so that evaluation measures recognition, not recall of a training text.
+    # Normalised transcripts of the train split that a held-out utterance repeats (the
+    # train texts that also occur in validation or test): such held-out utterances are
+    # dropped, so that evaluation measures recognition, not recall of a training text.
     train_texts: frozenset[str] = frozenset()
+    tokenizer_path: str | None = None  # where `tokenizer` was read: what Beam workers get
+
+    steps = ("check text", "read and check audio", "tokenise")
+
+    def __reduce_ex__(self, protocol):
+        return recipe.reduce_with_tokenizer_file(self) or super().__reduce_ex__(protocol)
+
+    def step(self, name: str, split: str, state):
+        if name == "check text":
+            return state, checked_text(state, self, held_out=split != "train")
+        if name == "read and check audio":
+            item, text = state
+            return (item, text, *checked_audio(item, text, self))
+        item, text, wave, tts_wave = state
+        return tokenized(item, text, wave, tts_wave, self, keep_audio=split == "test")
+
+    def stops(self, state, reason: str) -> bool:
+        # A held-out utterance repeating a train transcript is expected, not the user's error.
+        return self.data.on_bad_input == "stop" and reason != "text_seen_in_train"
+
+    def skip_key(self, reason: str) -> str:
+        return reason
+
+    def kept_keys(self, example: dict) -> list[str]:
+        return ["kept"]
+
+
+def held_out_repeats(items: dict[str, list[Item]]) -> frozenset[str]:
+    """`BuildContext.train_texts` for a corpus: the normalised train transcripts that a
+    validation or test utterance repeats (small, whatever the corpus' size)."""
+    held_out = {normalize_transcript(item.text) for split in ("validation", "test")
+                for item in items.get(split, ())}
+    return frozenset(text for text in (normalize_transcript(item.text)
+                                       for item in items.get("train", ())) if text in held_out)
 
 
 def _where(item: Item, audio) -> str:
@@ -75,14 +97,13 @@ def check_activity(wave: np.ndarray, rate: int, where: str, what: str) -> None:
                             "data.check_speech_activity=false if it is speech after all")
 
 
-def make_example(item: Item, ctx: BuildContext, keep_audio: bool,
-                 held_out: bool = False) -> dict:
-    """One checked example; raises BadInputError(reason, message) naming the utterance.
-    `held_out`: the utterance is in validation or test, where a transcript of the train split
-    is not allowed."""
+def checked_text(item: Item, ctx: BuildContext, held_out: bool) -> str:
+    """The utterance's transcript as trained; raises BadInputError(reason, message) for a
+    rejected entry or an unusable transcript. `held_out`: the utterance is in validation or
+    test, where a transcript of the train split is not allowed."""
     if item.problem:
         raise BadInputError(*item.problem)
-    cfg, rate = ctx.data, ctx.tokenizer.sample_rate
+    cfg = ctx.data
     text = normalize_transcript(item.text) if cfg.normalize_text else item.text.strip()
     where = _where(item, item.audio)
     if not text:
@@ -93,6 +114,14 @@ def make_example(item: Item, ctx: BuildContext, keep_audio: bool,
     if len(text) > cfg.max_text_chars:
         raise BadInputError("text_too_long", f"{where}: {len(text)} characters > "
                             f"data.max_text_chars={cfg.max_text_chars}")
+    return text
+
+
+def checked_audio(item: Item, text: str, ctx: BuildContext) -> tuple[np.ndarray, np.ndarray]:
+    """The ASR input and TTS target waves at the tokenizer's rate, checked to be speech of
+    a plausible length for `text`."""
+    cfg, rate = ctx.data, ctx.tokenizer.sample_rate
+    where = _where(item, item.audio)
     try:
         wave = item.audio.load(rate, cfg.min_audio_seconds)
         tts_wave = (wave if item.tts_audio == item.audio
@@ -114,28 +143,38 @@ def make_example(item: Item, ctx: BuildContext, keep_audio: bool,
                             f"{where}: {chars_per_s:.1f} characters per second of audio lies "
                             f"outside data.chars_per_second={cfg.chars_per_second}: the "
                             "transcript does not match its audio")
+    return wave, tts_wave
+
+
+def tokenized(item: Item, text: str, wave: np.ndarray, tts_wave: np.ndarray,
+              ctx: BuildContext, keep_audio: bool) -> dict:
+    """The stored example: text and speech ids (checked to fit a row), audio if kept."""
+    rate = ctx.tokenizer.sample_rate
     text_ids = np.asarray(ctx.layout.tokenizer().encode(text), np.int32)
     speech_ids = ctx.layout.speech_ids(ctx.tokenizer.encode(wave, rate))
     tts_ids = ctx.layout.speech_ids(ctx.tokenizer.encode(tts_wave, rate))
     longest = MARKERS + len(text_ids) + max(len(speech_ids), len(tts_ids))
     if longest > ctx.seq_len:
-        raise BadInputError("longer_than_context", f"{where}: {longest} tokens > "
-                            f"train.seq_len={ctx.seq_len}")
+        raise BadInputError("longer_than_context", f"{_where(item, item.audio)}: {longest} "
+                            f"tokens > train.seq_len={ctx.seq_len}")
     audio = (np.clip(wave, -1, 1) * 32767).astype(np.int16) if keep_audio else np.zeros(0, np.int16)
     return {"id": item.id, "text": text, "speaker": item.speaker, "text_ids": text_ids,
             "speech_ids": speech_ids, "tts_speech_ids": tts_ids, "audio": audio}
 
 
-class OmniflattenSpeechText(tfds.core.GeneratorBasedBuilder):
-    VERSION = tfds.core.Version("1.2.0")  # bump when examples change: part of the cache key
+def make_example(item: Item, ctx: BuildContext, keep_audio: bool,
+                 held_out: bool = False) -> dict:
+    """One checked example (every step); raises BadInputError(reason, message) naming the
+    utterance."""
+    text = checked_text(item, ctx, held_out)
+    return tokenized(item, text, *checked_audio(item, text, ctx), ctx, keep_audio)
+
+
+class OmniflattenSpeechText(common.RecipeBuilder):
+    VERSION = tfds.core.Version("1.3.0")  # bump when examples change: part of the cache key
 
     # One BuilderConfig per cache key (see `build`): a new corpus, tokenizer or layout is a new
     # config, so a changed setting can never reuse stale tokens.
-    def __init__(self, *, items: dict[str, list[Item]] | None = None,
-                 context: BuildContext | None = None, report: BuildReport | None = None, **kw):
-        self._items, self._context, self._report = items, context, report
-        super().__init__(**kw)
-
     def _info(self):
         tensor = lambda dtype: tfds.features.Tensor(  # noqa: E731
             shape=(None,), dtype=dtype, encoding=tfds.features.Encoding.ZLIB)
@@ -145,48 +184,26 @@ class OmniflattenSpeechText(tfds.core.GeneratorBasedBuilder):
             "speech_ids": tensor(np.int32), "tts_speech_ids": tensor(np.int32),
             "audio": tensor(np.int16)}))
 
-    def _split_generators(self, dl_manager):
-        return common.non_empty_splits(self._generate_examples, self._items)
 
-    def _generate_examples(self, split, items):
-        ctx, report = self._context, self._report
-        start = time.perf_counter()
-        for n, item in enumerate(items, 1):
-            try:
-                example = make_example(item, ctx, keep_audio=split == "test",
-                                       held_out=split != "train")
-            except BadInputError as e:
-                reason, message = e.args
-                if ctx.data.on_bad_input == "stop" and reason != "text_seen_in_train":
-                    raise stop_error(message) from None
-                report.skipped[(split, reason)] += 1
-                if reason != "text_seen_in_train":  # expected, not a problem to look at
-                    report.examples.append(message)
-                continue
-            report.kept[split] += 1
-            yield item.id, example
-            if n % 1000 == 0:
-                log.info("  %s: %d/%d utterances (%.0f/s)", split, n, len(items),
-                                n / (time.perf_counter() - start))
+def report_of(tally: recipe.Tally) -> dict:
+    """build_report.json: kept per split, skipped per split and reason, first messages."""
+    kept = {s: n for (s, what), n in tally.counts.items() if what == "kept"}
+    return {"kept": {s: kept[s] for s in SPLITS if s in kept},
+            "skipped": {f"{s}/{what}": n for (s, what), n in sorted(tally.counts.items())
+                        if what != "kept"},
+            "first_skipped": tally.messages()}
 
 
-def build(data_dir: str, config_name: str, items, context: BuildContext) -> BuildReport:
-    """Writes the dataset once per `config_name` (the cache key); returns the build report."""
+def build(data_dir: str, config_name: str, items: dict[str, list[Item]],
+          context: BuildContext, runner=None) -> dict:
+    """Writes the dataset once per `config_name` (the cache key), here or on a Beam `runner`
+    (`runners.Runner`); returns the build report."""
     report_path = epath.Path(data_dir) / NAME / config_name / "build_report.json"
     if report_path.exists():
-        saved = json.loads(report_path.read_text())
-        report = BuildReport()
-        report.kept.update(saved["kept"])
-        return report
-    report = BuildReport()
-    tfds.disable_progress_bar()  # our own progress lines are in the log
-    config = tfds.core.BuilderConfig(name=config_name)
-    builder = OmniflattenSpeechText(items=items, context=context, report=report, data_dir=data_dir,
-                         config=config, file_format="array_record")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        verify_ssl=False))
-    context.layout.save(os.path.join(data_dir, NAME, config_name))
-    report_path.write_text(json.dumps(report.to_json(), indent=2))  # last: marks it finished
+        return json.loads(report_path.read_text())
+    tally = common.build(OmniflattenSpeechText, data_dir, config_name, context, items, runner)
+    report = report_of(tally)
+    report_path.write_text(json.dumps(report, indent=2))  # last: marks it finished
     return report
 
 

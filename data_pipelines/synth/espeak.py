@@ -20,6 +20,8 @@ ESPEAK_CHARS_UTF8 = 1
 POS_CHARACTER = 1
 EVENT_WORD = 1
 PARAM_RATE, PARAM_PITCH, PARAM_RANGE = 1, 3, 4
+RAND_SEED = 1
+REVISION = "fresh-library-per-utterance, rand seed 1"  # part of the embedded corpus' input fingerprint
 
 
 class _Event(ctypes.Structure):
@@ -50,6 +52,29 @@ class Utterance:
     word_chars: np.ndarray  # [n_words, 2] character offset and length of each word in the text
 
 
+def _fresh_library(old: ctypes.CDLL | None) -> tuple[ctypes.CDLL, int]:
+    """eSpeak NG loaded anew (every C static at its initial value) and initialised."""
+    import espeakng_loader
+
+    if old is not None:
+        old.espeak_Terminate()
+        libc = ctypes.CDLL(None)
+        libc.dlclose.argtypes = [ctypes.c_void_p]
+        if libc.dlclose(old._handle) != 0:
+            raise RuntimeError("eSpeak NG could not be unloaded")
+    lib = ctypes.CDLL(espeakng_loader.get_library_path())
+    data_parent = os.path.dirname(espeakng_loader.get_data_path())
+    rate = lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, data_parent.encode(), 0)
+    if rate <= 0:
+        raise RuntimeError(f"eSpeak NG failed to initialise (data in {data_parent})")
+    lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint,
+                                 ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
+                                 ctypes.c_void_p, ctypes.c_void_p]
+    # Its noise (breathy variants) comes from libc's rand(), shared with the whole process.
+    lib.espeak_ng_SetRandSeed(ctypes.c_long(RAND_SEED))
+    return lib, rate
+
+
 class Synthesizer:
     _lock = threading.Lock()
     _lib = None
@@ -58,18 +83,7 @@ class Synthesizer:
     def __init__(self):
         with Synthesizer._lock:
             if Synthesizer._lib is None:
-                import espeakng_loader
-
-                lib = ctypes.CDLL(espeakng_loader.get_library_path())
-                data_parent = os.path.dirname(espeakng_loader.get_data_path())
-                rate = lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0,
-                                             data_parent.encode(), 0)
-                if rate <= 0:
-                    raise RuntimeError(f"eSpeak NG failed to initialise (data in {data_parent})")
-                lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint,
-                                             ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
-                                             ctypes.c_void_p, ctypes.c_void_p]
-                Synthesizer._lib, Synthesizer._sample_rate = lib, rate
+                Synthesizer._lib, Synthesizer._sample_rate = _fresh_library(None)
         self._chunks: list[np.ndarray] = []
         self._words: list[tuple[int, int, int]] = []
         self._callback = _CALLBACK(self._collect)  # keep a reference: C holds the pointer
@@ -90,8 +104,9 @@ class Synthesizer:
         return 0
 
     def speak(self, text: str, voice: Voice) -> Utterance:
-        lib = Synthesizer._lib
         with Synthesizer._lock:
+            Synthesizer._lib, Synthesizer._sample_rate = _fresh_library(Synthesizer._lib)
+            lib = Synthesizer._lib
             self._chunks, self._words = [], []
             lib.espeak_SetSynthCallback(self._callback)
             if lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
