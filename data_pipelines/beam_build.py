@@ -40,7 +40,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from etils import epath
 
 from data_pipelines.builders import recipe as recipes
-from data_pipelines.corpus import BadInputError, InputFileError
+from data_pipelines.corpus import BadInputError
 from data_pipelines.runners import Runner, worker_error
 
 log = logging.getLogger(__name__)
@@ -198,9 +198,6 @@ class BeamSplits:
 
     def transforms(self) -> dict[str, BuildSplit]:
         written = [s for s in self.work if s not in self.count_only]
-        if not written:
-            raise InputFileError("every entry of every split was skipped: see the counts "
-                                 "logged above, and the first messages")
         extra = tuple((s, self.work[s], self.tally_path(s)) for s in self.count_only)
         return {s: BuildSplit(self.recipe, s, self.work[s], self.tally_path(s),
                               extra if s == written[0] else ())
@@ -239,6 +236,8 @@ def build(make_builder, recipe, entries: dict[str, list], data_dir: str,
     count_only: tuple[str, ...] = ()
     while True:
         splits = BeamSplits(recipe, work, folder, count_only)
+        if set(count_only) == set(work):
+            _nothing_kept(splits, runner)
         builder = make_builder(beam=splits)
         try:
             builder.download_and_prepare(download_config=runner.download_config())
@@ -258,6 +257,16 @@ def build(make_builder, recipe, entries: dict[str, list], data_dir: str,
     _check(builder, tally, splits.metrics)
     folder.rmtree(missing_ok=True)  # the work list and tally files
     return tally
+
+
+def _nothing_kept(splits: BeamSplits, runner: Runner) -> None:
+    """Every entry of every split was skipped: counts them (without TFDS, which has nothing
+    to write) and raises an error that says why."""
+    options = runner.download_config().beam_options
+    with beam.Pipeline(runner=runner.download_config().beam_runner, options=options) as root:
+        for split, paths in splits.work.items():
+            _examples(root, splits.recipe, split, paths, splits.tally_path(split))
+    raise recipes.nothing_kept(splits.tally())
 
 
 def _check(builder, tally: recipes.Tally, metrics: dict[str, int]) -> None:

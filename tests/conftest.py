@@ -40,3 +40,28 @@ def spoken_corpus(tmp_path_factory):
     manifest = root / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root, manifest, rows
+
+
+@pytest.fixture(scope="session")
+def messy_manifest(spoken_corpus, tmp_path_factory):
+    """The spoken corpus plus one utterance of every kind of bad input."""
+    import shutil
+
+    import numpy as np
+    import soundfile
+
+    root, manifest, rows = spoken_corpus
+    folder = tmp_path_factory.mktemp("messy")
+    for r in rows:
+        shutil.copy(root / r["audio"], folder / r["audio"])
+    (folder / "corrupt.wav").write_bytes(b"RIFF0000WAVEnot really")
+    soundfile.write(folder / "empty.wav", np.zeros(0), 16_000)
+    bad = [{"id": "corrupt", "audio": "corrupt.wav", "text": "anything", "split": "train"},
+           {"id": "empty", "audio": "empty.wav", "text": "anything", "split": "train"},
+           {"id": "missing", "audio": "missing.wav", "text": "anything", "split": "train"},
+           {"id": "mismatch", "audio": rows[0]["audio"], "split": "train",
+            "text": "this transcript is far too long for such a short recording ok"},
+           {"id": "blank", "audio": rows[1]["audio"], "text": "  ", "split": "train"}]
+    path = folder / "manifest.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows + bad))
+    return path

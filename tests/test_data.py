@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -19,26 +18,6 @@ from omniflatten_jax.config import DataConfig, override
 from omniflatten_jax.flatten import Stream, parse_alignment
 from omniflatten_jax.model import transformer
 from tests.helpers import small_config
-
-
-@pytest.fixture(scope="module")
-def messy_manifest(spoken_corpus, tmp_path_factory):
-    """The spoken corpus plus one utterance of every kind of bad input."""
-    root, manifest, rows = spoken_corpus
-    folder = tmp_path_factory.mktemp("messy")
-    for r in rows:
-        shutil.copy(root / r["audio"], folder / r["audio"])
-    (folder / "corrupt.wav").write_bytes(b"RIFF0000WAVEnot really")
-    soundfile.write(folder / "empty.wav", np.zeros(0), 16_000)
-    bad = [{"id": "corrupt", "audio": "corrupt.wav", "text": "anything", "split": "train"},
-           {"id": "empty", "audio": "empty.wav", "text": "anything", "split": "train"},
-           {"id": "missing", "audio": "missing.wav", "text": "anything", "split": "train"},
-           {"id": "mismatch", "audio": rows[0]["audio"], "split": "train",
-            "text": "this transcript is far too long for such a short recording ok"},
-           {"id": "blank", "audio": rows[1]["audio"], "text": "  ", "split": "train"}]
-    path = folder / "manifest.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows + bad))
-    return path
 
 
 def test_bad_inputs_are_skipped_and_counted(messy_manifest, tmp_path):

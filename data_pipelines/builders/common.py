@@ -33,7 +33,10 @@ class RecipeBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _split_generators(self, dl_manager):
         if self._beam is not None:
             return self._beam.transforms()
-        return non_empty_splits(self._generate_examples, self._entries)
+        splits = non_empty_splits(self._generate_examples, self._entries)
+        if not splits:
+            raise recipes.nothing_kept(self._tally)
+        return splits
 
     def _generate_examples(self, split, entries):
         start = time.perf_counter()

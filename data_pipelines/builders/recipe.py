@@ -19,7 +19,7 @@ import dataclasses
 import functools
 from typing import Any, Protocol
 
-from data_pipelines.corpus import SPLITS, BadInputError, stop_error
+from data_pipelines.corpus import SPLITS, BadInputError, InputFileError, stop_error
 
 FIRST_SKIPPED = 50  # skip messages kept in the build report
 
@@ -100,6 +100,13 @@ class Tally:
             tally.counts[(split, what)] += n
         tally.first = [tuple(f) for f in saved["first"]]
         return tally
+
+
+def nothing_kept(tally: Tally) -> InputFileError:
+    """The error of a build whose every entry was skipped (the same from either runner)."""
+    counts = {f"{s}/{w}": n for (s, w), n in sorted(tally.counts.items())}
+    return InputFileError(f"every entry was skipped ({counts}), e.g. "
+                          f"{'; '.join(tally.messages()[:3])}")
 
 
 def run(recipe: Recipe, split: str, index: int, entry: Any, tally: Tally) -> dict | None:

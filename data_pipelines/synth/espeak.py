@@ -21,7 +21,8 @@ POS_CHARACTER = 1
 EVENT_WORD = 1
 PARAM_RATE, PARAM_PITCH, PARAM_RANGE = 1, 3, 4
 RAND_SEED = 1
-REVISION = "fresh-library-per-utterance, rand seed 1"  # part of the embedded corpus' input fingerprint
+# Part of the input fingerprint of synthesised corpora (`data_pipelines.inputs`).
+REVISION = "fresh-library-per-utterance, rand seed 1"
 
 
 class _Event(ctypes.Structure):
