@@ -57,9 +57,10 @@ def write_work_list(folder: epath.Path, split: str, entries: list) -> list[str]:
     """The split's entries as pickled shards of (index, entry) under `folder`; their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     shards = max(1, math.ceil(len(entries) / ENTRIES_PER_SHARD))
+    indexed = list(enumerate(entries))
     paths = []
     for k in range(shards):
-        part = list(enumerate(entries))[k * ENTRIES_PER_SHARD:(k + 1) * ENTRIES_PER_SHARD]
+        part = indexed[k * ENTRIES_PER_SHARD:(k + 1) * ENTRIES_PER_SHARD]
         path = folder / f"{split}-{k:05d}-of-{shards:05d}.pkl"
         path.write_bytes(pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL))
         paths.append(str(path))

@@ -2,9 +2,10 @@
 
 Each example holds the transcript's text ids, the ASR input's speech ids (the user's voice),
 the TTS target's speech ids, and (test split only) the ASR input audio as int16. Ids follow
-the token layout saved beside the dataset. Every utterance is checked (`make_example`, the
-one place the per-utterance logic lives); a bad one is skipped and counted in the build report
-by split and reason, or stops the build, by `DataConfig.on_bad_input`. Entries the corpus
+the token layout saved beside the dataset. Every utterance goes through the same steps
+(`BuildContext.steps`: check text, read and check audio, tokenise), in one process or as Beam
+transforms (`builders.recipe`); a bad one is skipped and counted in the build report by split
+and reason, or stops the build, by `DataConfig.on_bad_input`. Entries the corpus
 reader rejected (a manifest line with bad fields or a duplicate id) are counted the same way.
 With `DataConfig.check_speech_activity`, audio with no speech in it (silence, a steady tone or
 square wave, DC) or with impossible sample values is a bad input too (`speech.activity`).
