@@ -140,6 +140,13 @@ class Item:
     problem: tuple[str, str] | None = None
 
 
+def start_afresh_if_synthesised(item: Item) -> None:
+    """Before an item's audio is made: a synthesised item then sounds the same whichever
+    process synthesises it, after whatever else (`espeak.Synthesizer.start_afresh`)."""
+    if isinstance(item.audio, SynthAudio) or isinstance(item.tts_audio, SynthAudio):
+        Synthesizer.start_afresh()
+
+
 def rejected_item(uid: str, reason: str, message: str) -> Item:
     audio = NoAudio(message)
     return Item(uid, "", "", audio, audio, (reason, message))

@@ -38,7 +38,7 @@ from etils import epath
 
 from data_pipelines import inputs as data_inputs
 from data_pipelines.builders import speech_text
-from data_pipelines.corpus import speech_text_items, split_of
+from data_pipelines.corpus import speech_text_items, split_of, start_afresh_if_synthesised
 from data_pipelines.runners import RUNNERS, Runner
 from omniflatten_jax import hosts, paths
 from omniflatten_jax.config import ExperimentConfig, to_dict
@@ -198,6 +198,7 @@ def speech_tokenizer(cfg: ExperimentConfig, data_root: str, items: dict,
     mel = cfg.speech.mel
     waves = []
     for item in items["train"][:cfg.speech.fit_max_utterances]:
+        start_afresh_if_synthesised(item)  # the audio the dataset will hold
         for audio in dict.fromkeys((item.audio, item.tts_audio)):  # ordered: reproducible
             try:
                 wave = audio.load(mel.sample_rate, cfg.data.min_audio_seconds)

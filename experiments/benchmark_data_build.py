@@ -7,15 +7,14 @@ Builds the speech-text and the dialogue dataset of the configuration from scratc
 runner (the speech tokenizer is fitted once beforehand and shared, as a cluster build ships
 it), and prints per dataset and runner: wall time, examples per second, hours of audio per
 core-hour (speech-text: the ASR input's duration, the corpus' hours; dialogues: the dialogue's
-duration), and the cores that would build the paper's corpora in a day at that rate (100k
-hours of speech-text pairs, 2,000 hours of dialogues). Cores are the runner's worker
-processes (1 for ``local``); the figures include the runner's start-up, which a corpus of
-this size does not amortise.
+duration) per CPU-hour of the work, and the cores that would build the paper's corpora in a
+day at that rate (100k hours of speech-text pairs, 2,000 hours of dialogues).
 
-On a small machine the DirectRunner's launcher (its gRPC data plane) competes with the workers
-for the same cores, which a cluster runner's service does not. So the table also gives the
-CPU seconds the build's processes spent (the workers' for Beam, read from the exited child
-processes) and the projection from audio hours per CPU-hour: what a cluster core delivers.
+The work's CPU time is the build process's for ``local`` (numpy's threads make it use more
+than one core) and the exited worker processes' for Beam. The DirectRunner's launcher (its
+gRPC data plane) competes with the workers for this machine's cores, which a cluster runner's
+service does not; its CPU time is shown apart. Wall times include the runner's start-up,
+which a corpus of this size does not amortise.
 """
 
 from __future__ import annotations
@@ -59,9 +58,10 @@ def audio_hours(prepared, name: str, field: str, frame_rate: float) -> tuple[int
     return examples, frames / frame_rate / 3600
 
 
-def _cpu_seconds(who: int) -> float:
-    usage = resource.getrusage(who)
-    return usage.ru_utime + usage.ru_stime
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process and of its exited children."""
+    return tuple(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                   resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 def write_audio_files(root: str, count: int) -> str:
@@ -91,8 +91,11 @@ def write_audio_files(root: str, count: int) -> str:
 
 def main(argv) -> None:
     from data_pipelines.builders import dialogues, speech_text
-    from data_pipelines.prepare import prepare_dialogues, prepare_speech_text
+    from data_pipelines.corpus import speech_text_items
+    from data_pipelines.inputs import speech_text_inputs
+    from data_pipelines.prepare import prepare_dialogues, prepare_speech_text, speech_tokenizer
     from data_pipelines.runners import Runner
+    from omniflatten_jax.stages import ALIGNMENT, plan_stage
 
     cli.start()
     root = tempfile.mkdtemp(prefix="data-build-bench-")
@@ -106,44 +109,45 @@ def main(argv) -> None:
         kinds = kinds[:1]
     try:
         # The tokenizer fit is not part of what is timed: fitted once, copied to each run.
-        fit = os.path.join(root, "fit")
-        prepare_speech_text(cfg, fit)
-        tokenizers = [p for p in os.listdir(os.path.join(fit, "data"))
-                      if p.startswith("speech_tokenizer-")]
+        fit = os.path.join(root, "fit", "data")
+        items = speech_text_items(cfg.data, plan_stage(cfg, ALIGNMENT).train.seed)
+        inputs = speech_text_inputs(cfg.data.source, cfg.data.language, items)
+        tokenizers = [speech_tokenizer(cfg, fit, items, inputs.key)]
         rows = []
         for kind, prepare, name, field in kinds:
             for runner_name in FLAGS.runners:
                 runner = (Runner() if runner_name == "local" else
                           Runner(runner_name, (f"--direct_num_workers={FLAGS.workers}",)))
-                cores = 1 if runner.local else FLAGS.workers
                 workdir = os.path.join(root, f"{kind}-{runner_name}")
                 os.makedirs(os.path.join(workdir, "data"))
                 for tok in tokenizers:
-                    shutil.copy(os.path.join(fit, "data", tok), os.path.join(workdir, "data"))
-                who = resource.RUSAGE_SELF if runner.local else resource.RUSAGE_CHILDREN
-                cpu0, start = _cpu_seconds(who), time.perf_counter()
+                    shutil.copy(tok, os.path.join(workdir, "data"))
+                before, start = _cpu_seconds(), time.perf_counter()
                 prepared = prepare(cfg, workdir, runner)
-                wall, cpu = time.perf_counter() - start, _cpu_seconds(who) - cpu0
+                wall = time.perf_counter() - start
+                own, children = (after - b for after, b in zip(_cpu_seconds(), before))
+                # The work: this process's CPU for a local build, the exited workers' for Beam.
+                work, launcher = (own, 0.0) if runner.local else (children, own)
                 examples, hours = audio_hours(prepared, name, field, frame_rate)
-                per_core_hour = hours / (wall / 3600 * cores)
-                per_cpu_hour = hours / (cpu / 3600)
-                rows.append((kind, runner_name, cores, wall, examples, examples / wall, hours,
-                             per_core_hour, cpu, per_cpu_hour,
-                             PAPER_HOURS[kind] / (per_cpu_hour * 24), prepared.fingerprint[:12]))
+                per_cpu_hour = hours / (work / 3600)
+                rows.append((kind, runner_name, wall, examples, hours, work, launcher,
+                             per_cpu_hour, PAPER_HOURS[kind] / (per_cpu_hour * 24),
+                             prepared.fingerprint[:12]))
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    print(f"\n{'dataset':<12} {'runner':<7} {'cores':>5} {'wall s':>7} {'examples':>8} "
-          f"{'ex/s':>6} {'audio h':>8} {'h/core-h':>9} {'CPU s':>7} {'h/CPU-h':>8} "
-          f"{'cores for paper/day':>19} fingerprint")
-    for kind, runner_name, cores, wall, n, rate, hours, per_core, cpu, per_cpu, need, fp in rows:
-        print(f"{kind:<12} {runner_name:<7} {cores:>5} {wall:>7.1f} {n:>8} {rate:>6.1f} "
-              f"{hours:>8.3f} {per_core:>9.1f} {cpu:>7.1f} {per_cpu:>8.1f} {need:>19.0f} {fp}")
+    print(f"\n{'dataset':<12} {'runner':<7} {'wall s':>7} {'examples':>8} {'ex/s':>6} "
+          f"{'audio h':>8} {'work CPU s':>10} {'busy cores':>10} {'launcher CPU s':>14} "
+          f"{'h/CPU-h':>8} {'cores for paper/day':>19} fingerprint")
+    for kind, runner_name, wall, n, hours, work, launcher, per_cpu, need, fp in rows:
+        print(f"{kind:<12} {runner_name:<7} {wall:>7.1f} {n:>8} {n / wall:>6.1f} {hours:>8.3f} "
+              f"{work:>10.1f} {work / wall:>10.2f} {launcher:>14.1f} {per_cpu:>8.1f} "
+              f"{need:>19.0f} {fp}")
     for kind in PAPER_HOURS:
         base = next((r for r in rows if r[0] == kind and r[1] == "local"), None)
         for r in rows:
             if base and r[0] == kind and r is not base:
-                print(f"{kind}: {r[1]} vs local: {base[3] / r[3]:.2f}x wall, "
-                      f"{r[7] / base[7]:.2f}x per core, {r[9] / base[9]:.2f}x per CPU second")
+                print(f"{kind}: {r[1]} vs local: {base[2] / r[2]:.2f}x wall, "
+                      f"{r[7] / base[7]:.2f}x audio per work CPU second")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from data_pipelines.dialogue_examples import ROLES, assistant_text_lag, stage_ex
 from data_pipelines.synth import voices
 from data_pipelines.synth.conversation import Conversation, SimulatedTurn, simulate
 from data_pipelines.synth.dialogues import Rejected, TextDialogue, clean_dialogue
+from data_pipelines.synth.espeak import Synthesizer
 from omniflatten_jax.chunking import TextOverflowError
 from omniflatten_jax.config import DialogueConfig
 from omniflatten_jax.speech.tokenizer import SpeechTokenizer
@@ -157,6 +158,7 @@ def synthesised(uid: str, turns: TextDialogue | Rejected, n: int,
         raise BadInputError(turns.reason, turns.message)
     turns = clean_dialogue(turns, ctx.cfg, ctx.normalize_text, f"dialogue {uid}")
     rng = np.random.default_rng([ctx.seed, n, len(uid)])
+    Synthesizer.start_afresh()  # its audio: a function of the dialogue alone
     return simulate(turns, voices.user_voice(ctx.cfg.language, rng),
                     voices.assistant_voice(ctx.cfg.language), ctx.cfg.simulation, rng,
                     ctx.tokenizer.sample_rate)

@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from data_pipelines.builders import common, recipe
-from data_pipelines.corpus import SPLITS, BadInputError, Item
+from data_pipelines.corpus import SPLITS, BadInputError, Item, start_afresh_if_synthesised
 from omniflatten_jax.config import DataConfig
 from omniflatten_jax.speech.activity import speech_problem
 from omniflatten_jax.speech.audio import AudioError
@@ -123,6 +123,7 @@ def checked_audio(item: Item, text: str, ctx: BuildContext) -> tuple[np.ndarray,
     a plausible length for `text`."""
     cfg, rate = ctx.data, ctx.tokenizer.sample_rate
     where = _where(item, item.audio)
+    start_afresh_if_synthesised(item)
     try:
         wave = item.audio.load(rate, cfg.min_audio_seconds)
         tts_wave = (wave if item.tts_audio == item.audio

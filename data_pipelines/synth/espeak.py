@@ -22,7 +22,7 @@ EVENT_WORD = 1
 PARAM_RATE, PARAM_PITCH, PARAM_RANGE = 1, 3, 4
 RAND_SEED = 1
 # Part of the input fingerprint of synthesised corpora (`data_pipelines.inputs`).
-REVISION = "fresh-library-per-utterance, rand seed 1"
+REVISION = "fresh library per corpus entry, rand seed 1"
 
 
 class _Event(ctypes.Structure):
@@ -89,6 +89,12 @@ class Synthesizer:
         self._words: list[tuple[int, int, int]] = []
         self._callback = _CALLBACK(self._collect)  # keep a reference: C holds the pointer
 
+    @classmethod
+    def start_afresh(cls) -> None:
+        """What is spoken next no longer depends on what this process spoke before."""
+        with cls._lock:
+            cls._lib, cls._sample_rate = _fresh_library(cls._lib)
+
     @property
     def sample_rate(self) -> int:
         return Synthesizer._sample_rate
@@ -106,7 +112,6 @@ class Synthesizer:
 
     def speak(self, text: str, voice: Voice) -> Utterance:
         with Synthesizer._lock:
-            Synthesizer._lib, Synthesizer._sample_rate = _fresh_library(Synthesizer._lib)
             lib = Synthesizer._lib
             self._chunks, self._words = [], []
             lib.espeak_SetSynthCallback(self._callback)
