@@ -141,7 +141,7 @@ def main(argv) -> None:
     for kind, runner_name, wall, n, hours, work, launcher, per_cpu, need, fp in rows:
         print(f"{kind:<12} {runner_name:<7} {wall:>7.1f} {n:>8} {n / wall:>6.1f} {hours:>8.3f} "
               f"{work:>10.1f} {work / wall:>10.2f} {launcher:>14.1f} {per_cpu:>8.1f} "
-              f"{need:>19.0f} {fp}")
+              f"{need:>19.1f} {fp}")
     for kind in PAPER_HOURS:
         base = next((r for r in rows if r[0] == kind and r[1] == "local"), None)
         for r in rows:
