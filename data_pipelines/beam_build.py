@@ -28,6 +28,7 @@ came from a file reads that file (`recipe.reduce_with_tokenizer_file`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -246,7 +247,8 @@ def build(make_builder, recipe, entries: dict[str, list], data_dir: str,
             _nothing_kept(splits, runner)
         builder = make_builder(beam=splits)
         try:
-            builder.download_and_prepare(download_config=runner.download_config())
+            with _quiet_job_service():
+                builder.download_and_prepare(download_config=runner.download_config())
             break
         except Exception as e:  # noqa: BLE001 - a worker's error arrives as the runner's
             message = worker_error(e)
@@ -263,6 +265,19 @@ def build(make_builder, recipe, entries: dict[str, list], data_dir: str,
     _check(builder, tally, splits.metrics)
     folder.rmtree(missing_ok=True)  # the work list and tally files
     return tally
+
+
+@contextlib.contextmanager
+def _quiet_job_service():
+    """The DirectRunner's job service relays every worker's log and error to this process's
+    log; the error that matters is raised anyway (one line, or in WORKDIR/logs)."""
+    relay = logging.getLogger("apache_beam.runners.portability.local_job_service")
+    level = relay.level
+    relay.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        relay.setLevel(level)
 
 
 def _nothing_kept(splits: BeamSplits, runner: Runner) -> None:

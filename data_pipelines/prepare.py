@@ -257,8 +257,8 @@ def prepare_speech_text(cfg: ExperimentConfig, workdir: str,
             data_inputs.save(inputs, _mkdir(staging, speech_text.NAME, name))
             report = speech_text.build(staging, name, items, context, runner)
         skipped = sum(report["skipped"].values())
-        log.info("built speech-text dataset %s %s in %.0f s: kept %s, skipped %d %s", name,
-                 runner.described(), time.perf_counter() - start, report["kept"], skipped,
+        log.info("built speech-text dataset %s in %.0f s: kept %s, skipped %d %s", name,
+                 time.perf_counter() - start, report["kept"], skipped,
                  report["skipped"] if skipped else "")
         return inputs.key
 
@@ -325,8 +325,7 @@ def prepare_dialogues(cfg: ExperimentConfig, workdir: str,
         with _staging(data_dir, dialogue_builder.NAME, name) as staging:
             data_inputs.save(inputs, _mkdir(staging, dialogue_builder.NAME, name))
             report = dialogue_builder.build(staging, name, splits, context, runner)
-        log.info("built dialogue dataset %s %s in %.0f s: %s", name, runner.described(),
-                 time.perf_counter() - start,
+        log.info("built dialogue dataset %s in %.0f s: %s", name, time.perf_counter() - start,
                  {k: v for k, v in report.items() if k != "first_skipped"})
         return keys
 
@@ -342,7 +341,7 @@ def main(argv) -> None:
     from experiments import cli
 
     beam_args = [a for a in argv[1:] if a != "--"]
-    if beam_args and cli.FLAGS.runner == "local":
+    if beam_args and cli.FLAGS.runner in ("local", "auto"):
         raise app.UsageError(f"unexpected arguments: {beam_args} (Beam pipeline options, after "
                              "--, need a Beam runner)")
     runner = Runner(cli.FLAGS.runner, tuple(beam_args))
@@ -372,6 +371,7 @@ if __name__ == "__main__":
                       "which datasets: the alignment stage's, the dialogue stages', or both")
     flags.DEFINE_enum("runner", "direct", RUNNERS,
                       "where to build: local (this process), direct (Apache Beam's DirectRunner: "
-                      "a worker process per core) or a cluster runner (dataflow, flink, spark); "
-                      "Beam pipeline options follow a --, e.g. -- --direct_num_workers=8")
+                      "a worker process per core), a cluster runner (dataflow, flink, spark), or "
+                      "auto (local for small corpora, else direct: what run.py does); Beam "
+                      "pipeline options follow a --, e.g. -- --direct_num_workers=8")
     app.run(main)

@@ -1,41 +1,57 @@
 """Where a dataset is built: in this process, or by an Apache Beam runner.
 
-``local`` runs the builder's recipe one entry after another in the calling process (what
-`run.py` does when it finds no dataset: no Beam, no worker start-up). The Beam runners run the
-same recipe as a pipeline (`beam_build`): ``direct`` on this machine, one worker process per
-core by default; ``dataflow``, ``flink`` and ``spark`` on a cluster, configured by Beam's own
-pipeline options, passed through unchanged (``python -m data_pipelines.prepare ... --
---project=... --region=...``).
+``local`` runs the builder's recipe one entry after another in the calling process (no Beam,
+no worker start-up). The Beam runners run the same recipe as a pipeline (`beam_build`):
+``direct`` on this machine, one worker process per core by default; ``dataflow``, ``flink``
+and ``spark`` on a cluster, configured by Beam's own pipeline options, passed through
+unchanged (``python -m data_pipelines.prepare ... -- --project=... --region=...``). ``auto``
+(what `run.py` uses when it finds no dataset) is ``local`` for a corpus under
+`AUTO_BEAM_MIN_ENTRIES` entries, where starting Beam's workers costs more than they save, and
+``direct`` above it (docs/benchmarks.md has the figures).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import re
 
 BEAM_RUNNERS = {"direct": "DirectRunner", "dataflow": "DataflowRunner",
                 "flink": "FlinkRunner", "spark": "SparkRunner"}
-RUNNERS = ("local", *BEAM_RUNNERS)
+RUNNERS = ("auto", "local", *BEAM_RUNNERS)
+# On 2 cores the DirectRunner built 3,890 embedded utterances in 40 s against one process's
+# 64 s, and 604 dialogues in the same time; its start-up costs about 10 s.
+AUTO_BEAM_MIN_ENTRIES = 2000
 
 
 @dataclasses.dataclass(frozen=True)
 class Runner:
-    name: str = "local"  # one of RUNNERS
+    name: str = "auto"  # one of RUNNERS
     beam_args: tuple[str, ...] = ()  # Beam pipeline options, e.g. ("--direct_num_workers=4",)
 
     def __post_init__(self):
         if self.name not in RUNNERS:
             raise ValueError(f"unknown runner {self.name!r}: use one of {', '.join(RUNNERS)}")
-        if self.local and self.beam_args:
+        if self.name in ("local", "auto") and self.beam_args:
             raise ValueError(f"Beam pipeline options {list(self.beam_args)} need a Beam runner "
-                             f"({', '.join(BEAM_RUNNERS)}), not --runner=local")
+                             f"({', '.join(BEAM_RUNNERS)}), not --runner={self.name}")
 
     @property
     def local(self) -> bool:
         return self.name == "local"
 
+    def for_entries(self, entries: int) -> "Runner":
+        """The runner to build `entries` entries with: this one, or what ``auto`` picks."""
+        if self.name != "auto":
+            return self
+        if entries < AUTO_BEAM_MIN_ENTRIES or importlib.util.find_spec("apache_beam") is None:
+            return Runner("local")
+        return Runner("direct")
+
     def described(self) -> str:
+        if self.name == "auto":
+            return "in this process or on Beam's DirectRunner, by corpus size"
         return "in this process" if self.local else f"on Beam's {BEAM_RUNNERS[self.name]}"
 
     def pipeline_args(self) -> list[str]:

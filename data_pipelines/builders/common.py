@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 
 from data_pipelines.builders import recipe as recipes
 from data_pipelines.corpus import InputFileError
+from data_pipelines.runners import Runner
 from omniflatten_jax.vocab import TokenLayout
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ class RecipeBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 def build(builder_cls: type[RecipeBuilder], data_dir: str, config_name: str, recipe,
           entries: dict[str, list], runner=None) -> recipes.Tally:
     """Writes the dataset `config_name` of `builder_cls` from `entries` ({split: [entry]}):
-    here, one entry after another, or on `runner` (a `runners.Runner`: Apache Beam). Returns
+    here, one entry after another, or on `runner` (a `runners.Runner`; by default, ``auto``:
+    Apache Beam's DirectRunner for a large corpus). Returns
     the tally of kept and skipped entries; the two ways write the same records."""
     tfds.disable_progress_bar()  # our own progress lines are in the log
 
@@ -63,7 +65,9 @@ def build(builder_cls: type[RecipeBuilder], data_dir: str, config_name: str, rec
         return builder_cls(recipe=recipe, data_dir=data_dir, file_format="array_record",
                            config=tfds.core.BuilderConfig(name=config_name), **kw)
 
-    if runner is None or runner.local:
+    runner = (runner or Runner()).for_entries(sum(len(v) for v in entries.values()))
+    log.info("  building %s", runner.described())
+    if runner.local:
         tally = recipes.Tally()
         builder(entries=entries, tally=tally).download_and_prepare(
             download_config=tfds.download.DownloadConfig(verify_ssl=False))
