@@ -15,8 +15,9 @@ segments. The definitions followed here are those written down in the project's 
   stop; else the words overlapping it: more than 3 -> TOR 1; under 1 s with at most 2 words ->
   TOR 0; else TOR 1. Every segment under 1 s visited is listed as a backchannel, whatever its
   TOR (FDB's wording). The sample's TOR is the last one set. Frequency = backchannels per
-  second of output; JSD = the Jensen-Shannon distance (natural log) between the backchannels' 0.2 s-bin histogram and the
-  ground-truth distribution resampled onto the same bins; no backchannel scores 1.
+  second of output; JSD = the Jensen-Shannon distance (natural log) between the backchannels'
+  0.2 s-bin histogram and the ground-truth distribution resampled onto the same bins; no
+  backchannel scores 1.
 
 The LLM-judged scores (interruption relevance, v1.5 behaviour labels) need a hosted model and
 are out of scope offline.
