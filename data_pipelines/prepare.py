@@ -1,8 +1,9 @@
 """Prepares a stage's data in the workdir, once: speech tokenizer, token layout, TFDS dataset.
 
-A dataset is built in the calling process (`runners.Runner` ``local``: what `run.py` does) or
-by Apache Beam (`beam_build`) on any runner; both write the same records under the same cache
-key, so a training run reuses a dataset whichever way it was built.
+A dataset is built in the calling process or by Apache Beam (`beam_build`) on any runner
+(`runners.Runner`; `run.py` uses ``auto``: one process for a small corpus, the DirectRunner for
+a large one); both write the same records under the same cache key, so a training run reuses a
+dataset whichever way it was built.
 
 Everything is cached under ``WORKDIR/data`` and keyed by the settings it depends on and by a
 fingerprint of its inputs (`data_pipelines.inputs`), so a second run reuses it, and a changed
@@ -16,7 +17,7 @@ storage) and the hosts compare the dataset's fingerprint, which checkpoints also
 launcher may run the step of its own first, on one machine:
 
     python -m data_pipelines.prepare --workdir=DIR [--config=NAME --data=... --set=...]
-        [--runner=direct|local|dataflow|flink|spark] [-- BEAM PIPELINE OPTIONS]
+        [--runner=direct|auto|local|dataflow|flink|spark] [-- BEAM PIPELINE OPTIONS]
 """
 
 from __future__ import annotations
