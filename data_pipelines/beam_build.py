@@ -283,8 +283,8 @@ def _quiet_job_service():
 def _nothing_kept(splits: BeamSplits, runner: Runner) -> None:
     """Every entry of every split was skipped: counts them (without TFDS, which has nothing
     to write) and raises an error that says why."""
-    options = runner.download_config().beam_options
-    with beam.Pipeline(runner=runner.download_config().beam_runner, options=options) as root:
+    config = runner.download_config()
+    with beam.Pipeline(runner=config.beam_runner, options=config.beam_options) as root:
         for split, paths in splits.work.items():
             _examples(root, splits.recipe, split, paths, splits.tally_path(split))
     raise recipes.nothing_kept(splits.tally())

@@ -2,6 +2,7 @@
 build: the same records, report and fingerprint, bad inputs counted (or stopped on) the same
 way, and readable by `tfds.data_source` in a process that never imported Beam."""
 
+import ast
 import dataclasses
 import json
 import logging
@@ -40,7 +41,7 @@ def records(prepared, name: str) -> dict:
 
 def beam_metrics(caplog) -> dict:
     line = next(r.getMessage() for r in caplog.records if "Beam metrics" in r.getMessage())
-    return eval(line.split(": ", 1)[1])  # the logged dict
+    return ast.literal_eval(line.split(": ", 1)[1])  # the logged dict
 
 
 def build_both(cfg, tmp_path, prepare, caplog):
