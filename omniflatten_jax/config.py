@@ -198,6 +198,21 @@ class SimulationConfig:
     wait_s: tuple[float, float] = (0.4, 1.5)  # (c) silence before the user speaks again
     tail_silence_s: float = 0.5
     snr_db: tuple[float, float] = (15.0, 30.0)  # noise on the user channel
+    # (d) The user pauses mid-turn (between two words, after this fraction of them) for this
+    # long, and the assistant must not take the floor (FDB's pause handling).
+    pause_probability: float = 0.25
+    pause_at: tuple[float, float] = (0.3, 0.7)
+    pause_s: tuple[float, float] = (0.8, 2.0)
+    pause_min_words: int = 4  # shorter user turns are not paused
+    # (e) The user backchannels while the assistant speaks, after this fraction of its turn,
+    # and the assistant keeps talking (FDB's backchannel robustness).
+    user_backchannel_probability: float = 0.25
+    user_backchannel_at: tuple[float, float] = (0.2, 0.6)
+    backchannel_min_s: float = 2.0  # a turn shorter than this gets no backchannel
+    backchannels: tuple[str, ...] = ("mm-hm", "right", "yeah", "okay", "i see", "uh-huh")
+    # (f) The assistant backchannels during a long user turn (speech, no text); off by
+    # default: whether a model should learn to is the user's choice.
+    assistant_backchannel_probability: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
