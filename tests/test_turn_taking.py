@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from omniflatten_jax.evaluation.turn_taking import events, format_table, turn_taking_metrics
+from omniflatten_jax.evaluation.turn_taking import (
+    events,
+    format_table,
+    span_events,
+    turn_taking_metrics,
+)
 
 S = 0  # <silent_speech>
 A = 7  # any speech code
@@ -64,3 +69,21 @@ def test_already_counts_models_in_the_target_state_before_the_event():
                             silent_id=S, frame_rate=25)
     assert r["assistant"]["acc@1"] == 1 and r["assistant"]["already"] == 1
     assert r["interruption"]["acc@1"] == 1 and r["interruption"]["already"] == pytest.approx(1 / 2)
+
+
+def test_pauses_and_backchannels_are_sat_through_or_not():
+    S, T = 0, 7  # <silent_speech>, any speech token; 25 Hz: the grace is 13 frames
+    spans = span_events(["pause", "user_backchannel", "assistant_backchannel"],
+                        [10, 40, 70], [20, 45, 75])
+    assert spans == [("pause", 10, 20), ("user_backchannel", 40, 45)]
+    quiet_then_talking = np.array([S] * 30 + [T] * 70)  # silent through the pause, talking on
+    breaks_in = np.array([S] * 15 + [T] * 85)  # speaks inside the pause
+    stops = np.array([S] * 20 + [T] * 30 + [S] * 50)  # stops 5 frames after the backchannel
+    r = turn_taking_metrics([(quiet_then_talking, spans), (breaks_in, spans), (stops, spans)],
+                            S, 25.0)
+    assert r["pause"] == {"events": 3, "held": pytest.approx(2 / 3), "already": 0.0}
+    # The backchannel: kept talking through it and 0.5 s after (only the first two).
+    assert r["user_backchannel"]["held"] == pytest.approx(2 / 3)
+    assert r["user_backchannel"]["already"] == 0.0
+    assert r["assistant"]["events"] == 0  # spans are not turn changes
+    assert "pause" in format_table(r)

@@ -17,6 +17,17 @@ Definitions (frames are speech tokens; one token lasts ``1000 / frame_rate`` ms,
   the event (speaking while the user's last frame was heard; silent when the user cut in).
   These count as ``d = 0`` under the definitions above, as the paper's wording reads; the share
   shows how much of Acc@1 is a model that talks over the user, or was not talking at all.
+
+Two more kinds are spans the model must sit through rather than switches (Full-Duplex-Bench
+tests both; the simulator makes them, `conversation.py`):
+
+* ``pause``: the user stops mid-turn; ``held`` = the share of pauses during which the model
+  generated only <silent_speech> (it did not take the floor); ``already`` = the share where it
+  was speaking on the frame before the pause began.
+* ``user_backchannel``: the user says "mm-hm" while the assistant speaks; ``held`` = the share
+  where the model kept speaking (no <silent_speech>) from the backchannel's start until
+  `BACKCHANNEL_GRACE_MS` after its end; ``already`` = the share where it was silent on the
+  frame before (there was nothing to keep going).
 """
 
 from __future__ import annotations
@@ -31,6 +42,8 @@ from omniflatten_jax.vocab import TokenLayout
 
 KS = (1, 5, 10, 25)
 TIMEOUT_MS = 1500.0
+SPAN_KINDS = ("pause", "user_backchannel")
+BACKCHANNEL_GRACE_MS = 500.0  # a model that stops just after "mm-hm" took it as a turn
 
 
 def delay(mask: np.ndarray, start: int) -> int | None:
@@ -52,16 +65,47 @@ def events(roles: Sequence[str], starts: Sequence[int], ends: Sequence[int],
     return found
 
 
-def turn_taking_metrics(dialogues: Sequence[tuple[np.ndarray, list[tuple[str, int]]]],
+def span_events(kinds: Sequence[str], starts: Sequence[int], ends: Sequence[int]
+                ) -> list[tuple[str, int, int]]:
+    """``(kind, first frame, end frame)`` of the scored spans (pauses, user backchannels)."""
+    return [(k, int(s), int(e)) for k, s, e in zip(kinds, starts, ends) if k in SPAN_KINDS]
+
+
+def span_metrics(dialogues, silent_id: int, frame_rate: float) -> dict:
+    """``held`` and ``already`` per span kind (module docstring)."""
+    grace = int(round(BACKCHANNEL_GRACE_MS * frame_rate / 1000.0))
+    held = {k: [] for k in SPAN_KINDS}
+    already = {k: 0 for k in SPAN_KINDS}
+    for speech, found in dialogues:
+        silent = np.asarray(speech) == silent_id
+        for event in found:
+            if len(event) != 3:
+                continue
+            kind, start, end = event
+            if kind == "pause":
+                held[kind].append(bool(silent[start:end].all()))
+                already[kind] += bool(start > 0 and not silent[start - 1])
+            else:
+                held[kind].append(not silent[start:end + grace].any())
+                already[kind] += bool(start > 0 and silent[start - 1])
+    return {k: {"events": len(v), "held": float(np.mean(v)) if v else None,
+                "already": already[k] / len(v) if v else None} for k, v in held.items()}
+
+
+def turn_taking_metrics(dialogues: Sequence[tuple[np.ndarray, list[tuple]]],
                         silent_id: int, frame_rate: float, ks: Sequence[int] = KS,
                         timeout_ms: float = TIMEOUT_MS) -> dict:
-    """`dialogues`: (generated assistant speech ids per frame, `events`) pairs."""
+    """`dialogues`: (generated assistant speech ids per frame, events) pairs: `events`'
+    (kind, frame) turn changes and `span_events`' (kind, start, end) spans."""
     frame_ms = 1000.0 / frame_rate
     delays: dict[str, list[float | None]] = {"assistant": [], "interruption": []}
     already = {"assistant": 0, "interruption": 0}
     for speech, found in dialogues:
         speech = np.asarray(speech)
-        for kind, frame in found:
+        for event in found:
+            if len(event) != 2:
+                continue
+            kind, frame = event
             mask = speech != silent_id if kind == "assistant" else speech == silent_id
             d = delay(mask, frame)
             delays[kind].append(None if d is None or d * frame_ms >= timeout_ms else d)
@@ -76,10 +120,11 @@ def turn_taking_metrics(dialogues: Sequence[tuple[np.ndarray, list[tuple[str, in
             "failure_rate": (len(ds) - len(ok)) / len(ds) if ds else None,
             "already": already[kind] / len(ds) if ds else None,
         }
-    return {"frame_ms": frame_ms, "timeout_ms": timeout_ms, **result}
+    return {"frame_ms": frame_ms, "timeout_ms": timeout_ms, **result,
+            **span_metrics(dialogues, silent_id, frame_rate)}
 
 
-TurnTakingCase = tuple[np.ndarray, list[tuple[str, int]]]  # (user speech per frame, `events`)
+TurnTakingCase = tuple[np.ndarray, list[tuple]]  # (user speech per frame, events and spans)
 
 
 def evaluate_turn_taking(placed: PlacedModel, layout: TokenLayout, settings: DuplexSettings,
@@ -120,4 +165,12 @@ def format_table(result: dict, reference: dict | None = None) -> str:
         paper = PAPER[kind]
         lines.append(f"{'  paper':<14}{'':>7}" + "".join(f"{a:>8}" for a in paper["acc"])
                      + f"{paper['avg_response_ms']:>8}{'':>6}")
+    spans = [k for k in SPAN_KINDS if result.get(k, {}).get("events")]
+    if spans:
+        lines.append(f"{'span':<18}{'events':>7}{'held':>8}{'already':>9}")
+        for kind in spans:
+            for name, r in ((kind, result[kind]),
+                            *((("  data", reference[kind]),) if reference else ())):
+                lines.append(f"{name:<18}{r['events']:>7}{fmt(r['held']):>8}"
+                             f"{fmt(r['already']):>9}")
     return "\n".join(lines)
