@@ -26,6 +26,7 @@ from data_pipelines.dialogue_examples import (
 )
 from data_pipelines.pipelines import dialogue_pipeline
 from data_pipelines.prepare import prepare_dialogues
+from data_pipelines.synth.conversation import EVENT_KINDS
 from omniflatten_jax import checkpoint, hosts, paths
 from omniflatten_jax.config import ExperimentConfig
 from omniflatten_jax.evaluation.cross_entropy import stream_cross_entropy
@@ -34,6 +35,7 @@ from omniflatten_jax.evaluation.turn_taking import (
     evaluate_turn_taking,
     events,
     format_table,
+    span_events,
     turn_taking_metrics,
 )
 from omniflatten_jax.inference.duplex import DuplexSettings
@@ -159,8 +161,12 @@ def turn_taking(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedModel, rec
     return {"turn_taking": result, "turn_taking_data": data}
 
 
-def record_events(record) -> list[tuple[str, int]]:
-    """A dialogue record's scored turn changes (`turn_taking.events`)."""
+def record_events(record) -> list[tuple]:
+    """A dialogue record's scored turn changes (`turn_taking.events`) and spans (pauses, user
+    backchannels: `turn_taking.span_events`)."""
     turns = dialogue_streams(record).turns
-    return events([t.role for t in turns], [t.start for t in turns], [t.end for t in turns],
-                  turn_changes(record))
+    found = events([t.role for t in turns], [t.start for t in turns], [t.end for t in turns],
+                   turn_changes(record))
+    kinds = [EVENT_KINDS[int(k)] for k in record.get("event_kinds", ())]
+    return found + span_events(kinds, record.get("event_starts", ()),
+                               record.get("event_ends", ()))

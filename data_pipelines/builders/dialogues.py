@@ -29,7 +29,12 @@ from data_pipelines.builders import common, recipe
 from data_pipelines.corpus import BadInputError, check_policy
 from data_pipelines.dialogue_examples import ROLES, assistant_text_lag, stage_examples
 from data_pipelines.synth import voices
-from data_pipelines.synth.conversation import Conversation, SimulatedTurn, simulate
+from data_pipelines.synth.conversation import (
+    EVENT_KINDS,
+    Conversation,
+    SimulatedTurn,
+    simulate,
+)
 from data_pipelines.synth.dialogues import Rejected, TextDialogue, clean_dialogue
 from data_pipelines.synth.espeak import Synthesizer
 from omniflatten_jax.chunking import TextOverflowError
@@ -81,7 +86,8 @@ class DialogueContext:
         return f"skipped_{reason}"
 
     def kept_keys(self, example: dict) -> list[str]:
-        return ["kept", *example["boundaries"].split(",")] if example["boundaries"] else ["kept"]
+        patterns = example["boundaries"].split(",") if example["boundaries"] else []
+        return ["kept", *patterns, *(EVENT_KINDS[k] for k in example["event_kinds"])]
 
 
 def problem(example: dict, ctx: DialogueContext) -> str | None:
@@ -129,6 +135,15 @@ def tokenize(conv: Conversation, ctx: DialogueContext) -> dict:
     assistant = np.full(n, layout.special("<silent_speech>"), np.int32)
     roles, starts, ends, lengths, text_ids, frames = [], [], [], [], [], []
     text_tok = layout.tokenizer()
+    kinds, event_starts, event_ends = [], [], []
+    for event in conv.events:
+        start = min(int(np.floor(event.start_s * rate)), n)
+        end = min(int(np.ceil(event.end_s * rate)), n)
+        if event.kind == "assistant_backchannel":  # speech without text
+            assistant[start:end] = assistant_codes[start:end]
+        kinds.append(EVENT_KINDS.index(event.kind))
+        event_starts.append(start)
+        event_ends.append(end)
     for turn in conv.turns:
         start = min(int(np.floor(turn.start_s * rate)), n)
         end = min(int(np.ceil(turn.end_s * rate)), n)
@@ -147,7 +162,10 @@ def tokenize(conv: Conversation, ctx: DialogueContext) -> dict:
             "turn_text_lengths": np.asarray(lengths, np.int32),
             "text_ids": np.asarray(text_ids, np.int32),
             "token_frames": np.asarray(frames, np.int32),
-            "boundaries": ",".join(conv.boundaries), "snr_db": np.float32(conv.snr_db)}
+            "boundaries": ",".join(conv.boundaries), "snr_db": np.float32(conv.snr_db),
+            "event_kinds": np.asarray(kinds, np.int32),
+            "event_starts": np.asarray(event_starts, np.int32),
+            "event_ends": np.asarray(event_ends, np.int32)}
 
 
 def synthesised(uid: str, turns: TextDialogue | Rejected, n: int,
@@ -202,7 +220,7 @@ def entries_per_split(dialogues: dict[str, list]) -> dict[str, list]:
 
 
 class OmniflattenDialogues(common.RecipeBuilder):
-    VERSION = tfds.core.Version("1.3.0")  # bump when examples change: part of the cache key
+    VERSION = tfds.core.Version("1.4.0")  # bump when examples change: part of the cache key
     PROGRESS_EVERY = 500
 
     def _info(self):
@@ -211,7 +229,8 @@ class OmniflattenDialogues(common.RecipeBuilder):
                                         encoding=tfds.features.Encoding.ZLIB)
 
         ints = ("user_speech", "assistant_speech", "turn_roles", "turn_starts", "turn_ends",
-                "turn_text_lengths", "text_ids", "token_frames")
+                "turn_text_lengths", "text_ids", "token_frames", "event_kinds", "event_starts",
+                "event_ends")
         features = {k: tensor(np.int32) for k in ints}
         features |= {"user_audio": tensor(np.int16), "assistant_audio": tensor(np.int16),
                      "id": tfds.features.Text(), "boundaries": tfds.features.Text(),
