@@ -1,0 +1,100 @@
+"""Held-out simulated dialogues as Full-Duplex-Bench v1 sample folders.
+
+FDB's contract is a folder per sample holding the user's side as ``input.wav`` and the task's
+annotation (`shared/FDB.md`); a model streams ``input.wav`` and writes ``output.wav`` beside
+it. This writes such folders from the test split of the dialogue dataset, so the harness
+(`omniflatten_jax.evaluation.fdb`) runs offline on the embedded default, and a user can point
+the same harness at FDB's own release instead:
+
+* ``pause_handling/N/``: a user turn with a pause in it, from just before it starts to its
+  end; ``pause.json`` = ``[{"text": "[PAUSE]", "timestamp": [start, end]}]``.
+* ``smooth_turn_taking/N/``: a user turn the assistant replies to, then `TAIL_S` of the user's
+  open microphone; ``turn_taking.json`` = ``[{"text": "[TURN-TAKING]", "timestamp": [end of
+  the user's turn, end of the clip]}]``.
+* ``user_interruption/N/``: the user's turn before an interrupted assistant turn (the
+  context), the silence while the assistant spoke, the interrupting turn, then `TAIL_S`;
+  ``interrupt.json`` = ``[{"context": ..., "interrupt": ..., "timestamp": [start, end of the
+  interrupting speech]}]``, with ``context.wav`` and ``interrupt.wav``.
+
+Times are seconds from the clip's start. The user channel is taken as recorded (speech, its
+pauses and backchannels, and the simulated microphone noise).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from data_pipelines.dialogue_examples import ROLES, dialogue_streams, turn_changes
+from data_pipelines.synth.conversation import EVENT_KINDS
+from omniflatten_jax.speech.audio import save_audio
+
+TASKS = ("pause_handling", "smooth_turn_taking", "user_interruption")
+LEAD_S = 0.3  # audio kept before a clip's first speech
+TAIL_S = 4.0  # open microphone after the user's last word: time for the model to answer
+
+
+def _write(folder: str, audio: np.ndarray, sample_rate: int, annotation_name: str,
+           annotation: list, extra: dict[str, np.ndarray] | None = None) -> None:
+    os.makedirs(folder, exist_ok=True)
+    save_audio(os.path.join(folder, "input.wav"), audio, sample_rate)
+    for name, clip in (extra or {}).items():
+        save_audio(os.path.join(folder, name), clip, sample_rate)
+    with open(os.path.join(folder, annotation_name), "w") as f:
+        json.dump(annotation, f, indent=1)
+
+
+def samples(record, sample_rate: int, frame_rate: float, texts: list[str]):
+    """(task, input audio, annotation file name, annotation, extra files) of one record's
+    scorable moments. `texts`: each turn's text."""
+    user = np.asarray(record["user_audio"], np.float32) / 32767.0
+    if user.size == 0:
+        return
+    turns = dialogue_streams(record).turns
+    changes = turn_changes(record)
+    sec = lambda frame: frame / frame_rate  # noqa: E731
+    cut = lambda a, b: user[max(0, int(a * sample_rate)):int(b * sample_rate)]  # noqa: E731
+    kinds = [EVENT_KINDS[int(k)] for k in record.get("event_kinds", ())]
+    spans = zip(kinds, record.get("event_starts", ()), record.get("event_ends", ()))
+    for kind, start, end in spans:
+        if kind != "pause":
+            continue
+        (turn,) = [t for t in turns if t.role == "user" and t.start <= start and end <= t.end]
+        lo = max(0.0, sec(turn.start) - LEAD_S)
+        yield ("pause_handling", cut(lo, sec(turn.end)), "pause.json",
+               [{"text": "[PAUSE]", "timestamp": [sec(start) - lo, sec(end) - lo]}], {})
+    for i, pattern in enumerate(changes):
+        first, second = turns[i], turns[i + 1]
+        if ROLES.index(first.role) == 0 and pattern == "reply":
+            lo = max(0.0, sec(first.start) - LEAD_S)
+            hi = min(len(user) / sample_rate, sec(first.end) + TAIL_S)
+            yield ("smooth_turn_taking", cut(lo, hi), "turn_taking.json",
+                   [{"text": "[TURN-TAKING]", "timestamp": [sec(first.end) - lo, hi - lo]}], {})
+        elif first.role == "assistant" and pattern == "interrupt" and i > 0:
+            context = turns[i - 1]
+            lo = max(0.0, sec(context.start) - LEAD_S)
+            hi = min(len(user) / sample_rate, sec(second.end) + TAIL_S)
+            yield ("user_interruption", cut(lo, hi), "interrupt.json",
+                   [{"context": texts[i - 1], "interrupt": texts[i + 1],
+                     "timestamp": [sec(second.start) - lo, sec(second.end) - lo]}],
+                   {"context.wav": cut(sec(context.start), sec(context.end)),
+                    "interrupt.wav": cut(sec(second.start), sec(second.end))})
+
+
+def write_samples(records, out_root: str, sample_rate: int, frame_rate: float,
+                  decode) -> dict[str, int]:
+    """Writes every record's samples under `out_root/<task>/<n>/`; returns counts per task.
+    `decode`: text ids -> text (the layout's tokenizer)."""
+    counts = {task: 0 for task in TASKS}
+    for record in records:
+        bounds = np.concatenate([[0], np.cumsum(record["turn_text_lengths"])])
+        texts = [decode(record["text_ids"][bounds[i]:bounds[i + 1]].tolist())
+                 for i in range(len(bounds) - 1)]
+        for task, audio, name, annotation, extra in samples(record, sample_rate, frame_rate,
+                                                            texts):
+            counts[task] += 1
+            _write(os.path.join(out_root, task, str(counts[task])), audio, sample_rate, name,
+                   annotation, extra)
+    return counts
