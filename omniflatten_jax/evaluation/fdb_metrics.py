@@ -82,7 +82,7 @@ def turn_score(words: Sequence[Word], reference_s: float) -> TurnScore:
 
 def mean_tor_and_latency(scores: Sequence[TurnScore]) -> dict:
     """Mean TOR over samples; mean latency over the samples that took the turn."""
-    taken = [s.latency_s for s in scores if s.tor]
+    taken = [s.latency_s for s in scores if s.tor and s.latency_s is not None]
     return {"tor": float(np.mean([s.tor for s in scores])) if scores else math.nan,
             "latency_s": float(np.mean(taken)) if taken else math.nan,
             "samples": len(scores)}

@@ -1,0 +1,129 @@
+"""Scoring Full-Duplex-Bench v1 sample folders from their ``output.wav`` (offline metrics).
+
+A task folder holds numbered sample folders (``1/``, ``2/``, ...), each with ``input.wav``,
+the model's ``output.wav`` and the task's annotation; the task is known by that annotation
+(`task_of`): ``pause.json`` (pause handling), ``turn_taking.json`` (smooth turn-taking),
+``interrupt.json`` (user interruption); a folder without one is the backchannel task, whose
+ground truth (``icc_gt_distribution.json``, keyed by sample number) sits beside the samples
+(without it, JSD is not reported). FDB's own folders and the ones `data_pipelines.fdb_samples`
+writes score the same way.
+
+Words come from `fdb_asr.pocketsphinx_words` or, when a sample has one and ``words="output.json"``
+is asked for, from its ``output.json``; segments from Silero VAD. Metric definitions:
+`fdb_metrics`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import soundfile
+import soxr
+
+from omniflatten_jax.evaluation import fdb_metrics as m
+from omniflatten_jax.evaluation.fdb_asr import (
+    SAMPLE_RATE,
+    output_json_words,
+    pocketsphinx_words,
+    speech_segments,
+)
+
+ANNOTATIONS = {"pause.json": "pause_handling", "turn_taking.json": "smooth_turn_taking",
+               "interrupt.json": "user_interruption"}
+TASKS = (*ANNOTATIONS.values(), "backchannel")
+BACKCHANNEL_TRUTH = "icc_gt_distribution.json"
+WORD_SOURCES = ("pocketsphinx", "output.json")
+
+# FDB v1's published results (its README; latency in seconds), for the printed table.
+PUBLISHED = {
+    "PersonaPlex": (0.584, 0.662, 0.327, 0.025, 0.649, 0.992, 0.070, 1.000, 0.400),
+    "dGSLM": (0.934, 0.935, 0.691, 0.015, 0.934, 0.975, 0.352, 0.917, 2.531),
+    "Moshi": (0.985, 0.980, 1.000, 0.001, 0.957, 0.941, 0.265, 1.000, 0.257),
+    "Freeze-Omni": (0.642, 0.481, 0.636, 0.001, 0.997, 0.336, 0.953, 0.867, 1.409),
+    "Gemini Live 2.0": (0.255, 0.310, 0.091, 0.012, 0.896, 0.655, 1.301, 0.891, 1.183),
+    "GPT-Realtime": (0.010, 0.120, 0.000, 0.007, 0.980, 1.000, 1.470, 0.970, 1.500),
+}
+COLUMNS = ("pause TOR synthetic", "pause TOR Candor", "backchannel TOR", "backchannel freq",
+           "backchannel JSD", "turn-taking TOR", "turn-taking latency", "interruption TOR",
+           "interruption latency")
+
+
+def samples_of(task_dir: str) -> list[str]:
+    """The numbered sample folders of a task folder, in numeric order."""
+    names = [n for n in os.listdir(task_dir) if n.isdigit()
+             and os.path.isdir(os.path.join(task_dir, n))]
+    return [os.path.join(task_dir, n) for n in sorted(names, key=int)]
+
+
+def task_of(task_dir: str) -> str:
+    """Which FDB task a folder of samples is, by the annotation its first sample holds."""
+    folders = samples_of(task_dir)
+    if not folders:
+        raise FileNotFoundError(f"{task_dir} holds no numbered sample folders (1/, 2/, ...)")
+    for name, task in ANNOTATIONS.items():
+        if os.path.exists(os.path.join(folders[0], name)):
+            return task
+    return "backchannel"
+
+
+def load_output(folder: str) -> np.ndarray:
+    """``output.wav`` as 16 kHz mono float."""
+    path = os.path.join(folder, "output.wav")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing: stream {folder}/input.wav through the "
+                                "model first (the harness does)")
+    wave, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    wave = wave.mean(axis=1)
+    return wave if rate == SAMPLE_RATE else soxr.resample(wave, rate, SAMPLE_RATE)
+
+
+def output_words(folder: str, wave: np.ndarray, source: str) -> list[m.Word]:
+    if source == "output.json":
+        path = os.path.join(folder, "output.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} is missing (words=output.json reads the word "
+                                    "times an external recogniser wrote there)")
+        return output_json_words(path)
+    return pocketsphinx_words(wave)
+
+
+def _annotation(folder: str, name: str) -> list:
+    with open(os.path.join(folder, name)) as f:
+        return json.load(f)
+
+
+def score_task(task_dir: str, words: str = "pocketsphinx") -> dict:
+    """The task's metrics over its samples (each needs its ``output.wav``)."""
+    task = task_of(task_dir)
+    turns, backchannels, jsds = [], [], []
+    truth_path = os.path.join(task_dir, BACKCHANNEL_TRUTH)
+    truth = json.load(open(truth_path)) if os.path.exists(truth_path) else None
+    for folder in samples_of(task_dir):
+        wave = load_output(folder)
+        found = output_words(folder, wave, words)
+        if task == "pause_handling":
+            turns.append(m.TurnScore(m.takes_turn(found), None))
+        elif task == "smooth_turn_taking":
+            end = float(_annotation(folder, "turn_taking.json")[0]["timestamp"][0])
+            turns.append(m.turn_score(found, end))
+        elif task == "user_interruption":
+            end = float(_annotation(folder, "interrupt.json")[0]["timestamp"][1])
+            turns.append(m.turn_score(m.words_after(found, end), end))
+        else:
+            score = m.backchannel_score(speech_segments(wave), found, len(wave) / SAMPLE_RATE)
+            backchannels.append(score)
+            sample = os.path.basename(folder)
+            if truth is not None and sample in truth:
+                jsds.append(m.backchannel_jsd(score.backchannels, score.duration_s,
+                                              np.asarray(truth[sample], np.float64)))
+    if task == "backchannel":
+        result = m.summarize_backchannels(backchannels, jsds)
+        if truth is None:
+            result["jsd"] = None  # no ground-truth distribution beside the samples
+    else:
+        result = m.mean_tor_and_latency(turns)
+        if task == "pause_handling":
+            result.pop("latency_s")
+    return {"task": task, "words": words, **result}
