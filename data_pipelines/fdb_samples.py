@@ -17,7 +17,9 @@ the same harness at FDB's own release instead:
   interrupting speech]}]``, with ``context.wav`` and ``interrupt.wav``.
 
 Times are seconds from the clip's start. The user channel is taken as recorded (speech, its
-pauses and backchannels, and the simulated microphone noise).
+pauses and backchannels, and the simulated microphone noise). Each folder also keeps the
+recorded assistant channel of the same span as ``reference.wav``: scored in place of
+``output.wav`` it gives the simulated data's own row (its ceiling).
 """
 
 from __future__ import annotations
@@ -52,10 +54,11 @@ def samples(record, sample_rate: int, frame_rate: float, texts: list[str]):
     user = np.asarray(record["user_audio"], np.float32) / 32767.0
     if user.size == 0:
         return
+    assistant = np.asarray(record["assistant_audio"], np.float32) / 32767.0
     turns = dialogue_streams(record).turns
     changes = turn_changes(record)
     sec = lambda frame: frame / frame_rate  # noqa: E731
-    cut = lambda a, b: user[max(0, int(a * sample_rate)):int(b * sample_rate)]  # noqa: E731
+    cut = lambda a, b, wave=user: wave[max(0, int(a * sample_rate)):int(b * sample_rate)]  # noqa: E731
     kinds = [EVENT_KINDS[int(k)] for k in record.get("event_kinds", ())]
     spans = zip(kinds, record.get("event_starts", ()), record.get("event_ends", ()))
     for kind, start, end in spans:
@@ -64,14 +67,16 @@ def samples(record, sample_rate: int, frame_rate: float, texts: list[str]):
         (turn,) = [t for t in turns if t.role == "user" and t.start <= start and end <= t.end]
         lo = max(0.0, sec(turn.start) - LEAD_S)
         yield ("pause_handling", cut(lo, sec(turn.end)), "pause.json",
-               [{"text": "[PAUSE]", "timestamp": [sec(start) - lo, sec(end) - lo]}], {})
+               [{"text": "[PAUSE]", "timestamp": [sec(start) - lo, sec(end) - lo]}],
+               {"reference.wav": cut(lo, sec(turn.end), assistant)})
     for i, pattern in enumerate(changes):
         first, second = turns[i], turns[i + 1]
         if ROLES.index(first.role) == 0 and pattern == "reply":
             lo = max(0.0, sec(first.start) - LEAD_S)
             hi = min(len(user) / sample_rate, sec(first.end) + TAIL_S)
             yield ("smooth_turn_taking", cut(lo, hi), "turn_taking.json",
-                   [{"text": "[TURN-TAKING]", "timestamp": [sec(first.end) - lo, hi - lo]}], {})
+                   [{"text": "[TURN-TAKING]", "timestamp": [sec(first.end) - lo, hi - lo]}],
+                   {"reference.wav": cut(lo, hi, assistant)})
         elif first.role == "assistant" and pattern == "interrupt" and i > 0:
             context = turns[i - 1]
             lo = max(0.0, sec(context.start) - LEAD_S)
@@ -80,7 +85,8 @@ def samples(record, sample_rate: int, frame_rate: float, texts: list[str]):
                    [{"context": texts[i - 1], "interrupt": texts[i + 1],
                      "timestamp": [sec(second.start) - lo, sec(second.end) - lo]}],
                    {"context.wav": cut(sec(context.start), sec(context.end)),
-                    "interrupt.wav": cut(sec(second.start), sec(second.end))})
+                    "interrupt.wav": cut(sec(second.start), sec(second.end)),
+                    "reference.wav": cut(lo, hi, assistant)})
 
 
 def write_samples(records, out_root: str, sample_rate: int, frame_rate: float,

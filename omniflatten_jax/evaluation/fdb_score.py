@@ -68,9 +68,9 @@ def task_of(task_dir: str) -> str:
     return "backchannel"
 
 
-def load_output(folder: str) -> np.ndarray:
-    """``output.wav`` as 16 kHz mono float."""
-    path = os.path.join(folder, "output.wav")
+def load_output(folder: str, name: str = "output.wav") -> np.ndarray:
+    """``output.wav`` (or `name`) as 16 kHz mono float."""
+    path = os.path.join(folder, name)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} is missing: stream {folder}/input.wav through the "
                                 "model first (the harness does)")
@@ -94,15 +94,16 @@ def _annotation(folder: str, name: str) -> list:
         return json.load(f)
 
 
-def score_task(task_dir: str, words: str = "pocketsphinx") -> dict:
-    """The task's metrics over its samples (each needs its ``output.wav``)."""
+def score_task(task_dir: str, words: str = "pocketsphinx", output: str = "output.wav") -> dict:
+    """The task's metrics over its samples (each needs its ``output.wav``; `output` names
+    another file to score in its place, e.g. ``reference.wav``: the recorded assistant)."""
     task = task_of(task_dir)
     turns, backchannels, jsds = [], [], []
     truth_path = os.path.join(task_dir, BACKCHANNEL_TRUTH)
     truth = json.load(open(truth_path)) if os.path.exists(truth_path) else None
     for folder in samples_of(task_dir):
-        wave = load_output(folder)
-        found = output_words(folder, wave, words)
+        wave = load_output(folder, output)
+        found = output_words(folder, wave, words if output == "output.wav" else "pocketsphinx")
         if task == "pause_handling":
             turns.append(m.TurnScore(m.takes_turn(found), None))
         elif task == "smooth_turn_taking":
@@ -127,3 +128,28 @@ def score_task(task_dir: str, words: str = "pocketsphinx") -> dict:
         if task == "pause_handling":
             result.pop("latency_s")
     return {"task": task, "words": words, **result}
+
+
+def table_row(results: dict[str, dict]) -> tuple:
+    """One row of the published table's columns from `score_task` results by task (the
+    synthetic and the Candor pause columns both take our pause handling)."""
+    get = lambda task, key: results.get(task, {}).get(key)  # noqa: E731
+    pause = get("pause_handling", "tor")
+    return (pause, pause, get("backchannel", "tor"), get("backchannel", "frequency"),
+            get("backchannel", "jsd"), get("smooth_turn_taking", "tor"),
+            get("smooth_turn_taking", "latency_s"), get("user_interruption", "tor"),
+            get("user_interruption", "latency_s"))
+
+
+def format_table(rows: dict[str, tuple]) -> str:
+    """Our rows beside FDB v1's published ones; "-" where a task was not run."""
+    fmt = lambda v: "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"  # noqa: E731
+    width = max(len(n) for n in (*rows, *PUBLISHED)) + 2
+    short = ("pause syn", "pause Candor", "bc TOR", "bc freq", "bc JSD", "tt TOR", "tt lat",
+             "int TOR", "int lat")
+    lines = [f"{'model':<{width}}" + "".join(f"{c:>13}" for c in short)]
+    for name, row in [*rows.items(), *PUBLISHED.items()]:
+        lines.append(f"{name:<{width}}" + "".join(f"{fmt(v):>13}" for v in row))
+    lines.append("(lower is better for pause TOR, backchannel TOR and JSD, and the latencies; "
+                 "the LLM-judged interruption relevance needs a hosted model: not scored)")
+    return "\n".join(lines)

@@ -1,0 +1,139 @@
+"""The Full-Duplex-Bench v1 harness, offline:
+
+    python -m omniflatten_jax.evaluation.fdb --checkpoint CKPT --root DIR [--task T ...]
+        [--words pocketsphinx|output.json] [--scored_only]
+
+For every sample folder under `DIR` (a task folder of numbered samples, or a folder of task
+folders: FDB's own release, or the folders `data_pipelines.fdb_samples` writes), streams
+``input.wav`` through the duplex decoder exactly as the duplex command does
+(`inference.recording.stream_recording`) and writes ``output.wav`` beside it (FDB's
+contract); then scores each task (`fdb_score`) and writes ``DIR/fdb.json`` and a table beside
+FDB's published rows. Where the samples keep ``reference.wav`` (ours do: the recorded
+assistant channel), a ``data`` row scores that too. The LLM-judged scores need a hosted model
+and are not computed; the output says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+from omniflatten_jax.evaluation.fdb_score import (
+    TASKS,
+    WORD_SOURCES,
+    format_table,
+    samples_of,
+    score_task,
+    table_row,
+    task_of,
+)
+
+OUT_FILE = "fdb.json"
+
+
+def task_dirs(root: str) -> list[str]:
+    """`root` itself if it holds numbered samples, else its sub-folders that do."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{root} is not a folder of FDB samples")
+    if samples_of(root):
+        return [root]
+    found = [os.path.join(root, n) for n in sorted(os.listdir(root))
+             if os.path.isdir(os.path.join(root, n)) and samples_of(os.path.join(root, n))]
+    if not found:
+        raise FileNotFoundError(f"{root} holds no FDB task folders (numbered sample folders "
+                                "with input.wav, or folders of them)")
+    return found
+
+
+def stream_samples(model, task_dir: str) -> int:
+    """``output.wav`` for every sample of a task folder; `model(input_path, out_dir)` writes
+    it into `out_dir`. Returns how many were streamed."""
+    n = 0
+    for folder in samples_of(task_dir):
+        with tempfile.TemporaryDirectory() as scratch:
+            model(os.path.join(folder, "input.wav"), scratch)
+            shutil.move(os.path.join(scratch, "output.wav"), os.path.join(folder, "output.wav"))
+        n += 1
+    return n
+
+
+def score_root(root: str, tasks=TASKS, words: str = "pocketsphinx") -> dict:
+    """Scores of every task folder under `root` (FDB's task names as keys), and of the
+    recorded assistant channel where the samples keep it."""
+    results, data = {}, {}
+    for task_dir in task_dirs(root):
+        task = task_of(task_dir)
+        if task not in tasks:
+            continue
+        results[task] = {"folder": task_dir, **score_task(task_dir, words)}
+        if all(os.path.exists(os.path.join(f, "reference.wav")) for f in samples_of(task_dir)):
+            data[task] = score_task(task_dir, "pocketsphinx", output="reference.wav")
+    return {"model": results, "data": data,
+            "not_scored": "FDB's LLM-judged scores (interruption relevance, v1.5 behaviour "
+                          "labels) need a hosted model"}
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    from omniflatten_jax.command_errors import add_verbose_flag, one_line_errors
+
+    parser = argparse.ArgumentParser(prog="python -m omniflatten_jax.evaluation.fdb",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", help="a duplex stage's checkpoint (omit with "
+                        "--scored_only)")
+    parser.add_argument("--root", required=True, help="FDB sample folders (task folders, or "
+                        "one task folder)")
+    parser.add_argument("--task", action="append", choices=TASKS, help="only these tasks")
+    parser.add_argument("--words", choices=WORD_SOURCES, default="pocketsphinx",
+                        help="word times: PocketSphinx (offline), or each sample's output.json "
+                        "as an external recogniser wrote it")
+    parser.add_argument("--scored_only", action="store_true",
+                        help="score the output.wav files already there (no decoding)")
+    add_verbose_flag(parser)
+    args = parser.parse_args(argv)
+    with one_line_errors(args.verbose):
+        tasks = tuple(args.task or TASKS)
+        if not args.scored_only:
+            if not args.checkpoint:
+                raise ValueError("--checkpoint is needed to decode (or give --scored_only)")
+            model = _duplex_model(args.checkpoint)
+            for task_dir in task_dirs(args.root):
+                if task_of(task_dir) in tasks:
+                    stream_samples(model, task_dir)
+        result = score_root(args.root, tasks, args.words)
+        with open(os.path.join(args.root, OUT_FILE), "w") as f:
+            json.dump(result, f, indent=1)
+    rows = {"ours": table_row(result["model"])}
+    if result["data"]:
+        rows["data"] = table_row(result["data"])
+    print(format_table(rows))
+    print(f"wrote {os.path.join(args.root, OUT_FILE)}; {result['not_scored']}: not scored")
+
+
+def _duplex_model(checkpoint_path: str):
+    """`model(input_path, out_dir)`: the duplex command's streaming, with the checkpoint read
+    once."""
+    from omniflatten_jax import checkpoint
+    from omniflatten_jax.inference.duplex import DuplexSettings
+    from omniflatten_jax.inference.recording import stream_recording
+    from omniflatten_jax.placement import PlacedModel
+
+    meta = checkpoint.load_meta(checkpoint_path)
+    directory, step = checkpoint.resolve(checkpoint_path)
+    where = os.path.join(directory, str(step))
+    settings = DuplexSettings.of_checkpoint(meta, where)
+    tokenizer = checkpoint.load_speech_tokenizer(where)
+    placed = PlacedModel.restore(where)
+
+    def model(input_path: str, out_dir: str) -> None:
+        stream_recording(placed, meta.layout, settings, tokenizer, tokenizer, input_path,
+                         out_dir, title=f"{meta.stage} on {input_path}")
+
+    return model
+
+
+if __name__ == "__main__":
+    main()

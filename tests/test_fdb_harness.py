@@ -1,0 +1,83 @@
+"""The FDB harness end to end: two tiny synthesised samples per task, streamed through a
+duplex checkpoint by the command, output.wav beside each input.wav, fdb.json and the table."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import soundfile
+
+from omniflatten_jax import checkpoint
+from omniflatten_jax.config import FlattenConfig, MelConfig
+from omniflatten_jax.model import transformer
+from omniflatten_jax.speech.audio import resample
+from omniflatten_jax.speech.kmeans import KMeansMelTokenizer
+from omniflatten_jax.vocab import TokenLayout
+from tests.helpers import SMALL_MODEL
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAYOUT = TokenLayout("bytes", 256, 32)
+
+
+def speech(text):
+    from data_pipelines.synth.espeak import Synthesizer, Voice
+
+    Synthesizer.start_afresh()
+    utt = Synthesizer().speak(text, Voice("en-us"))
+    return resample(utt.audio, utt.sample_rate, 16_000)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("duplex_3")
+    tokenizer = KMeansMelTokenizer.fit([speech("good morning"), speech("see you tomorrow")],
+                                       MelConfig(), LAYOUT.num_speech_codes, seed=0)
+    tokenizer.save(str(root / "tokenizer.npz"))
+    data = (root / "tokenizer.npz").read_bytes()
+    meta = checkpoint.CheckpointMeta(SMALL_MODEL, LAYOUT, stage="duplex_3",
+                                     flatten=FlattenConfig(text_chunk=8), context_chunks=4,
+                                     speech_tokenizer_sha256=checkpoint.sha256(data))
+    model = transformer(SMALL_MODEL, LAYOUT.vocab_size)
+    checkpoint.save_params(root / "checkpoints", 1, model.init(jax.random.key(0)), meta, data)
+    return root / "checkpoints"
+
+
+def write_sample(folder, wave, annotation_name=None, annotation=None):
+    folder.mkdir(parents=True)
+    soundfile.write(folder / "input.wav", wave, 16_000)
+    if annotation_name:
+        (folder / annotation_name).write_text(json.dumps(annotation))
+
+
+def test_the_harness_streams_and_scores_every_task(checkpoint_dir, tmp_path):
+    turn = speech("could you tell me the time please")
+    gap = lambda s: np.zeros(int(16_000 * s), np.float32)  # noqa: E731
+    root = tmp_path / "fdb"
+    for n in (1, 2):
+        write_sample(root / "pause_handling" / str(n),
+                     np.concatenate([gap(0.3), turn[:16_000], gap(1.2), turn[16_000:]]),
+                     "pause.json", [{"text": "[PAUSE]", "timestamp": [1.3, 2.5]}])
+        clip = np.concatenate([gap(0.3), turn, gap(3.0)])
+        end = 0.3 + len(turn) / 16_000
+        write_sample(root / "smooth_turn_taking" / str(n), clip, "turn_taking.json",
+                     [{"text": "[TURN-TAKING]", "timestamp": [end, len(clip) / 16_000]}])
+        write_sample(root / "user_interruption" / str(n), clip, "interrupt.json",
+                     [{"context": "", "interrupt": "x", "timestamp": [0.3, end]}])
+        write_sample(root / "icc_backchannel" / str(n), clip)
+    run = subprocess.run([sys.executable, "-m", "omniflatten_jax.evaluation.fdb",
+                          "--checkpoint", str(checkpoint_dir), "--root", str(root)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    for folder in root.glob("*/*"):
+        inp, out = (soundfile.info(str(folder / f)) for f in ("input.wav", "output.wav"))
+        assert abs(inp.duration - out.duration) < 1e-3  # FDB's contract: same duration
+    result = json.loads((root / "fdb.json").read_text())
+    assert set(result["model"]) == {"pause_handling", "smooth_turn_taking",
+                                    "user_interruption", "backchannel"}
+    for scores in result["model"].values():
+        assert scores["samples"] == 2
+    assert "Moshi" in run.stdout and "ours" in run.stdout and "not scored" in run.stdout
