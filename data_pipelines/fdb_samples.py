@@ -90,9 +90,9 @@ def samples(record, sample_rate: int, frame_rate: float, texts: list[str]):
 
 
 def write_samples(records, out_root: str, sample_rate: int, frame_rate: float,
-                  decode) -> dict[str, int]:
-    """Writes every record's samples under `out_root/<task>/<n>/`; returns counts per task.
-    `decode`: text ids -> text (the layout's tokenizer)."""
+                  decode, per_task: int = 0) -> dict[str, int]:
+    """Writes the records' samples under `out_root/<task>/<n>/` (at most `per_task` per task,
+    0 = all); returns counts per task. `decode`: text ids -> text (the layout's tokenizer)."""
     counts = {task: 0 for task in TASKS}
     for record in records:
         bounds = np.concatenate([[0], np.cumsum(record["turn_text_lengths"])])
@@ -100,6 +100,8 @@ def write_samples(records, out_root: str, sample_rate: int, frame_rate: float,
                  for i in range(len(bounds) - 1)]
         for task, audio, name, annotation, extra in samples(record, sample_rate, frame_rate,
                                                             texts):
+            if per_task and counts[task] >= per_task:
+                continue
             counts[task] += 1
             _write(os.path.join(out_root, task, str(counts[task])), audio, sample_rate, name,
                    annotation, extra)

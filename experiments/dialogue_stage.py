@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 import numpy as np
@@ -120,8 +121,10 @@ def run(cfg: ExperimentConfig, plan: StagePlan, workdir: str,
     if plan.kind == "half_duplex":
         evaluation["replies"] = replies(cfg, plan, placed, records)
     if plan.kind == "duplex":
-        frame_rate = load_speech_tokenizer(prepared.tokenizer_path).frame_rate
-        evaluation |= turn_taking(cfg, plan, placed, records, frame_rate)
+        tokenizer = load_speech_tokenizer(prepared.tokenizer_path)
+        evaluation |= turn_taking(cfg, plan, placed, records, tokenizer.frame_rate)
+        if cfg.eval.fdb_samples_per_task:
+            evaluation |= full_duplex_bench(cfg, plan, placed, records, tokenizer, stage_dir)
     if hosts.is_primary():
         eval_path.write_text(json.dumps(evaluation, indent=2))
     return evaluation
@@ -159,6 +162,47 @@ def turn_taking(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedModel, rec
     log.info("%s turn-taking on %d test dialogues, decoded live in %.0f s:\n%s", plan.name,
              len(records), time.perf_counter() - start, format_table(result, data))
     return {"turn_taking": result, "turn_taking_data": data}
+
+
+def full_duplex_bench(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedModel, records,
+                      tokenizer, stage_dir: str) -> dict:
+    """Held-out dialogues as FDB v1 samples, streamed through the model as the duplex command
+    streams a recording and scored by the FDB harness (`evaluation.fdb`). Every host decodes
+    (the model may be sharded over them) into a folder of its own; process 0 keeps the
+    samples with their output.wav in ``<stage>/fdb/``."""
+    import shutil
+    import tempfile
+
+    from data_pipelines.fdb_samples import write_samples
+    from omniflatten_jax.evaluation.fdb import score_root, stream_samples, task_dirs
+    from omniflatten_jax.evaluation.fdb_score import format_table as fdb_table
+    from omniflatten_jax.evaluation.fdb_score import table_row
+    from omniflatten_jax.inference.recording import stream_recording
+
+    start = time.perf_counter()
+    settings = DuplexSettings.of_plan(plan)
+    with tempfile.TemporaryDirectory() as root:
+        counts = write_samples([r for r in records if np.asarray(r["user_audio"]).size], root,
+                               tokenizer.sample_rate, tokenizer.frame_rate,
+                               cfg.layout.tokenizer().decode, cfg.eval.fdb_samples_per_task)
+        if not any(counts.values()):
+            return {}
+
+        def model(input_path: str, out_dir: str) -> None:
+            stream_recording(placed, cfg.layout, settings, tokenizer, tokenizer, input_path,
+                             out_dir, title=f"{plan.name} on {input_path}")
+
+        for task_dir in task_dirs(root):
+            stream_samples(model, task_dir)
+        result = score_root(root)
+        if hosts.is_primary() and not paths.is_url(stage_dir):
+            target = os.path.join(stage_dir, "fdb")
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(root, target)
+    rows = {plan.name: table_row(result["model"]), "data": table_row(result["data"])}
+    log.info("%s on Full-Duplex-Bench v1 samples of the held-out dialogues (%s), in %.0f s:"
+             "\n%s", plan.name, counts, time.perf_counter() - start, fdb_table(rows))
+    return {"fdb": result}
 
 
 def record_events(record) -> list[tuple]:

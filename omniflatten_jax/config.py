@@ -270,6 +270,9 @@ class EvalConfig:
     # Where evaluation keeps the parameters: "sharded" as training holds them (by the mesh
     # rules), or "replicated" on every device (no gathers per generated token; must fit).
     params: ParamPlacement = "sharded"
+    # Duplex stages: held-out dialogues as Full-Duplex-Bench samples, at most this many per
+    # task, streamed and scored by the FDB harness (0 = not run).
+    fdb_samples_per_task: int = 6
 
     def __post_init__(self):
         if self.params not in PARAM_PLACEMENTS:

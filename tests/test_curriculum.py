@@ -69,6 +69,11 @@ def test_all_stages_hand_over_and_resume(spoken_corpus, dialogue_file, tmp_path,
             assert tt["dialogues"] > 0 and tt["assistant"]["events"] > 0
             assert tt["assistant"]["events"] == data["assistant"]["events"]
             assert data["assistant"]["failure_rate"] == 0.0  # the data always replies in time
+            # The FDB harness on held-out samples: the model's scores and the data's.
+            fdb = evaluation["fdb"]
+            assert fdb["model"]["smooth_turn_taking"]["samples"] > 0
+            assert set(fdb["data"]) == set(fdb["model"])
+            assert (tmp_path / stage / "fdb" / "smooth_turn_taking" / "1" / "output.wav").exists()
             assert meta.context_chunks == 256 // chunk_layout(stage, meta.flatten).chunk_len
         # Every checkpoint describes itself and carries the workdir's speech tokenizer.
         assert meta.stage == stage
