@@ -15,6 +15,11 @@ the same harness at FDB's own release instead:
   context), the silence while the assistant spoke, the interrupting turn, then `TAIL_S`;
   ``interrupt.json`` = ``[{"context": ..., "interrupt": ..., "timestamp": [start, end of the
   interrupting speech]}]``, with ``context.wav`` and ``interrupt.wav``.
+* ``backchannel/N/``: a user turn of at least `BACKCHANNEL_TURN_S`; where the simulated
+  assistant backchanneled in it (``dialogue.simulation.assistant_backchannel_probability``,
+  off by default), those times make the ground-truth distribution of 0.2 s bins in
+  ``backchannel/icc_gt_distribution.json`` (FDB keeps ICC's human one there); without any,
+  the file is not written and JSD is not scored.
 
 Times are seconds from the clip's start. The user channel is taken as recorded (speech, its
 pauses and backchannels, and the simulated microphone noise). Each folder also keeps the
@@ -31,9 +36,12 @@ import numpy as np
 
 from data_pipelines.dialogue_examples import ROLES, dialogue_streams, turn_changes
 from data_pipelines.synth.conversation import EVENT_KINDS
+from omniflatten_jax.evaluation.fdb_score import BACKCHANNEL_TRUTH
 from omniflatten_jax.speech.audio import save_audio
 
-TASKS = ("pause_handling", "smooth_turn_taking", "user_interruption")
+TASKS = ("pause_handling", "smooth_turn_taking", "user_interruption", "backchannel")
+BACKCHANNEL_TURN_S = 2.0  # a user turn at least this long is a backchannel sample
+BIN_S = 0.2  # FDB's backchannel bins
 LEAD_S = 0.3  # audio kept before a clip's first speech
 TAIL_S = 4.0  # open microphone after the user's last word: time for the model to answer
 
@@ -44,8 +52,9 @@ def _write(folder: str, audio: np.ndarray, sample_rate: int, annotation_name: st
     save_audio(os.path.join(folder, "input.wav"), audio, sample_rate)
     for name, clip in (extra or {}).items():
         save_audio(os.path.join(folder, name), clip, sample_rate)
-    with open(os.path.join(folder, annotation_name), "w") as f:
-        json.dump(annotation, f, indent=1)
+    if annotation_name is not None:
+        with open(os.path.join(folder, annotation_name), "w") as f:
+            json.dump(annotation, f, indent=1)
 
 
 def samples(record, sample_rate: int, frame_rate: float, texts: list[str]):
@@ -60,7 +69,17 @@ def samples(record, sample_rate: int, frame_rate: float, texts: list[str]):
     sec = lambda frame: frame / frame_rate  # noqa: E731
     cut = lambda a, b, wave=user: wave[max(0, int(a * sample_rate)):int(b * sample_rate)]  # noqa: E731
     kinds = [EVENT_KINDS[int(k)] for k in record.get("event_kinds", ())]
-    spans = zip(kinds, record.get("event_starts", ()), record.get("event_ends", ()))
+    spans = list(zip(kinds, record.get("event_starts", ()), record.get("event_ends", ())))
+    for turn in turns:
+        if turn.role != "user" or sec(turn.end - turn.start) < BACKCHANNEL_TURN_S:
+            continue
+        lo, hi = max(0.0, sec(turn.start) - LEAD_S), sec(turn.end)
+        truth = np.zeros(int(np.ceil((hi - lo) / BIN_S)))
+        for kind, start, end in spans:
+            if kind == "assistant_backchannel" and turn.start <= start and end <= turn.end:
+                truth[int((sec(start) - lo) / BIN_S):int((sec(end) - lo) / BIN_S) + 1] += 1
+        yield ("backchannel", cut(lo, hi), None, truth.tolist() if truth.any() else None,
+               {"reference.wav": cut(lo, hi, assistant)})
     for kind, start, end in spans:
         if kind != "pause":
             continue
@@ -94,6 +113,7 @@ def write_samples(records, out_root: str, sample_rate: int, frame_rate: float,
     """Writes the records' samples under `out_root/<task>/<n>/` (at most `per_task` per task,
     0 = all); returns counts per task. `decode`: text ids -> text (the layout's tokenizer)."""
     counts = {task: 0 for task in TASKS}
+    truth: dict[str, list] = {}  # backchannel sample -> ground-truth bins
     for record in records:
         bounds = np.concatenate([[0], np.cumsum(record["turn_text_lengths"])])
         texts = [decode(record["text_ids"][bounds[i]:bounds[i + 1]].tolist())
@@ -105,4 +125,50 @@ def write_samples(records, out_root: str, sample_rate: int, frame_rate: float,
             counts[task] += 1
             _write(os.path.join(out_root, task, str(counts[task])), audio, sample_rate, name,
                    annotation, extra)
+            if task == "backchannel" and annotation is not None:
+                truth[str(counts[task])] = annotation
+    if truth:
+        with open(os.path.join(out_root, "backchannel", BACKCHANNEL_TRUTH), "w") as f:
+            json.dump(truth, f)
     return counts
+
+
+def main(argv) -> None:
+    """``python -m data_pipelines.fdb_samples --workdir=DIR --out=DIR [--config --data --set
+    --per_task=N]``: the held-out dialogues of the workdir's dialogue dataset (built if it is
+    not there yet) as FDB v1 sample folders under `--out`."""
+    from absl import app, flags
+
+    from data_pipelines.builders.dialogues import data_source
+    from data_pipelines.prepare import prepare_dialogues
+    from experiments import cli
+    from omniflatten_jax.speech import load_speech_tokenizer
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.start()
+    with cli.errors_in_one_line((FileNotFoundError, ValueError)):
+        cfg = cli.build_config()
+        prepared = prepare_dialogues(cfg, cli.FLAGS.workdir)
+        tokenizer = load_speech_tokenizer(prepared.tokenizer_path)
+        source = data_source(prepared.data_dir, prepared.config_name, "test", cfg.layout)
+        records = [source[i] for i in range(len(source))]
+        counts = write_samples(records, flags.FLAGS.out, tokenizer.sample_rate,
+                               tokenizer.frame_rate, cfg.layout.tokenizer().decode,
+                               flags.FLAGS.per_task)
+    print(f"wrote {counts} samples under {flags.FLAGS.out} (from {len(records)} held-out "
+          "dialogues)")
+
+
+if __name__ == "__main__":
+    import sys
+
+    from absl import app, flags
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from experiments import cli
+
+    cli.define_flags()
+    flags.DEFINE_string("out", None, "where to write the sample folders", required=True)
+    flags.DEFINE_integer("per_task", 0, "at most this many samples per task (0 = all)")
+    app.run(main)
