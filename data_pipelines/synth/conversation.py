@@ -134,9 +134,14 @@ def simulate(turns: list[tuple[str, str]], user_voice: Voice, assistant_voice: V
         else:
             boundaries.append("wait")
             t = turn.end_s + _uniform(rng, cfg.wait_s)
+    assistant_turns = [(t.start_s, t.end_s) for t, _ in placed if t.role == "assistant"]
+    # A pause is an event only where the assistant is silent throughout: one early in a turn
+    # that interrupted the assistant, before it stopped, tests nothing (its silence stays).
     events = [SimulatedEvent("pause", turn.start_s + p[0], turn.start_s + p[1])
-              for (turn, _), p in zip(placed, pauses) if p is not None]
-    extra = _backchannels(placed, synth, user_voice, assistant_voice, cfg, rng, sr)
+              for (turn, _), p in zip(placed, pauses) if p is not None
+              and not _overlaps(turn.start_s + p[0], turn.start_s + p[1], assistant_turns)]
+    extra = _backchannels(placed, [(e.start_s, e.end_s) for e in events], synth, user_voice,
+                          assistant_voice, cfg, rng, sr)
     events += [event for event, _, _ in extra]
     total = max(turn.end_s for turn, _ in placed) + cfg.tail_silence_s
     n = int(np.ceil(total * sr))
@@ -154,12 +159,14 @@ def simulate(turns: list[tuple[str, str]], user_voice: Voice, assistant_voice: V
                         tuple(sorted(events, key=lambda e: e.start_s)))
 
 
-def _backchannels(placed, synth: Synthesizer, user_voice: Voice, assistant_voice: Voice,
-                  cfg: SimulationConfig, rng: np.random.Generator, sr: int
+def _backchannels(placed, pauses: list[tuple[float, float]], synth: Synthesizer,
+                  user_voice: Voice, assistant_voice: Voice, cfg: SimulationConfig,
+                  rng: np.random.Generator, sr: int
                   ) -> list[tuple[SimulatedEvent, str, np.ndarray]]:
     """(event, channel, audio) of each backchannel: the user's inside assistant turns (ending
     before the assistant stops or the user's next turn starts), the assistant's inside user
-    turns (before the user's turn ends)."""
+    turns (before the user's turn ends, and clear of the turn's pause, which must stay
+    silent)."""
     found = []
     for i, (turn, _) in enumerate(placed):
         later = [t.start_s for t, _ in placed[i + 1:] if t.role != turn.role]
@@ -175,10 +182,14 @@ def _backchannels(placed, synth: Synthesizer, user_voice: Voice, assistant_voice
         audio = resample(utt.audio, utt.sample_rate, sr)
         start = turn.start_s + (turn.end_s - turn.start_s) * _uniform(rng, at)
         end = start + len(audio) / sr
-        if end < limit:
+        if end < limit and not (speaks == "assistant" and _overlaps(start, end, pauses)):
             kind = f"{speaks}_backchannel"
             found.append((SimulatedEvent(kind, start, end, text), speaks, audio))
     return found
+
+
+def _overlaps(start_s: float, end_s: float, spans: list[tuple[float, float]]) -> bool:
+    return any(lo < end_s and start_s < hi for lo, hi in spans)
 
 
 def _cut(turn: SimulatedTurn, audio: np.ndarray, cut_s: float, sr: int
