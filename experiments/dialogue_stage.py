@@ -176,7 +176,7 @@ def full_duplex_bench(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedMode
     from data_pipelines.fdb_samples import write_samples
     from omniflatten_jax.evaluation.fdb import score_root, stream_samples, task_dirs
     from omniflatten_jax.evaluation.fdb_score import format_table as fdb_table
-    from omniflatten_jax.evaluation.fdb_score import table_row
+    from omniflatten_jax.evaluation.fdb_score import not_scored, table_row
     from omniflatten_jax.inference.recording import stream_recording
 
     start = time.perf_counter()
@@ -201,7 +201,8 @@ def full_duplex_bench(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedMode
             shutil.copytree(root, target)
     rows = {plan.name: table_row(result["model"]), "data": table_row(result["data"])}
     log.info("%s on Full-Duplex-Bench v1 samples of the held-out dialogues (%s), in %.0f s:"
-             "\n%s", plan.name, counts, time.perf_counter() - start, fdb_table(rows))
+             "\n%s", plan.name, counts, time.perf_counter() - start,
+             fdb_table(rows, not_scored(result["model"])))
     return {"fdb": result}
 
 

@@ -57,15 +57,16 @@ def test_the_harness_streams_and_scores_every_task(checkpoint_dir, tmp_path):
     turn = speech("could you tell me the time please")
     gap = lambda s: np.zeros(int(16_000 * s), np.float32)  # noqa: E731
     root = tmp_path / "fdb"
-    for n in (1, 2):
-        write_sample(root / "pause_handling" / str(n),
-                     np.concatenate([gap(0.3), turn[:16_000], gap(1.2), turn[16_000:]]),
-                     "pause.json", [{"text": "[PAUSE]", "timestamp": [1.3, 2.5]}])
+    for n in (1, 2):  # FDB v1's folder names
+        for pauses in ("synthetic_pause_handling", "candor_pause_handling"):
+            write_sample(root / pauses / str(n),
+                         np.concatenate([gap(0.3), turn[:16_000], gap(1.2), turn[16_000:]]),
+                         "pause.json", [{"text": "[PAUSE]", "timestamp": [1.3, 2.5]}])
         clip = np.concatenate([gap(0.3), turn, gap(3.0)])
         end = 0.3 + len(turn) / 16_000
-        write_sample(root / "smooth_turn_taking" / str(n), clip, "turn_taking.json",
+        write_sample(root / "candor_turn_taking" / str(n), clip, "turn_taking.json",
                      [{"text": "[TURN-TAKING]", "timestamp": [end, len(clip) / 16_000]}])
-        write_sample(root / "user_interruption" / str(n), clip, "interrupt.json",
+        write_sample(root / "synthetic_user_interruption" / str(n), clip, "interrupt.json",
                      [{"context": "", "interrupt": "x", "timestamp": [0.3, end]}])
         write_sample(root / "icc_backchannel" / str(n), clip)
     run = subprocess.run([sys.executable, "-m", "omniflatten_jax.evaluation.fdb",
@@ -76,8 +77,15 @@ def test_the_harness_streams_and_scores_every_task(checkpoint_dir, tmp_path):
         inp, out = (soundfile.info(str(folder / f)) for f in ("input.wav", "output.wav"))
         assert abs(inp.duration - out.duration) < 1e-3  # FDB's contract: same duration
     result = json.loads((root / "fdb.json").read_text())
-    assert set(result["model"]) == {"pause_handling", "smooth_turn_taking",
-                                    "user_interruption", "backchannel"}
+    assert {n: s["task"] for n, s in result["model"].items()} == {
+        "synthetic_pause_handling": "pause_handling", "candor_pause_handling": "pause_handling",
+        "candor_turn_taking": "smooth_turn_taking",
+        "synthetic_user_interruption": "user_interruption", "icc_backchannel": "backchannel"}
     for scores in result["model"].values():
         assert scores["samples"] == 2
-    assert "Moshi" in run.stdout and "ours" in run.stdout and "not scored" in run.stdout
+    assert result["data"] == {}  # FDB's samples keep no recorded assistant channel
+    ours = next(line for line in run.stdout.splitlines() if line.startswith("ours"))
+    # Every column scored but the JSD (no icc_gt_distribution.json here: the output says so).
+    assert ours.split()[1:].count("-") == 1 and ours.split()[5] == "-"
+    assert "Moshi" in run.stdout and "not scored" in run.stdout
+    assert "no " + str(root / "icc_backchannel" / "icc_gt_distribution.json") in run.stdout

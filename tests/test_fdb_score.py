@@ -8,7 +8,12 @@ import pytest
 import soundfile
 
 from data_pipelines.synth.espeak import Synthesizer, Voice
-from omniflatten_jax.evaluation.fdb_score import score_task, task_of
+from omniflatten_jax.evaluation.fdb_score import (
+    not_scored,
+    score_task,
+    table_row,
+    task_of,
+)
 from omniflatten_jax.speech.audio import resample
 
 
@@ -69,7 +74,8 @@ def test_backchannel_task_with_vad_segments_and_ground_truth(tmp_path):
     r = score_task(str(task), words="output.json")
     assert r["task"] == "backchannel" and r["tor"] == 0
     assert r["frequency"] == pytest.approx(2 / 6)
-    assert r["jsd"] is None  # no ground truth beside the samples
+    assert r["jsd"] is None  # no ground truth beside the samples: the table says why
+    assert "icc_gt_distribution.json" in not_scored({"icc_backchannel": r})[0]
     near, far = np.zeros(30), np.zeros(30)
     near[5:8] = near[20:23] = 1.0  # listeners backchannel where the model did
     far[12:15] = far[26:29] = 1.0  # ... or elsewhere
@@ -78,3 +84,19 @@ def test_backchannel_task_with_vad_segments_and_ground_truth(tmp_path):
         (task / "icc_gt_distribution.json").write_text(json.dumps({"1": truth.tolist()}))
         jsd[name] = score_task(str(task), words="output.json")["jsd"]
     assert jsd["near"] < 0.5 < 0.8 < jsd["far"]
+
+
+def test_table_row_puts_each_task_folder_in_its_published_column():
+    pause = lambda tor: {"task": "pause_handling", "tor": tor}  # noqa: E731
+    results = {"synthetic_pause_handling": pause(0.1), "candor_pause_handling": pause(0.2),
+               "icc_backchannel": {"task": "backchannel", "tor": 0.3, "frequency": 0.4,
+                                   "jsd": 0.5},
+               "candor_turn_taking": {"task": "smooth_turn_taking", "tor": 0.6,
+                                      "latency_s": 0.7},
+               "synthetic_user_interruption": {"task": "user_interruption", "tor": 0.8,
+                                               "latency_s": 0.9}}
+    assert table_row(results) == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    # Ours are synthesised: the synthetic column; the Candor one stays empty.
+    assert table_row({"pause_handling": pause(0.1)}) == (0.1,) + (None,) * 8
+    with pytest.raises(ValueError, match="pause_handling and synthetic_pause_handling"):
+        table_row({"pause_handling": pause(0.1), "synthetic_pause_handling": pause(0.2)})

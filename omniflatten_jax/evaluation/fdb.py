@@ -24,6 +24,7 @@ from omniflatten_jax.evaluation.fdb_score import (
     TASKS,
     WORD_SOURCES,
     format_table,
+    not_scored,
     samples_of,
     score_task,
     table_row,
@@ -60,16 +61,16 @@ def stream_samples(model, task_dir: str) -> int:
 
 
 def score_root(root: str, tasks=TASKS, words: str = "pocketsphinx") -> dict:
-    """Scores of every task folder under `root` (FDB's task names as keys), and of the
-    recorded assistant channel where the samples keep it."""
+    """Scores of every task folder under `root`, keyed by folder name (each names its
+    ``task``), and of the recorded assistant channel where the samples keep it."""
     results, data = {}, {}
     for task_dir in task_dirs(root):
-        task = task_of(task_dir)
+        task, name = task_of(task_dir), os.path.basename(os.path.normpath(task_dir))
         if task not in tasks:
             continue
-        results[task] = {"folder": task_dir, **score_task(task_dir, words)}
+        results[name] = {"folder": task_dir, **score_task(task_dir, words)}
         if all(os.path.exists(os.path.join(f, "reference.wav")) for f in samples_of(task_dir)):
-            data[task] = score_task(task_dir, "pocketsphinx", output="reference.wav")
+            data[name] = score_task(task_dir, "pocketsphinx", output="reference.wav")
     return {"model": results, "data": data,
             "not_scored": "FDB's LLM-judged scores (interruption relevance, v1.5 behaviour "
                           "labels) need a hosted model"}
@@ -109,7 +110,7 @@ def main(argv=None) -> None:
     rows = {"ours": table_row(result["model"])}
     if result["data"]:
         rows["data"] = table_row(result["data"])
-    print(format_table(rows))
+    print(format_table(rows, not_scored(result["model"])))
     print(f"wrote {os.path.join(args.root, OUT_FILE)}; {result['not_scored']}: not scored")
 
 

@@ -122,7 +122,11 @@ def score_task(task_dir: str, words: str = "pocketsphinx", output: str = "output
     if task == "backchannel":
         result = m.summarize_backchannels(backchannels, jsds)
         if truth is None:
-            result["jsd"] = None  # no ground-truth distribution beside the samples
+            result["jsd"] = None
+            result["not_scored"] = (f"backchannel JSD: no {truth_path} (FDB ships ICC's; our "
+                                    "samples have one only from simulated assistant "
+                                    "backchannels: data.simulation."
+                                    "assistant_backchannel_probability > 0)")
     else:
         result = m.mean_tor_and_latency(turns)
         if task == "pause_handling":
@@ -130,19 +134,44 @@ def score_task(task_dir: str, words: str = "pocketsphinx", output: str = "output
     return {"task": task, "words": words, **result}
 
 
+def column_of(name: str, task: str) -> int:
+    """The published table's column a task folder's TOR fills: pause handling splits into FDB's
+    synthetic and Candor sets, told apart by the folder name (FDB's ``candor_pause_handling``);
+    ours are synthesised, so synthetic."""
+    if task == "pause_handling":
+        return 1 if "candor" in name.lower() else 0
+    return {"backchannel": 2, "smooth_turn_taking": 5, "user_interruption": 7}[task]
+
+
 def table_row(results: dict[str, dict]) -> tuple:
-    """One row of the published table's columns from `score_task` results by task (the
-    synthetic and the Candor pause columns both take our pause handling)."""
-    get = lambda task, key: results.get(task, {}).get(key)  # noqa: E731
-    pause = get("pause_handling", "tor")
-    return (pause, pause, get("backchannel", "tor"), get("backchannel", "frequency"),
-            get("backchannel", "jsd"), get("smooth_turn_taking", "tor"),
-            get("smooth_turn_taking", "latency_s"), get("user_interruption", "tor"),
-            get("user_interruption", "latency_s"))
+    """One row of the published table's columns from `score_task` results by task folder
+    name; two folders that fill the same column are an error (score them apart)."""
+    row: list = [None] * len(COLUMNS)
+    filled: dict[int, str] = {}
+    for name, scores in results.items():
+        column = column_of(name, scores["task"])
+        if column in filled:
+            raise ValueError(f"task folders {filled[column]} and {name} both fill the "
+                             f"'{COLUMNS[column]}' column: score them with separate --root "
+                             "or --task runs")
+        filled[column] = name
+        if scores["task"] == "backchannel":
+            row[2:5] = scores.get("tor"), scores.get("frequency"), scores.get("jsd")
+        else:
+            row[column] = scores.get("tor")
+            if scores["task"] != "pause_handling":
+                row[column + 1] = scores.get("latency_s")
+    return tuple(row)
 
 
-def format_table(rows: dict[str, tuple]) -> str:
-    """Our rows beside FDB v1's published ones; "-" where a task was not run."""
+def not_scored(results: dict[str, dict]) -> list[str]:
+    """Why a column of `results` (by task folder) is "-" though its task was run."""
+    return [scores["not_scored"] for scores in results.values() if "not_scored" in scores]
+
+
+def format_table(rows: dict[str, tuple], notes: list[str] = ()) -> str:
+    """Our rows beside FDB v1's published ones; "-" where a task was not run (or where
+    `notes` say why it could not be scored)."""
     fmt = lambda v: "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"  # noqa: E731
     width = max(len(n) for n in (*rows, *PUBLISHED)) + 2
     short = ("pause syn", "pause Candor", "bc TOR", "bc freq", "bc JSD", "tt TOR", "tt lat",
@@ -152,4 +181,5 @@ def format_table(rows: dict[str, tuple]) -> str:
         lines.append(f"{name:<{width}}" + "".join(f"{fmt(v):>13}" for v in row))
     lines.append("(lower is better for pause TOR, backchannel TOR and JSD, and the latencies; "
                  "the LLM-judged interruption relevance needs a hosted model: not scored)")
+    lines += [f"({note})" for note in notes]
     return "\n".join(lines)
