@@ -69,10 +69,11 @@ def test_the_harness_streams_and_scores_every_task(checkpoint_dir, tmp_path):
         write_sample(root / "synthetic_user_interruption" / str(n), clip, "interrupt.json",
                      [{"context": "", "interrupt": "x", "timestamp": [0.3, end]}])
         write_sample(root / "icc_backchannel" / str(n), clip)
-    run = subprocess.run([sys.executable, "-m", "omniflatten_jax.evaluation.fdb",
-                          "--checkpoint", str(checkpoint_dir), "--root", str(root)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=900)
+    harness = [sys.executable, "-m", "omniflatten_jax.evaluation.fdb",
+               "--checkpoint", str(checkpoint_dir), "--root", str(root)]
+    run = subprocess.run(harness, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert run.returncode == 0, run.stderr[-2000:]
+    assert "candor_turn_taking: streamed 2/2 samples" in run.stderr  # progress
     for folder in root.glob("*/*"):
         inp, out = (soundfile.info(str(folder / f)) for f in ("input.wav", "output.wav"))
         assert abs(inp.duration - out.duration) < 1e-3  # FDB's contract: same duration
@@ -84,8 +85,18 @@ def test_the_harness_streams_and_scores_every_task(checkpoint_dir, tmp_path):
     for scores in result["model"].values():
         assert scores["samples"] == 2
     assert result["data"] == {}  # FDB's samples keep no recorded assistant channel
-    ours = next(line for line in run.stdout.splitlines() if line.startswith("ours"))
-    # Every column scored but the JSD (no icc_gt_distribution.json here: the output says so).
-    assert ours.split()[1:].count("-") == 1 and ours.split()[5] == "-"
+    ours = next(line for line in run.stdout.splitlines() if line.startswith("ours")).split()
+    # Every column scored but the JSD (no icc_gt_distribution.json here: the output says so)
+    # and a latency where no sample took the turn.
+    pause_syn, pause_candor, bc_tor, bc_freq, jsd, tt_tor, tt_lat, int_tor, int_lat = ours[1:]
+    assert "-" not in (pause_syn, pause_candor, bc_tor, bc_freq, tt_tor, int_tor)
+    assert jsd == "-" and (tt_lat == "-") == (tt_tor == "0.000")
+    assert (int_lat == "-") == (int_tor == "0.000")
     assert "Moshi" in run.stdout and "not scored" in run.stdout
     assert "no " + str(root / "icc_backchannel" / "icc_gt_distribution.json") in run.stdout
+    # The same checkpoint and input, the same output.wav in a new process.
+    first = {p: p.read_bytes() for p in root.glob("candor_turn_taking/*/output.wav")}
+    again = subprocess.run(harness + ["--task", "smooth_turn_taking"], capture_output=True,
+                           text=True, cwd=ROOT, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert first == {p: p.read_bytes() for p in root.glob("candor_turn_taking/*/output.wav")}

@@ -16,9 +16,11 @@ and are not computed; the output says so.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 
 from omniflatten_jax.evaluation.fdb_score import (
     TASKS,
@@ -32,6 +34,9 @@ from omniflatten_jax.evaluation.fdb_score import (
 )
 
 OUT_FILE = "fdb.json"
+PROGRESS_EVERY_S = 30.0
+
+log = logging.getLogger(__name__)
 
 
 def task_dirs(root: str) -> list[str]:
@@ -50,14 +55,19 @@ def task_dirs(root: str) -> list[str]:
 
 def stream_samples(model, task_dir: str) -> int:
     """``output.wav`` for every sample of a task folder; `model(input_path, out_dir)` writes
-    it into `out_dir`. Returns how many were streamed."""
-    n = 0
-    for folder in samples_of(task_dir):
+    it into `out_dir`. Returns how many were streamed; logs progress (FDB v1 holds 727)."""
+    folders = samples_of(task_dir)
+    start = last = time.perf_counter()
+    for n, folder in enumerate(folders, start=1):
         with tempfile.TemporaryDirectory() as scratch:
             model(os.path.join(folder, "input.wav"), scratch)
             shutil.move(os.path.join(scratch, "output.wav"), os.path.join(folder, "output.wav"))
-        n += 1
-    return n
+        now = time.perf_counter()
+        if n == len(folders) or now - last > PROGRESS_EVERY_S:
+            last = now
+            log.info("%s: streamed %d/%d samples (%.1f s each)", task_dir, n, len(folders),
+                     (now - start) / n)
+    return len(folders)
 
 
 def score_root(root: str, tasks=TASKS, words: str = "pocketsphinx") -> dict:
@@ -95,6 +105,9 @@ def main(argv=None) -> None:
                         help="score the output.wav files already there (no decoding)")
     add_verbose_flag(parser)
     args = parser.parse_args(argv)
+    log.addHandler(logging.StreamHandler())  # our progress only, not every library's INFO
+    log.setLevel(logging.INFO)
+    log.propagate = False
     with one_line_errors(args.verbose):
         tasks = tuple(args.task or TASKS)
         if not args.scored_only:

@@ -70,16 +70,22 @@ class KMeansMelTokenizer:
 
     def decode(self, codes: np.ndarray, n_iter: int = 32) -> np.ndarray:
         """Codes -> exactly ``len(codes) * hop`` samples at `sample_rate` (Griffin-Lim on the
-        centroids' mel spectra), so that decoded speech stays time-aligned with its codes."""
+        centroids' mel spectra), so that decoded speech stays time-aligned with its codes.
+
+        The same codes give the same samples in any process: Griffin-Lim starts from random
+        phases, which librosa otherwise draws from numpy's global generator (a model would
+        score differently on every run of an evaluation that listens to its speech)."""
         import librosa
 
         codes = np.asarray(codes)
         if codes.size == 0:
             return np.zeros(0, np.float32)
         mel = np.exp(self.centroids[codes] * self.std + self.mean).T - LOG_FLOOR
-        wave = librosa.feature.inverse.mel_to_audio(
-            np.maximum(mel, 0.0), sr=self.cfg.sample_rate, n_fft=self.cfg.n_fft,
-            hop_length=self.cfg.hop, n_iter=n_iter, center=True)
+        stft = librosa.feature.inverse.mel_to_stft(
+            np.maximum(mel, 0.0), sr=self.cfg.sample_rate, n_fft=self.cfg.n_fft)
+        wave = librosa.griffinlim(stft, n_iter=n_iter, hop_length=self.cfg.hop,
+                                  n_fft=self.cfg.n_fft, center=True, dtype=np.float32,
+                                  random_state=0)
         n = len(codes) * self.cfg.hop
         wave = np.pad(wave[:n], (0, max(0, n - len(wave))))
         peak = np.abs(wave).max()
