@@ -117,7 +117,10 @@ def main(argv=None) -> None:
             for task_dir in task_dirs(args.root):
                 if task_of(task_dir) in tasks:
                     stream_samples(model, task_dir)
+        start = time.perf_counter()
         result = score_root(args.root, tasks, args.words)
+        log.info("scored in %.0f s (words: %s; segments: Silero VAD)",
+                 time.perf_counter() - start, args.words)
         with open(os.path.join(args.root, OUT_FILE), "w") as f:
             json.dump(result, f, indent=1)
     rows = {"ours": table_row(result["model"])}
