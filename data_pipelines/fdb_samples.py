@@ -8,12 +8,13 @@ the same harness at FDB's own release instead:
 
 * ``pause_handling/N/``: a user turn with a pause in it, from just before it starts to its
   end; ``pause.json`` = ``[{"text": "[PAUSE]", "timestamp": [start, end]}]``.
-* ``smooth_turn_taking/N/``: a user turn the assistant replies to, then `TAIL_S` of the user's
-  open microphone; ``turn_taking.json`` = ``[{"text": "[TURN-TAKING]", "timestamp": [end of
-  the user's turn, end of the clip]}]``.
+* ``smooth_turn_taking/N/``: a user turn the assistant replies to, then up to `TAIL_S` of the
+  user's open microphone (cut before the user speaks again, backchannels included; under
+  `MIN_TAIL_S` left, no sample); ``turn_taking.json`` = ``[{"text": "[TURN-TAKING]",
+  "timestamp": [end of the user's turn, end of the clip]}]``.
 * ``user_interruption/N/``: the user's turn before an interrupted assistant turn (the
-  context), the silence while the assistant spoke, the interrupting turn, then `TAIL_S`;
-  ``interrupt.json`` = ``[{"context": ..., "interrupt": ..., "timestamp": [start, end of the
+  context), the user's side while the assistant spoke, the interrupting turn, then up to
+  `TAIL_S` as above; ``interrupt.json`` = ``[{"context": ..., "interrupt": ..., "timestamp": [start, end of the
   interrupting speech]}]``, with ``context.wav`` and ``interrupt.wav``.
 * ``backchannel/N/``: a user turn of at least `BACKCHANNEL_TURN_S`; where the simulated
   assistant backchanneled in it (``dialogue.simulation.assistant_backchannel_probability``,
@@ -21,7 +22,8 @@ the same harness at FDB's own release instead:
   ``backchannel/icc_gt_distribution.json`` (FDB keeps ICC's human one there); without any,
   the file is not written and JSD is not scored.
 
-Times are seconds from the clip's start. The user channel is taken as recorded (speech, its
+User turns that cut into the assistant make no pause, turn-taking or backchannel sample:
+the assistant was speaking as they began. Times are seconds from the clip's start. The user channel is taken as recorded (speech, its
 pauses and backchannels, and the simulated microphone noise). Each folder also keeps the
 recorded assistant channel of the same span as ``reference.wav``: scored in place of
 ``output.wav`` it gives the simulated data's own row (its ceiling).
@@ -34,7 +36,7 @@ import os
 
 import numpy as np
 
-from data_pipelines.dialogue_examples import ROLES, dialogue_streams, turn_changes
+from data_pipelines.dialogue_examples import dialogue_streams, turn_changes
 from data_pipelines.synth.conversation import EVENT_KINDS
 from omniflatten_jax.evaluation.fdb_score import BACKCHANNEL_TRUTH
 from omniflatten_jax.speech.audio import save_audio
@@ -44,6 +46,7 @@ BACKCHANNEL_TURN_S = 2.0  # a user turn at least this long is a backchannel samp
 BIN_S = 0.2  # FDB's backchannel bins
 LEAD_S = 0.3  # audio kept before a clip's first speech
 TAIL_S = 4.0  # open microphone after the user's last word: time for the model to answer
+MIN_TAIL_S = 2.0  # ... cut short where the user speaks again; a shorter tail is no sample
 
 
 def _write(folder: str, audio: np.ndarray, sample_rate: int, annotation_name: str,
@@ -70,8 +73,27 @@ def samples(record, sample_rate: int, frame_rate: float, texts: list[str]):
     cut = lambda a, b, wave=user: wave[max(0, int(a * sample_rate)):int(b * sample_rate)]  # noqa: E731
     kinds = [EVENT_KINDS[int(k)] for k in record.get("event_kinds", ())]
     spans = list(zip(kinds, record.get("event_starts", ()), record.get("event_ends", ())))
-    for turn in turns:
-        if turn.role != "user" or sec(turn.end - turn.start) < BACKCHANNEL_TURN_S:
+    # A user turn that cut into the assistant starts over its speech: no clean sample.
+    cut_in = {i + 1 for i, pattern in enumerate(changes) if pattern == "interrupt"}
+    clean_at = [i for i, t in enumerate(turns) if t.role == "user" and i not in cut_in]
+    clean = [turns[i] for i in clean_at]
+    speech = [(t.start, t.end) for t in turns if t.role == "user"] + [
+        (start, end) for kind, start, end in spans if kind == "user_backchannel"]
+    open_mic = _open_microphone(user, speech, sample_rate / frame_rate)
+
+    def tail(frame: int, lo: float) -> tuple[np.ndarray, float] | None:
+        """The user's side from `lo` to `TAIL_S` after the speech ending at `frame`, any
+        later user speech (a next turn, a backchannel) replaced by the microphone's noise:
+        after FDB's annotated end the input is the open microphone only. None where the
+        recording ends under `MIN_TAIL_S` after `frame`."""
+        hi = min(sec(frame) + TAIL_S, len(user) / sample_rate)
+        if hi - sec(frame) < MIN_TAIL_S:
+            return None
+        quiet = open_mic(frame)
+        return cut(lo, hi, quiet), hi
+
+    for turn in clean:
+        if sec(turn.end - turn.start) < BACKCHANNEL_TURN_S:
             continue
         lo, hi = max(0.0, sec(turn.start) - LEAD_S), sec(turn.end)
         truth = np.zeros(int(np.ceil((hi - lo) / BIN_S)))
@@ -83,29 +105,55 @@ def samples(record, sample_rate: int, frame_rate: float, texts: list[str]):
     for kind, start, end in spans:
         if kind != "pause":
             continue
-        (turn,) = [t for t in turns if t.role == "user" and t.start <= start and end <= t.end]
+        inside = [t for t in clean if t.start <= start and end <= t.end]
+        if not inside:
+            continue
+        turn = inside[0]
         lo = max(0.0, sec(turn.start) - LEAD_S)
         yield ("pause_handling", cut(lo, sec(turn.end)), "pause.json",
                [{"text": "[PAUSE]", "timestamp": [sec(start) - lo, sec(end) - lo]}],
                {"reference.wav": cut(lo, sec(turn.end), assistant)})
     for i, pattern in enumerate(changes):
         first, second = turns[i], turns[i + 1]
-        if ROLES.index(first.role) == 0 and pattern == "reply":
+        if i in clean_at and pattern == "reply" and tail(first.end, 0.0) is not None:
             lo = max(0.0, sec(first.start) - LEAD_S)
-            hi = min(len(user) / sample_rate, sec(first.end) + TAIL_S)
-            yield ("smooth_turn_taking", cut(lo, hi), "turn_taking.json",
+            clip, hi = tail(first.end, lo)
+            yield ("smooth_turn_taking", clip, "turn_taking.json",
                    [{"text": "[TURN-TAKING]", "timestamp": [sec(first.end) - lo, hi - lo]}],
                    {"reference.wav": cut(lo, hi, assistant)})
-        elif first.role == "assistant" and pattern == "interrupt" and i > 0:
+        elif (first.role == "assistant" and pattern == "interrupt" and i > 0
+              and tail(second.end, 0.0) is not None):
             context = turns[i - 1]
             lo = max(0.0, sec(context.start) - LEAD_S)
-            hi = min(len(user) / sample_rate, sec(second.end) + TAIL_S)
-            yield ("user_interruption", cut(lo, hi), "interrupt.json",
+            clip, hi = tail(second.end, lo)
+            yield ("user_interruption", clip, "interrupt.json",
                    [{"context": texts[i - 1], "interrupt": texts[i + 1],
                      "timestamp": [sec(second.start) - lo, sec(second.end) - lo]}],
                    {"context.wav": cut(sec(context.start), sec(context.end)),
                     "interrupt.wav": cut(sec(second.start), sec(second.end)),
                     "reference.wav": cut(lo, hi, assistant)})
+
+
+def _open_microphone(user: np.ndarray, speech: list[tuple[int, int]], per_frame: float):
+    """`quiet(frame)`: the user channel with every user speech span that starts after
+    `frame` replaced by Gaussian noise at the power of the channel's speech-free samples
+    (the simulator's noise is white Gaussian), the same noise for the same record."""
+    spoken = np.zeros(len(user), bool)
+    bounds = [(int(start * per_frame), min(int((end + 1) * per_frame), len(user)))
+              for start, end in speech]
+    for a, b in bounds:
+        spoken[a:b] = True
+    level = float(np.std(user[~spoken])) if (~spoken).any() else 0.0
+    noise = np.random.default_rng(0).standard_normal(len(user)).astype(np.float32) * level
+
+    def quiet(frame: int) -> np.ndarray:
+        wave = user.copy()
+        for (start, _), (a, b) in zip(speech, bounds):
+            if start > frame:
+                wave[a:b] = noise[a:b]
+        return wave
+
+    return quiet
 
 
 def write_samples(records, out_root: str, sample_rate: int, frame_rate: float,
