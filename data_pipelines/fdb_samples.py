@@ -14,8 +14,9 @@ the same harness at FDB's own release instead:
   "timestamp": [end of the user's turn, end of the clip]}]``.
 * ``user_interruption/N/``: the user's turn before an interrupted assistant turn (the
   context), the user's side while the assistant spoke, the interrupting turn, then up to
-  `TAIL_S` as above; ``interrupt.json`` = ``[{"context": ..., "interrupt": ..., "timestamp": [start, end of the
-  interrupting speech]}]``, with ``context.wav`` and ``interrupt.wav``.
+  `TAIL_S` as above; ``interrupt.json`` = ``[{"context": ..., "interrupt": ...,
+  "timestamp": [start, end of the interrupting speech]}]``, with ``context.wav`` and
+  ``interrupt.wav``.
 * ``backchannel/N/``: a user turn of at least `BACKCHANNEL_TURN_S`; where the simulated
   assistant backchanneled in it (``dialogue.simulation.assistant_backchannel_probability``,
   off by default), those times make the ground-truth distribution of 0.2 s bins in
@@ -23,8 +24,9 @@ the same harness at FDB's own release instead:
   the file is not written and JSD is not scored.
 
 User turns that cut into the assistant make no pause, turn-taking or backchannel sample:
-the assistant was speaking as they began. Times are seconds from the clip's start. The user channel is taken as recorded (speech, its
-pauses and backchannels, and the simulated microphone noise). Each folder also keeps the
+the assistant was speaking as they began. Times are seconds from the clip's start. The user
+channel is taken as recorded (speech, its pauses and backchannels, and the simulated
+microphone noise) up to the annotated end. Each folder also keeps the
 recorded assistant channel of the same span as ``reference.wav``: scored in place of
 ``output.wav`` it gives the simulated data's own row (its ceiling).
 """
