@@ -161,7 +161,11 @@ def _open_microphone(user: np.ndarray, speech: list[tuple[int, int]], per_frame:
 def write_samples(records, out_root: str, sample_rate: int, frame_rate: float,
                   decode, per_task: int = 0) -> dict[str, int]:
     """Writes the records' samples under `out_root/<task>/<n>/` (at most `per_task` per task,
-    0 = all); returns counts per task. `decode`: text ids -> text (the layout's tokenizer)."""
+    0 = all); returns counts per task. `decode`: text ids -> text (the layout's tokenizer).
+    `out_root` must be new or empty: old samples and their output.wav would be scored too."""
+    if os.path.isdir(out_root) and os.listdir(out_root):
+        raise ValueError(f"{out_root} is not empty: give a new folder for the samples (old "
+                         "ones, and their output.wav, would be scored with the new)")
     counts = {task: 0 for task in TASKS}
     truth: dict[str, list] = {}  # backchannel sample -> ground-truth bins
     for record in records:

@@ -195,10 +195,14 @@ def full_duplex_bench(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedMode
         for task_dir in task_dirs(root):
             stream_samples(model, task_dir)
         result = score_root(root)
+        target = os.path.join(stage_dir, "fdb")
         if hosts.is_primary() and not paths.is_url(stage_dir):
-            target = os.path.join(stage_dir, "fdb")
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(root, target)
+    for name, scores in result["model"].items():  # where the samples are kept, if they are
+        scores.pop("folder")
+        if not paths.is_url(stage_dir):
+            scores["folder"] = os.path.join(target, name)
     rows = {plan.name: table_row(result["model"]), "data": table_row(result["data"])}
     log.info("%s on Full-Duplex-Bench v1 samples of the held-out dialogues (%s), in %.0f s:"
              "\n%s", plan.name, counts, time.perf_counter() - start,

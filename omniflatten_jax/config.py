@@ -209,10 +209,14 @@ class SimulationConfig:
     user_backchannel_probability: float = 0.25
     user_backchannel_at: tuple[float, float] = (0.2, 0.6)
     backchannel_min_s: float = 2.0  # a turn shorter than this gets no backchannel
+    # ... and the other speaker goes on at least this long after it (turn-taking evaluation
+    # checks the assistant keeps talking that long after a user backchannel).
+    backchannel_margin_s: float = 0.5
     backchannels: tuple[str, ...] = ("mm-hm", "right", "yeah", "okay", "i see", "uh-huh")
-    # (f) The assistant backchannels during a long user turn (speech, no text); off by
-    # default: whether a model should learn to is the user's choice.
+    # (f) The assistant backchannels during a long user turn (speech, no text), after this
+    # fraction of it; off by default: whether a model should learn to is the user's choice.
     assistant_backchannel_probability: float = 0.0
+    assistant_backchannel_at: tuple[float, float] = (0.3, 0.7)
 
 
 @dataclasses.dataclass(frozen=True)

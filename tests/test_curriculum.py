@@ -73,7 +73,9 @@ def test_all_stages_hand_over_and_resume(spoken_corpus, dialogue_file, tmp_path,
             fdb = evaluation["fdb"]
             assert fdb["model"]["smooth_turn_taking"]["samples"] > 0
             assert set(fdb["data"]) == set(fdb["model"])
-            assert (tmp_path / stage / "fdb" / "smooth_turn_taking" / "1" / "output.wav").exists()
+            kept = tmp_path / stage / "fdb" / "smooth_turn_taking"
+            assert (kept / "1" / "output.wav").exists()
+            assert fdb["model"]["smooth_turn_taking"]["folder"] == str(kept)
             assert meta.context_chunks == 256 // chunk_layout(stage, meta.flatten).chunk_len
         # Every checkpoint describes itself and carries the workdir's speech tokenizer.
         assert meta.stage == stage

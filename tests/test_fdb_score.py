@@ -84,6 +84,33 @@ def test_backchannel_task_with_vad_segments_and_ground_truth(tmp_path):
         (task / "icc_gt_distribution.json").write_text(json.dumps({"1": truth.tolist()}))
         jsd[name] = score_task(str(task), words="output.json")["jsd"]
     assert jsd["near"] < 0.5 < 0.8 < jsd["far"]
+    # A ground truth keyed otherwise scores nothing, and says so; an empty one is an error.
+    (task / "icc_gt_distribution.json").write_text(json.dumps({"7": near.tolist()}))
+    r = score_task(str(task), words="output.json")
+    assert r["jsd"] is None and "holds none of" in not_scored({"icc_backchannel": r})[0]
+    (task / "icc_gt_distribution.json").write_text(json.dumps({"1": []}))
+    with pytest.raises(ValueError, match="sample 1's ground truth must be a non-empty list"):
+        score_task(str(task), words="output.json")
+
+
+def test_interruption_output_is_recognised_from_the_interruption_end(tmp_path):
+    """PocketSphinx hears the output cropped at the interrupting speech's end, and its word
+    times come back in the output's own time (as FDB's recogniser's do)."""
+    Synthesizer.start_afresh()
+    synth = Synthesizer()
+    before, after = (synth.speak(text, Voice("en-us")) for text in
+                     ("once upon a time there was", "sorry what did you want to ask"))
+    before, after = (resample(u.audio, u.sample_rate, 16_000) for u in (before, after))
+    wave = np.zeros(16_000 * 7, np.float32)
+    wave[8_000:8_000 + len(before)] = before  # talking over the user from 0.5 s ...
+    wave[48_000:48_000 + len(after)] = after  # ... and answering from 3.0 s
+    # Recognised whole and filtered, the words would be the same; a latency clipped to 0
+    # would show times left in the crop's own clock.
+    cut = tmp_path / "synthetic_user_interruption"
+    sample(cut, 1, "interrupt.json", [{"context": "", "interrupt": "wait",
+                                       "timestamp": [0.5, 2.5]}], [], seconds=7, wave=wave)
+    r = score_task(str(cut))  # PocketSphinx
+    assert r["tor"] == 1.0 and r["latency_s"] == pytest.approx(0.5, abs=0.15)
 
 
 def test_table_row_puts_each_task_folder_in_its_published_column():

@@ -51,9 +51,12 @@ def test_events_respect_their_timing_ranges():
             else:
                 speaker = "assistant" if event.kind == "user_backchannel" else "user"
                 (turn,) = [t for t in inside if t.role == speaker]
-                lo, hi = ALL_ON.user_backchannel_at if speaker == "assistant" else (0.3, 0.7)
+                lo, hi = (ALL_ON.user_backchannel_at if speaker == "assistant"
+                          else ALL_ON.assistant_backchannel_at)
                 where = (event.start_s - turn.start_s) / (turn.end_s - turn.start_s)
                 assert lo - 1e-6 <= where <= hi + 1e-6
+                # The speaker goes on for the margin after it (nobody else speaks first).
+                assert event.end_s + ALL_ON.backchannel_margin_s <= turn.end_s + 1e-6
                 assert event.text in ALL_ON.backchannels
                 if speaker == "user":  # never inside the user's pause
                     assert not any(p.start_s < event.end_s and event.start_s < p.end_s

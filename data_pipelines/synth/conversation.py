@@ -164,9 +164,9 @@ def _backchannels(placed, pauses: list[tuple[float, float]], synth: Synthesizer,
                   rng: np.random.Generator, sr: int
                   ) -> list[tuple[SimulatedEvent, str, np.ndarray]]:
     """(event, channel, audio) of each backchannel: the user's inside assistant turns (ending
-    before the assistant stops or the user's next turn starts), the assistant's inside user
-    turns (before the user's turn ends, and clear of the turn's pause, which must stay
-    silent)."""
+    `backchannel_margin_s` before the assistant stops or the user's next turn starts), the
+    assistant's inside user turns (as long before the user's turn ends, and clear of the
+    turn's pause, which must stay silent)."""
     found = []
     for i, (turn, _) in enumerate(placed):
         later = [t.start_s for t, _ in placed[i + 1:] if t.role != turn.role]
@@ -174,7 +174,8 @@ def _backchannels(placed, pauses: list[tuple[float, float]], synth: Synthesizer,
         speaks, probability, voice, at = (
             ("user", cfg.user_backchannel_probability, user_voice, cfg.user_backchannel_at)
             if turn.role == "assistant" else
-            ("assistant", cfg.assistant_backchannel_probability, assistant_voice, (0.3, 0.7)))
+            ("assistant", cfg.assistant_backchannel_probability, assistant_voice,
+             cfg.assistant_backchannel_at))
         if turn.end_s - turn.start_s < cfg.backchannel_min_s or not _chance(rng, probability):
             continue
         text = str(rng.choice(cfg.backchannels))
@@ -182,7 +183,8 @@ def _backchannels(placed, pauses: list[tuple[float, float]], synth: Synthesizer,
         audio = resample(utt.audio, utt.sample_rate, sr)
         start = turn.start_s + (turn.end_s - turn.start_s) * _uniform(rng, at)
         end = start + len(audio) / sr
-        if end < limit and not (speaks == "assistant" and _overlaps(start, end, pauses)):
+        if (end + cfg.backchannel_margin_s <= limit
+                and not (speaks == "assistant" and _overlaps(start, end, pauses))):
             kind = f"{speaks}_backchannel"
             found.append((SimulatedEvent(kind, start, end, text), speaks, audio))
     return found

@@ -39,11 +39,18 @@ def _sphinx():
 def pocketsphinx_words(wave: np.ndarray,
                        segments: list[tuple[float, float]] | None = None) -> list[Word]:
     """The recognised words of 16 kHz `wave` with their times in seconds, decoded within its
-    speech segments (`speech_segments`, unless given)."""
-    words = []
+    speech segments (`speech_segments`, unless given), each padded by `SEGMENT_PAD_S`;
+    padded segments that overlap are decoded as one, so no audio is heard twice."""
+    windows: list[list[float]] = []
     for start, end in speech_segments(wave) if segments is None else segments:
-        lo = max(0.0, start - SEGMENT_PAD_S)
-        part = wave[int(lo * SAMPLE_RATE):int((end + SEGMENT_PAD_S) * SAMPLE_RATE)]
+        lo, hi = max(0.0, start - SEGMENT_PAD_S), end + SEGMENT_PAD_S
+        if windows and lo <= windows[-1][1]:
+            windows[-1][1] = max(windows[-1][1], hi)
+        else:
+            windows.append([lo, hi])
+    words = []
+    for lo, hi in windows:
+        part = wave[int(lo * SAMPLE_RATE):int(hi * SAMPLE_RATE)]
         words += [Word(w.text, w.start + lo, w.end + lo) for w in _decode(part)]
     return words
 

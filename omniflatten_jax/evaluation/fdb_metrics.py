@@ -64,8 +64,10 @@ def latency(words: Sequence[Word], reference_s: float) -> float:
 
 
 def words_after(words: Sequence[Word], cut_s: float) -> list[Word]:
-    """The words of an output cropped at `cut_s` (interruption: what follows the user's
-    interrupting speech), in the output's own time."""
+    """The words of an output after `cut_s` (interruption: what follows the user's
+    interrupting speech), in the output's own time. FDB recognises the output cropped at the
+    cut and adds the cut back to every time, so its ``output.json`` words all start at or
+    after it; `fdb_score` crops before PocketSphinx the same way."""
     return [w for w in words if w.start >= cut_s]
 
 

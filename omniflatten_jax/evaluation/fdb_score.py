@@ -79,14 +79,19 @@ def load_output(folder: str, name: str = "output.wav") -> np.ndarray:
     return wave if rate == SAMPLE_RATE else soxr.resample(wave, rate, SAMPLE_RATE)
 
 
-def output_words(folder: str, wave: np.ndarray, source: str) -> list[m.Word]:
+def output_words(folder: str, wave: np.ndarray, source: str, from_s: float = 0.0
+                 ) -> list[m.Word]:
+    """The output's words (starting at or after `from_s`: PocketSphinx hears only the audio
+    from there, as FDB's recogniser hears an interruption's output cropped there)."""
     if source == "output.json":
         path = os.path.join(folder, "output.json")
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} is missing (words=output.json reads the word "
                                     "times an external recogniser wrote there)")
-        return output_json_words(path)
-    return pocketsphinx_words(wave)
+        return m.words_after(output_json_words(path), from_s)
+    cut = int(round(from_s * SAMPLE_RATE))
+    return [m.Word(w.text, w.start + from_s, w.end + from_s)
+            for w in pocketsphinx_words(wave[cut:])]
 
 
 def _annotation(folder: str, name: str) -> list:
@@ -103,25 +108,35 @@ def score_task(task_dir: str, words: str = "pocketsphinx", output: str = "output
     truth = json.load(open(truth_path)) if os.path.exists(truth_path) else None
     for folder in samples_of(task_dir):
         wave = load_output(folder, output)
-        found = output_words(folder, wave, words if output == "output.wav" else "pocketsphinx")
+        source = words if output == "output.wav" else "pocketsphinx"
+        if task == "user_interruption":
+            end = float(_annotation(folder, "interrupt.json")[0]["timestamp"][1])
+            turns.append(m.turn_score(output_words(folder, wave, source, end), end))
+            continue
+        found = output_words(folder, wave, source)
         if task == "pause_handling":
             turns.append(m.TurnScore(m.takes_turn(found), None))
         elif task == "smooth_turn_taking":
             end = float(_annotation(folder, "turn_taking.json")[0]["timestamp"][0])
             turns.append(m.turn_score(found, end))
-        elif task == "user_interruption":
-            end = float(_annotation(folder, "interrupt.json")[0]["timestamp"][1])
-            turns.append(m.turn_score(m.words_after(found, end), end))
         else:
             score = m.backchannel_score(speech_segments(wave), found, len(wave) / SAMPLE_RATE)
             backchannels.append(score)
             sample = os.path.basename(folder)
             if truth is not None and sample in truth:
+                distribution = np.asarray(truth[sample], np.float64)
+                if distribution.ndim != 1 or not distribution.size:
+                    raise ValueError(f"{truth_path}: sample {sample}'s ground truth must be a "
+                                     f"non-empty list of numbers, got {truth[sample]!r:.80}")
                 jsds.append(m.backchannel_jsd(score.backchannels, score.duration_s,
-                                              np.asarray(truth[sample], np.float64)))
+                                              distribution))
     if task == "backchannel":
-        result = m.summarize_backchannels(backchannels, jsds)
-        if truth is None:
+        result = m.summarize_backchannels(backchannels, jsds) | {"jsd_samples": len(jsds)}
+        if truth is not None and not jsds:
+            result["jsd"] = None
+            result["not_scored"] = (f"backchannel JSD: {truth_path} is keyed by sample folder "
+                                    f"name and holds none of {task_dir}'s")
+        elif truth is None:
             result["jsd"] = None
             result["not_scored"] = (f"backchannel JSD: no {truth_path} (FDB ships ICC's; our "
                                     "samples have one only from simulated assistant "

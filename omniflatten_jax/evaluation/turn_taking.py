@@ -36,6 +36,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from omniflatten_jax.config import SimulationConfig
 from omniflatten_jax.inference.duplex import DuplexSettings, decode_dialogues
 from omniflatten_jax.placement import PlacedModel
 from omniflatten_jax.vocab import TokenLayout
@@ -43,7 +44,9 @@ from omniflatten_jax.vocab import TokenLayout
 KS = (1, 5, 10, 25)
 TIMEOUT_MS = 1500.0
 SPAN_KINDS = ("pause", "user_backchannel")
-BACKCHANNEL_GRACE_MS = 500.0  # a model that stops just after "mm-hm" took it as a turn
+# A model that stops just after "mm-hm" took it as a turn; the simulator leaves the assistant
+# at least this long to go on (`SimulationConfig.backchannel_margin_s`).
+BACKCHANNEL_GRACE_MS = 1000.0 * SimulationConfig.backchannel_margin_s
 
 
 def delay(mask: np.ndarray, start: int) -> int | None:
