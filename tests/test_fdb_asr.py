@@ -30,6 +30,12 @@ def test_words_and_segments_of_a_spoken_turn_and_a_backchannel():
     assert all(w.end > w.start for w in words)
     assert abs(words[0].start - 1.0) < 0.3
     assert pocketsphinx_words(gap(2.0)) == []
+    # Segments whose padding overlaps are heard once: the same words, in time order, as
+    # from one segment over both.
+    split = (s0 + e0) / 2
+    both = pocketsphinx_words(wave, [(s0, split), (split + 0.05, e0)])
+    assert both == pocketsphinx_words(wave, [(s0, e0)])
+    assert all(a.end <= b.start + 1e-9 for a, b in zip(both, both[1:]))
 
 
 def test_output_json_is_read_as_is(tmp_path):
