@@ -203,6 +203,8 @@ def full_duplex_bench(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedMode
         scores.pop("folder")
         if not paths.is_url(stage_dir):
             scores["folder"] = os.path.join(target, name)
+        if "not_scored" in scores:
+            scores["not_scored"] = scores["not_scored"].replace(root, target)
     rows = {plan.name: table_row(result["model"]), "data": table_row(result["data"])}
     log.info("%s on Full-Duplex-Bench v1 samples of the held-out dialogues (%s), in %.0f s:"
              "\n%s", plan.name, counts, time.perf_counter() - start,

@@ -76,6 +76,8 @@ def test_all_stages_hand_over_and_resume(spoken_corpus, dialogue_file, tmp_path,
             kept = tmp_path / stage / "fdb" / "smooth_turn_taking"
             assert (kept / "1" / "output.wav").exists()
             assert fdb["model"]["smooth_turn_taking"]["folder"] == str(kept)
+            for scores in fdb["model"].values():  # notes name the kept folders too
+                assert str(tmp_path / stage / "fdb") in scores.get("not_scored", str(kept))
             assert meta.context_chunks == 256 // chunk_layout(stage, meta.flatten).chunk_len
         # Every checkpoint describes itself and carries the workdir's speech tokenizer.
         assert meta.stage == stage

@@ -140,8 +140,8 @@ def score_task(task_dir: str, words: str = "pocketsphinx", output: str = "output
             result["jsd"] = None
             result["not_scored"] = (f"backchannel JSD: no {truth_path} (FDB ships ICC's; our "
                                     "samples have one only from simulated assistant "
-                                    "backchannels: data.simulation."
-                                    "assistant_backchannel_probability > 0)")
+                                    "backchannels: --set=dialogue.simulation."
+                                    "assistant_backchannel_probability=0.3, say)")
     else:
         result = m.mean_tor_and_latency(turns)
         if task == "pause_handling":
