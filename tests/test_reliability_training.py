@@ -153,6 +153,41 @@ def _children(pid: int) -> list:
     return psutil.Process(pid).children(recursive=True)
 
 
+def test_ctrl_c_stops_training_at_the_step_boundary_and_twice_at_once():
+    """Python raises KeyboardInterrupt wherever the main thread is, and inside a garbage
+    collection callback (JAX has one) it is printed and dropped: training went on. The watch
+    takes the first Ctrl-C to the next step, a second one at once (in a process of its own:
+    a KeyboardInterrupt must not reach pytest)."""
+    import subprocess
+    import sys
+
+    script = """if True:
+        import os, signal, time
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        from omniflatten_jax.training.preemption import PreemptionWatch
+        with PreemptionWatch() as watch:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+            print("first: went on", flush=True)
+            try:
+                watch.reached(2)
+            except KeyboardInterrupt as e:
+                print("at the step:", e, flush=True)
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+                print("second: went on")
+            except KeyboardInterrupt:
+                print("second: at once", flush=True)
+        print("restored:", signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=root, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert out.stdout.splitlines() == ["first: went on", "at the step: interrupted after step 2",
+                                       "second: at once", "restored: True"], out.stderr[-2000:]
+
+
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGINT"])
 def test_no_data_worker_outlives_its_run(spoken_corpus, tmp_path, how):
     import signal

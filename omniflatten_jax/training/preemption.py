@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 
 import jax
 
@@ -30,32 +31,50 @@ class Preempted(RuntimeError):
 
 
 class PreemptionWatch:
-    """Use as a context manager around the training loop; ask `reached(step)` every step."""
+    """Use as a context manager around the training loop; ask `reached(step)` every step.
+
+    It also takes Ctrl-C (SIGINT) to the step boundary: Python raises KeyboardInterrupt
+    wherever the main thread is, and where that is a garbage-collection callback (JAX has
+    one) the exception is printed and dropped, and training went on. The first SIGINT now
+    raises KeyboardInterrupt at the next `reached`; a second one, at once."""
 
     def __init__(self):
         self._multi_host = jax.process_count() > 1
         self._notified = False
-        self._previous = None
+        self._interrupted = False
+        self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "PreemptionWatch":
         if not self._multi_host:
-            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_sigterm)
+        if (threading.current_thread() is threading.main_thread()  # where handlers go
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
     def _on_sigterm(self, signum, frame) -> None:
         if not self._notified:
             log.warning("SIGTERM: saving a checkpoint at the next step, then stopping")
         self._notified = True
 
+    def _on_sigint(self, signum, frame) -> None:
+        if self._interrupted:
+            signal.default_int_handler(signum, frame)
+        log.warning("Ctrl-C: stopping after this step (again to stop at once)")
+        self._interrupted = True
+
     def reached(self, step: int) -> bool:
         """True at the step where every host saves and stops (the same step on every host).
 
-        Every host must call it at every step from the same starting step."""
+        Every host must call it at every step from the same starting step. Raises
+        KeyboardInterrupt after a Ctrl-C."""
+        if self._interrupted:
+            raise KeyboardInterrupt(f"interrupted after step {step}")
         if self._multi_host:
             from jax.experimental import multihost_utils
 

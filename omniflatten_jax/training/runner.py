@@ -134,7 +134,6 @@ def train_stage(cfg: ExperimentConfig, plan: StagePlan, stage_dir: str, make_dat
                      "%d processes", stage, f"{model.num_params:,}", train.steps,
                      train.batch_size, train.seq_len, dict(mesh.shape), jax.process_count())
 
-        writer = MetricsWriter(stage_dir, enabled=hosts.is_primary())
         # Rates and ETA are measured from the end of the first step (which includes compiling).
         tokens_seen, first_done, skipped = 0, None, 0
         flops_per_token = accelerators.train_flops_per_token(
@@ -150,8 +149,10 @@ def train_stage(cfg: ExperimentConfig, plan: StagePlan, stage_dir: str, make_dat
                             now_skipped, train.max_skipped_steps)
             skipped = now_skipped
 
-        try:
-            with PreemptionWatch() as preemption:
+        # Ctrl-C and SIGTERM act at step boundaries from before the first file a run writes.
+        with PreemptionWatch() as preemption:
+            writer = MetricsWriter(stage_dir, enabled=hosts.is_primary())
+            try:
                 for step in range(start + 1, train.steps + 1):
                     rows = next(data_iter)
                     if first_done is not None:
@@ -195,13 +196,13 @@ def train_stage(cfg: ExperimentConfig, plan: StagePlan, stage_dir: str, make_dat
                         writer.write(step, {f"eval/{k}": v for k, v in
                                             evaluate(placed(params), step).items()
                                             if isinstance(v, (int, float))})
-            ckpt.wait()
-            log.info("%s: saved step %d to %s", stage, train.steps, ckpt.directory)
-        finally:
-            writer.close()
-            ckpt.close()
-            if hasattr(data_iter, "close"):
-                data_iter.close()
+                ckpt.wait()
+                log.info("%s: saved step %d to %s", stage, train.steps, ckpt.directory)
+            finally:
+                writer.close()
+                ckpt.close()
+                if hasattr(data_iter, "close"):
+                    data_iter.close()
     return StageResult(placed(params), meta, train.steps, train.steps - start)
 
 
