@@ -55,8 +55,14 @@ def build_config(extra: list[str] = ()):
 
 def start() -> None:
     """Joins the cluster (``--distributed``) and sets up logging: process 0 logs progress,
-    the other hosts only their warnings and errors."""
+    the other hosts only their warnings and errors. ``kill -USR1 PID`` prints every thread's
+    stack to stderr (where a run seems stuck)."""
+    import faulthandler
+    import signal
+
     import jax
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     if FLAGS.distributed:
         from omniflatten_jax import hosts

@@ -191,6 +191,7 @@ def test_ctrl_c_stops_training_at_the_step_boundary_and_twice_at_once():
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGINT"])
 def test_no_data_worker_outlives_its_run(spoken_corpus, tmp_path, how):
     import signal
+    import subprocess
     import time
 
     import psutil
@@ -206,7 +207,14 @@ def test_no_data_worker_outlives_its_run(spoken_corpus, tmp_path, how):
         time.sleep(0.5)
     assert proc.poll() is None and len(workers) >= 2, "training with 2 workers did not start"
     proc.send_signal(getattr(signal, how))
-    proc.communicate(timeout=300)
+    try:
+        proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:  # say where it is stuck (cli.start: SIGUSR1)
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(3)
+        proc.kill()
+        output = proc.communicate()[0]
+        raise AssertionError(f"the run did not stop on {how}; its threads:\n{output[-6000:]}")
     gone, alive = psutil.wait_procs(workers, timeout=20)
     assert not alive, f"{len(alive)} data workers outlived the run ({how})"
 
