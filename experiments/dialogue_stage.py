@@ -174,10 +174,9 @@ def full_duplex_bench(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedMode
     import tempfile
 
     from data_pipelines.fdb_samples import write_samples
-    from omniflatten_jax.evaluation.fdb import score_root, stream_samples, task_dirs
+    from omniflatten_jax.evaluation.fdb import score_root, stream_samples, streamer, task_dirs
     from omniflatten_jax.evaluation.fdb_score import format_table as fdb_table
     from omniflatten_jax.evaluation.fdb_score import not_scored, table_row
-    from omniflatten_jax.inference.recording import stream_recording
 
     start = time.perf_counter()
     settings = DuplexSettings.of_plan(plan)
@@ -187,11 +186,7 @@ def full_duplex_bench(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedMode
                                cfg.layout.tokenizer().decode, cfg.eval.fdb_samples_per_task)
         if not any(counts.values()):
             return {}
-
-        def model(input_path: str, out_dir: str) -> None:
-            stream_recording(placed, cfg.layout, settings, tokenizer, tokenizer, input_path,
-                             out_dir, title=f"{plan.name} on {input_path}")
-
+        model = streamer(placed, cfg.layout, settings, tokenizer, plan.name)
         for task_dir in task_dirs(root):
             stream_samples(model, task_dir)
         result = score_root(root)

@@ -135,7 +135,6 @@ def _duplex_model(checkpoint_path: str):
     once."""
     from omniflatten_jax import checkpoint
     from omniflatten_jax.inference.duplex import DuplexSettings
-    from omniflatten_jax.inference.recording import stream_recording
     from omniflatten_jax.placement import PlacedModel
 
     meta = checkpoint.load_meta(checkpoint_path)
@@ -143,11 +142,17 @@ def _duplex_model(checkpoint_path: str):
     where = os.path.join(directory, str(step))
     settings = DuplexSettings.of_checkpoint(meta, where)
     tokenizer = checkpoint.load_speech_tokenizer(where)
-    placed = PlacedModel.restore(where)
+    return streamer(PlacedModel.restore(where), meta.layout, settings, tokenizer, meta.stage)
+
+
+def streamer(placed, layout, settings, tokenizer, name: str):
+    """`model(input_path, out_dir)` for `stream_samples`: the duplex command's streaming of
+    one recording (the decoder compiles once: `PlacedModel.jit` keeps the calls)."""
+    from omniflatten_jax.inference.recording import stream_recording
 
     def model(input_path: str, out_dir: str) -> None:
-        stream_recording(placed, meta.layout, settings, tokenizer, tokenizer, input_path,
-                         out_dir, title=f"{meta.stage} on {input_path}")
+        stream_recording(placed, layout, settings, tokenizer, tokenizer, input_path, out_dir,
+                         title=f"{name} on {input_path}")
 
     return model
 
