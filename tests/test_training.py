@@ -39,7 +39,15 @@ def run_cli(workdir, manifest, *extra, steps=6):
             "--set=eval.max_examples=4", "--set=eval.tts_max_examples=2",
             "--set=speech.fit_max_utterances=64", *extra]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=ROOT)
+                            cwd=ROOT, preexec_fn=_ctrl_c_as_in_a_terminal)
+
+
+def _ctrl_c_as_in_a_terminal() -> None:
+    """A shell starts background jobs with SIGINT ignored, and the run would inherit that
+    (pytest run with `&`): the SIGINT tests then hung for want of a Ctrl-C, not of a fix."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def finish(proc):
