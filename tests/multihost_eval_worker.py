@@ -1,8 +1,10 @@
 """One process of a 2-process JAX cluster on 127.0.0.1 (tests/test_multihost_eval.py).
 
 Places a small model's parameters over every device of the cluster (sharded, or replicated)
-and runs what evaluation runs: greedy generation, per-stream cross-entropy and live duplex
-decoding. Prints the results as one JSON line, which must equal one process's results.
+and runs what evaluation runs: greedy generation, per-stream cross-entropy, live duplex
+decoding, and a recording streamed as the FDB harness streams its samples (`fdb.streamer`,
+into a folder of this process's own). Prints the results as one JSON line, which must equal
+one process's results.
 
     python -m tests.multihost_eval_worker --process_id=0 --processes=2 --port=PORT [--placement]
 """
@@ -45,9 +47,43 @@ def evaluate(placement: str) -> dict:
     settings = DuplexSettings(chunk_layout("duplex_3", flatten), flatten, context_chunks=3)
     streams = decode_dialogues(placed, layout, settings, speech, batch_size=4)
     return {"devices": jax.device_count(), "processes": jax.process_count(),
+            "fdb_sample": stream_a_sample(placed, layout, settings),
             "embed_devices": len(placed.params["embed"].sharding.device_set),
             "generated": [g.tolist() for g in generated], "cross_entropy": ce,
             "assistant_speech": [s["assistant_speech"].tolist() for s in streams]}
+
+
+def stream_a_sample(placed, layout, settings) -> dict:
+    """A 3 s recording through `fdb.streamer` (the stage's FDB evaluation and the harness):
+    digests of the files it writes."""
+    import hashlib
+    import pathlib
+    import tempfile
+
+    import numpy as np
+    import soundfile
+
+    from omniflatten_jax.config import MelConfig
+    from omniflatten_jax.evaluation.fdb import streamer
+    from omniflatten_jax.speech.kmeans import KMeansMelTokenizer
+
+    rate = 16_000
+    t = np.arange(3 * rate) / rate
+    wave = (0.3 * np.sin(2 * np.pi * (200 + 300 * t) * t) * (np.sin(2 * np.pi * 0.7 * t) > 0)
+            + 0.01 * np.random.default_rng(0).standard_normal(t.size)).astype(np.float32)
+    tokenizer = KMeansMelTokenizer.fit([wave], MelConfig(), layout.num_speech_codes, seed=0)
+    with tempfile.TemporaryDirectory() as folder:
+        folder = pathlib.Path(folder)
+        soundfile.write(folder / "input.wav", wave, rate)
+        (folder / "out").mkdir()
+        streamer(placed, layout, settings, tokenizer, "duplex_3")(
+            str(folder / "input.wav"), str(folder / "out"))
+        output, _ = soundfile.read(folder / "out" / "output.wav")
+        return {"output_wav": hashlib.sha256((folder / "out" / "output.wav").read_bytes())
+                .hexdigest(), "output_seconds": len(output) / rate,
+                "spoken": bool(np.any(output != 0)),
+                "events": json.loads((folder / "out" / "events.json").read_text())["events"],
+                "text": (folder / "out" / "assistant_text.txt").read_text()}
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """Evaluation on a real 2-process JAX cluster (127.0.0.1, 2 CPU devices each) equals the same
 evaluation in one process with 4 devices: parameters placed once over devices of both hosts,
-generation, cross-entropy and duplex decoding, with no host gathering the parameters."""
+generation, cross-entropy, duplex decoding and a recording streamed as the stages' FDB
+evaluation streams its samples, with no host gathering the parameters."""
 
 import json
 import os
@@ -39,6 +40,8 @@ def test_two_processes_evaluate_like_one(placement):
         assert got["devices"] == 4 and got["embed_devices"] == 4
         assert got["generated"] == single["generated"]
         assert got["assistant_speech"] == single["assistant_speech"]
+        assert got["fdb_sample"] == single["fdb_sample"]  # output.wav byte for byte
+        assert got["fdb_sample"]["spoken"] and got["fdb_sample"]["output_seconds"] == 3.0
         a, b = got["cross_entropy"], single["cross_entropy"]
         assert a["tokens"] == b["tokens"]
         np.testing.assert_allclose(a["overall"], b["overall"], rtol=1e-5)
