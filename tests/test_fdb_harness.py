@@ -3,6 +3,7 @@ duplex checkpoint by the command, output.wav beside each input.wav, fdb.json and
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -94,9 +95,23 @@ def test_the_harness_streams_and_scores_every_task(checkpoint_dir, tmp_path):
     assert (int_lat == "-") == (int_tor == "0.000")
     assert "Moshi" in run.stdout and "not scored" in run.stdout
     assert "no " + str(root / "icc_backchannel" / "icc_gt_distribution.json") in run.stdout
-    # The same checkpoint and input, the same output.wav in a new process.
+    # A rerun resumes: only the sample without output.wav is streamed, in a new process, and
+    # it is the same output.wav (the same checkpoint and input).
     first = {p: p.read_bytes() for p in root.glob("candor_turn_taking/*/output.wav")}
+    (root / "candor_turn_taking" / "1" / "output.wav").unlink()
     again = subprocess.run(harness + ["--task", "smooth_turn_taking"], capture_output=True,
                            text=True, cwd=ROOT, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
+    assert "candor_turn_taking: 1 of 2 samples already streamed" in again.stderr
+    assert "candor_turn_taking: streamed 1/1 samples" in again.stderr
     assert first == {p: p.read_bytes() for p in root.glob("candor_turn_taking/*/output.wav")}
+    # Another checkpoint's outputs are not this one's: every sample is streamed again.
+    other = tmp_path / "other"
+    shutil.copytree(checkpoint_dir, other)
+    run = subprocess.run(harness[:4] + [str(other), "--root", str(root), "--task",
+                                         "smooth_turn_taking"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "candor_turn_taking: streamed 2/2 samples" in run.stderr
+    assert json.loads((root / "fdb_outputs.json").read_text())["checkpoint"].startswith(
+        str(other))

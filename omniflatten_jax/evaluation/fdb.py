@@ -11,10 +11,15 @@ contract); then scores each task (`fdb_score`) and writes ``DIR/fdb.json`` and a
 FDB's published rows. Where the samples keep ``reference.wav`` (ours do: the recorded
 assistant channel), a ``data`` row scores that too. The LLM-judged scores need a hosted model
 and are not computed; the output says so.
+
+A rerun resumes: ``DIR/fdb_outputs.json`` names the checkpoint the ``output.wav`` files come
+from, and samples that checkpoint already streamed are not streamed again (each
+``output.wav`` appears whole, or not at all). Another checkpoint streams every sample again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -34,6 +39,7 @@ from omniflatten_jax.evaluation.fdb_score import (
 )
 
 OUT_FILE = "fdb.json"
+OUTPUTS_FILE = "fdb_outputs.json"  # which checkpoint wrote the output.wav files
 PROGRESS_EVERY_S = 30.0
 
 log = logging.getLogger(__name__)
@@ -53,10 +59,17 @@ def task_dirs(root: str) -> list[str]:
     return found
 
 
-def stream_samples(model, task_dir: str) -> int:
-    """``output.wav`` for every sample of a task folder; `model(input_path, out_dir)` writes
-    it into `out_dir`. Returns how many were streamed; logs progress (FDB v1 holds 727)."""
+def stream_samples(model, task_dir: str, resume: bool = False) -> int:
+    """``output.wav`` for every sample of a task folder (with `resume`, for those without
+    one); `model(input_path, out_dir)` writes it into `out_dir`. Returns how many were
+    streamed; logs progress (FDB v1 holds 727)."""
     folders = samples_of(task_dir)
+    if resume:
+        todo = [f for f in folders if not os.path.exists(os.path.join(f, "output.wav"))]
+        if len(todo) < len(folders):
+            log.info("%s: %d of %d samples already streamed by this checkpoint", task_dir,
+                     len(folders) - len(todo), len(folders))
+        folders = todo
     start = last = time.perf_counter()
     for n, folder in enumerate(folders, start=1):
         with tempfile.TemporaryDirectory() as scratch:
@@ -113,10 +126,13 @@ def main(argv=None) -> None:
         if not args.scored_only:
             if not args.checkpoint:
                 raise ValueError("--checkpoint is needed to decode (or give --scored_only)")
-            model = _duplex_model(args.checkpoint)
+            model, source = _duplex_model(args.checkpoint)
+            resume = _outputs_from(args.root) == source
+            with open(os.path.join(args.root, OUTPUTS_FILE), "w") as f:
+                json.dump(source, f, indent=1)
             for task_dir in task_dirs(args.root):
                 if task_of(task_dir) in tasks:
-                    stream_samples(model, task_dir)
+                    stream_samples(model, task_dir, resume)
         start = time.perf_counter()
         result = score_root(args.root, tasks, args.words)
         log.info("scored in %.0f s (words: %s; segments: Silero VAD)",
@@ -130,19 +146,35 @@ def main(argv=None) -> None:
     print(f"wrote {os.path.join(args.root, OUT_FILE)}; {result['not_scored']}: not scored")
 
 
+def _outputs_from(root: str) -> dict | None:
+    path = os.path.join(root, OUTPUTS_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def _duplex_model(checkpoint_path: str):
     """`model(input_path, out_dir)`: the duplex command's streaming, with the checkpoint read
-    once."""
-    from omniflatten_jax import checkpoint
+    once; and what names that checkpoint's outputs (its step folder and its parameters'
+    checksums, where it has them)."""
+    from etils import epath
+
+    from omniflatten_jax import checkpoint, paths
     from omniflatten_jax.inference.duplex import DuplexSettings
     from omniflatten_jax.placement import PlacedModel
 
     meta = checkpoint.load_meta(checkpoint_path)
     directory, step = checkpoint.resolve(checkpoint_path)
-    where = os.path.join(directory, str(step))
+    where = paths.join(directory, str(step))
     settings = DuplexSettings.of_checkpoint(meta, where)
     tokenizer = checkpoint.load_speech_tokenizer(where)
-    return streamer(PlacedModel.restore(where), meta.layout, settings, tokenizer, meta.stage)
+    sums = epath.Path(where) / "checksums" / "metadata"
+    source = {"checkpoint": where if paths.is_url(where) else os.path.abspath(where),
+              "params_checksums": hashlib.sha256(sums.read_bytes()).hexdigest()
+              if sums.exists() else None}
+    return streamer(PlacedModel.restore(where), meta.layout, settings, tokenizer,
+                    meta.stage), source
 
 
 def streamer(placed, layout, settings, tokenizer, name: str):
