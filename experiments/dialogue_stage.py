@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 
 import numpy as np
@@ -170,7 +169,6 @@ def full_duplex_bench(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedMode
     streams a recording and scored by the FDB harness (`evaluation.fdb`). Every host decodes
     (the model may be sharded over them) into a folder of its own; process 0 keeps the
     samples with their output.wav in ``<stage>/fdb/``."""
-    import shutil
     import tempfile
 
     from data_pipelines.fdb_samples import write_samples
@@ -190,14 +188,11 @@ def full_duplex_bench(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedMode
         for task_dir in task_dirs(root):
             stream_samples(model, task_dir)
         result = score_root(root)
-        target = os.path.join(stage_dir, "fdb")
-        if hosts.is_primary() and not paths.is_url(stage_dir):
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(root, target)
-    for name, scores in result["model"].items():  # where the samples are kept, if they are
-        scores.pop("folder")
-        if not paths.is_url(stage_dir):
-            scores["folder"] = os.path.join(target, name)
+        target = paths.join(stage_dir, "fdb")
+        if hosts.is_primary():
+            paths.copy_tree(root, target)
+    for name, scores in result["model"].items():  # where the samples are kept
+        scores["folder"] = paths.join(target, name)
         if "not_scored" in scores:
             scores["not_scored"] = scores["not_scored"].replace(root, target)
     rows = {plan.name: table_row(result["model"]), "data": table_row(result["data"])}

@@ -25,3 +25,17 @@ def absolute(path: str | os.PathLike) -> str:
 def join(*parts: str | os.PathLike) -> str:
     """`os.path.join` that keeps a URL's scheme (``gs://b`` + ``x`` -> ``gs://b/x``)."""
     return str(epath.Path(absolute(parts[0])).joinpath(*map(os.fspath, parts[1:])))
+
+
+def copy_tree(local_folder: str, target: str) -> None:
+    """Replaces `target` (a local folder or a URL) with a copy of `local_folder`, file by
+    file through `epath`, so a bucket workdir keeps what a local one would."""
+    destination = epath.Path(target)
+    if destination.exists():
+        destination.rmtree()
+    for folder, _, files in os.walk(local_folder):
+        here = destination / os.path.relpath(folder, local_folder)
+        here.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                (here / name).write_bytes(f.read())
