@@ -113,5 +113,34 @@ def test_the_harness_streams_and_scores_every_task(checkpoint_dir, tmp_path):
                          capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "candor_turn_taking: streamed 2/2 samples" in run.stderr
-    assert json.loads((root / "fdb_outputs.json").read_text())["checkpoint"].startswith(
-        str(other))
+    assert json.loads((root / "candor_turn_taking" / "1" / "output_source.json").read_text())[
+        "checkpoint"].startswith(str(other))
+
+
+def test_a_run_stopped_half_way_resumes_with_its_own_outputs_only(tmp_path):
+    from omniflatten_jax.evaluation.fdb import stream_samples
+
+    task = tmp_path / "smooth_turn_taking"
+    for n in (1, 2, 3):
+        write_sample(task / str(n), np.zeros(1_600, np.float32))
+
+    def model_of(name, stop_after=None):
+        def model(input_path, out_dir):
+            if stop_after is not None and len(streamed) == stop_after:
+                raise KeyboardInterrupt
+            streamed.append(input_path)
+            (task.parent / out_dir / "output.wav").write_text(name)
+        streamed = []
+        return model
+
+    def outputs():
+        return [(task / str(n) / "output.wav").read_text()
+                if (task / str(n) / "output.wav").exists() else None for n in (1, 2, 3)]
+
+    assert stream_samples(model_of("A"), str(task), {"checkpoint": "A"}) == 3
+    with pytest.raises(KeyboardInterrupt):
+        stream_samples(model_of("B", stop_after=1), str(task), {"checkpoint": "B"})
+    assert outputs() == ["B", None, None]  # A's are gone: never scored beside B's
+    assert stream_samples(model_of("B"), str(task), {"checkpoint": "B"}) == 2
+    assert outputs() == ["B", "B", "B"]
+    assert stream_samples(model_of("B"), str(task), {"checkpoint": "B"}) == 0

@@ -12,9 +12,10 @@ FDB's published rows. Where the samples keep ``reference.wav`` (ours do: the rec
 assistant channel), a ``data`` row scores that too. The LLM-judged scores need a hosted model
 and are not computed; the output says so.
 
-A rerun resumes: ``DIR/fdb_outputs.json`` names the checkpoint the ``output.wav`` files come
-from, and samples that checkpoint already streamed are not streamed again (each
-``output.wav`` appears whole, or not at all). Another checkpoint streams every sample again.
+A rerun resumes: ``output_source.json`` beside each ``output.wav`` names the checkpoint that
+wrote it, and samples this checkpoint already streamed are not streamed again (each
+``output.wav`` appears whole, or not at all). Outputs of another checkpoint, or of none named,
+are removed before a task is streamed, so a task never holds two models' outputs.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from omniflatten_jax.evaluation.fdb_score import (
 )
 
 OUT_FILE = "fdb.json"
-OUTPUTS_FILE = "fdb_outputs.json"  # which checkpoint wrote the output.wav files
+SOURCE_FILE = "output_source.json"  # beside output.wav: the checkpoint that wrote it
 PROGRESS_EVERY_S = 30.0
 
 log = logging.getLogger(__name__)
@@ -59,28 +60,54 @@ def task_dirs(root: str) -> list[str]:
     return found
 
 
-def stream_samples(model, task_dir: str, resume: bool = False) -> int:
-    """``output.wav`` for every sample of a task folder (with `resume`, for those without
-    one); `model(input_path, out_dir)` writes it into `out_dir`. Returns how many were
-    streamed; logs progress (FDB v1 holds 727)."""
+def stream_samples(model, task_dir: str, source: dict | None = None) -> int:
+    """``output.wav`` for every sample of a task folder; `model(input_path, out_dir)` writes
+    it into `out_dir`. With `source` (what names the checkpoint), samples with that
+    checkpoint's output are kept, the others' outputs removed and streamed again. Returns how
+    many were streamed; logs progress (FDB v1 holds 727)."""
     folders = samples_of(task_dir)
-    if resume:
-        todo = [f for f in folders if not os.path.exists(os.path.join(f, "output.wav"))]
-        if len(todo) < len(folders):
-            log.info("%s: %d of %d samples already streamed by this checkpoint", task_dir,
-                     len(folders) - len(todo), len(folders))
-        folders = todo
+    if source is not None:
+        folders = _not_streamed_by(source, task_dir, folders)
     start = last = time.perf_counter()
     for n, folder in enumerate(folders, start=1):
         with tempfile.TemporaryDirectory() as scratch:
             model(os.path.join(folder, "input.wav"), scratch)
             shutil.move(os.path.join(scratch, "output.wav"), os.path.join(folder, "output.wav"))
+        if source is not None:  # written after output.wav: a crash between means "not done"
+            _write_json(os.path.join(folder, SOURCE_FILE), source)
         now = time.perf_counter()
         if n == len(folders) or now - last > PROGRESS_EVERY_S:
             last = now
             log.info("%s: streamed %d/%d samples (%.1f s each)", task_dir, n, len(folders),
                      (now - start) / n)
     return len(folders)
+
+
+def _not_streamed_by(source: dict, task_dir: str, folders: list[str]) -> list[str]:
+    """The sample folders without `source`'s output.wav, once any other output is removed."""
+    todo = []
+    for folder in folders:
+        output, record = (os.path.join(folder, n) for n in ("output.wav", SOURCE_FILE))
+        try:
+            with open(record) as f:
+                done = json.load(f) == source and os.path.exists(output)
+        except (OSError, ValueError):  # none, or cut short
+            done = False
+        if not done:
+            for path in (record, output):
+                if os.path.exists(path):
+                    os.remove(path)
+            todo.append(folder)
+    if len(todo) < len(folders):
+        log.info("%s: %d of %d samples already streamed by this checkpoint", task_dir,
+                 len(folders) - len(todo), len(folders))
+    return todo
+
+
+def _write_json(path: str, value) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def score_root(root: str, tasks=TASKS, words: str = "pocketsphinx") -> dict:
@@ -127,12 +154,9 @@ def main(argv=None) -> None:
             if not args.checkpoint:
                 raise ValueError("--checkpoint is needed to decode (or give --scored_only)")
             model, source = _duplex_model(args.checkpoint)
-            resume = _outputs_from(args.root) == source
-            with open(os.path.join(args.root, OUTPUTS_FILE), "w") as f:
-                json.dump(source, f, indent=1)
             for task_dir in task_dirs(args.root):
                 if task_of(task_dir) in tasks:
-                    stream_samples(model, task_dir, resume)
+                    stream_samples(model, task_dir, source)
         start = time.perf_counter()
         result = score_root(args.root, tasks, args.words)
         log.info("scored in %.0f s (words: %s; segments: Silero VAD)",
@@ -144,14 +168,6 @@ def main(argv=None) -> None:
         rows["data"] = table_row(result["data"])
     print(format_table(rows, not_scored(result["model"])))
     print(f"wrote {os.path.join(args.root, OUT_FILE)}; {result['not_scored']}: not scored")
-
-
-def _outputs_from(root: str) -> dict | None:
-    path = os.path.join(root, OUTPUTS_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def _duplex_model(checkpoint_path: str):
@@ -170,9 +186,8 @@ def _duplex_model(checkpoint_path: str):
     settings = DuplexSettings.of_checkpoint(meta, where)
     tokenizer = checkpoint.load_speech_tokenizer(where)
     sums = epath.Path(where) / "checksums" / "metadata"
-    source = {"checkpoint": where if paths.is_url(where) else os.path.abspath(where),
-              "params_checksums": hashlib.sha256(sums.read_bytes()).hexdigest()
-              if sums.exists() else None}
+    source = {"checkpoint": where, "params_checksums":
+              hashlib.sha256(sums.read_bytes()).hexdigest() if sums.exists() else None}
     return streamer(PlacedModel.restore(where), meta.layout, settings, tokenizer,
                     meta.stage), source
 
