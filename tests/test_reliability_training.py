@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_training import losses, run_cli
+from test_training import finish, losses, run_cli
 
 from experiments.configs import get_config
 from omniflatten_jax import checkpoint
@@ -217,6 +217,22 @@ def test_no_data_worker_outlives_its_run(spoken_corpus, tmp_path, how):
         raise AssertionError(f"the run did not stop on {how}; its threads:\n{output[-6000:]}")
     gone, alive = psutil.wait_procs(workers, timeout=20)
     assert not alive, f"{len(alive)} data workers outlived the run ({how})"
+
+
+def test_a_resume_with_another_data_worker_count_is_refused_naming_the_setting(
+        spoken_corpus, tmp_path):
+    """Each Grain worker packs its own slice of the examples, so the batches depend on
+    data.num_workers: a position saved with 1 worker cannot go on with none (it was Grain's
+    KeyError: 'parent')."""
+    _, manifest, _ = spoken_corpus
+    finish(run_cli(tmp_path, manifest, "--set=data.num_workers=1", steps=3))
+    out, _ = run_cli(tmp_path, manifest, steps=4).communicate(timeout=600)  # 0 workers
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("error: alignment: ") and "saved with data.num_workers=1, and " \
+        "this run has 0" in last and "Resume with --set=data.num_workers=1." in last, out[-3000:]
+    assert "Traceback" not in out
+    out = finish(run_cli(tmp_path, manifest, "--set=data.num_workers=1", steps=4))
+    assert "resuming from step 3" in out
 
 
 @pytest.fixture

@@ -110,7 +110,7 @@ class TrainCheckpointer:
         check_complete(restored["params"], abstract_params, where)
         check_complete(restored["opt_state"], abstract_opt_state, where)
         if data_iter is not None and not legacy:
-            data_iter.set_state(restored["data_state"])
+            restore_data_position(data_iter, restored["data_state"], where)
         return restored["params"], restored["opt_state"], CheckpointMeta.from_json(
             restored["meta"])
 
@@ -122,6 +122,31 @@ class TrainCheckpointer:
             self.wait()
         finally:
             self._manager.close()
+
+
+def data_workers(state: dict) -> int:
+    """How many Grain worker processes (``data.num_workers``) an iterator state is of: a
+    worker pool's state holds one state per worker; an in-process iterator's holds none."""
+    return len(state.get("iterators_in_use_indices", ()))
+
+
+def restore_data_position(data_iter, state: dict, where: str) -> None:
+    """Puts `data_iter` where the checkpoint's data was. The order of batches depends on
+    ``data.num_workers`` (each worker packs its own slice of the examples), so a position
+    saved with another worker count cannot be continued: said with the fix, not Grain's
+    KeyError."""
+    saved, ours = data_workers(state), data_workers(data_iter.get_state())
+    if saved != ours:
+        raise CheckpointMismatchError(
+            f"{where}: its data position was saved with data.num_workers={saved}, and this run "
+            f"has {ours}; the data order depends on it. Resume with "
+            f"--set=data.num_workers={saved}.")
+    try:
+        data_iter.set_state(state)
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise CheckpointMismatchError(
+            f"{where}: its data position does not fit this run's data pipeline ({type(e).__name__}"
+            f": {e}); resume with the data.* settings it was saved with.") from e
 
 
 def _save_failure(error: BaseException) -> str:
