@@ -63,8 +63,8 @@ def _write(folder: str, audio: np.ndarray, sample_rate: int, annotation_name: st
 
 
 def samples(record, sample_rate: int, frame_rate: float, texts: list[str]):
-    """(task, input audio, annotation file name, annotation, extra files) of one record's
-    scorable moments. `texts`: each turn's text."""
+    """(task, input audio, annotation file name, annotation, extra files, the clip's start in
+    the dialogue in seconds) of one record's scorable moments. `texts`: each turn's text."""
     user = np.asarray(record["user_audio"], np.float32) / 32767.0
     if user.size == 0:
         return
@@ -103,7 +103,7 @@ def samples(record, sample_rate: int, frame_rate: float, texts: list[str]):
             if kind == "assistant_backchannel" and turn.start <= start and end <= turn.end:
                 truth[int((sec(start) - lo) / BIN_S):int((sec(end) - lo) / BIN_S) + 1] += 1
         yield ("backchannel", cut(lo, hi), None, truth.tolist() if truth.any() else None,
-               {"reference.wav": cut(lo, hi, assistant)})
+               {"reference.wav": cut(lo, hi, assistant)}, lo)
     for kind, start, end in spans:
         if kind != "pause":
             continue
@@ -114,7 +114,7 @@ def samples(record, sample_rate: int, frame_rate: float, texts: list[str]):
         lo = max(0.0, sec(turn.start) - LEAD_S)
         yield ("pause_handling", cut(lo, sec(turn.end)), "pause.json",
                [{"text": "[PAUSE]", "timestamp": [sec(start) - lo, sec(end) - lo]}],
-               {"reference.wav": cut(lo, sec(turn.end), assistant)})
+               {"reference.wav": cut(lo, sec(turn.end), assistant)}, lo)
     for i, pattern in enumerate(changes):
         first, second = turns[i], turns[i + 1]
         if i in clean_at and pattern == "reply" and tail(first.end, 0.0) is not None:
@@ -122,7 +122,7 @@ def samples(record, sample_rate: int, frame_rate: float, texts: list[str]):
             clip, hi = tail(first.end, lo)
             yield ("smooth_turn_taking", clip, "turn_taking.json",
                    [{"text": "[TURN-TAKING]", "timestamp": [sec(first.end) - lo, hi - lo]}],
-                   {"reference.wav": cut(lo, hi, assistant)})
+                   {"reference.wav": cut(lo, hi, assistant)}, lo)
         elif (first.role == "assistant" and pattern == "interrupt" and i > 0
               and tail(second.end, 0.0) is not None):
             context = turns[i - 1]
@@ -133,7 +133,7 @@ def samples(record, sample_rate: int, frame_rate: float, texts: list[str]):
                      "timestamp": [sec(second.start) - lo, sec(second.end) - lo]}],
                    {"context.wav": cut(sec(context.start), sec(context.end)),
                     "interrupt.wav": cut(sec(second.start), sec(second.end)),
-                    "reference.wav": cut(lo, hi, assistant)})
+                    "reference.wav": cut(lo, hi, assistant)}, lo)
 
 
 def _open_microphone(user: np.ndarray, speech: list[tuple[int, int]], per_frame: float):
@@ -172,8 +172,8 @@ def write_samples(records, out_root: str, sample_rate: int, frame_rate: float,
         bounds = np.concatenate([[0], np.cumsum(record["turn_text_lengths"])])
         texts = [decode(record["text_ids"][bounds[i]:bounds[i + 1]].tolist())
                  for i in range(len(bounds) - 1)]
-        for task, audio, name, annotation, extra in samples(record, sample_rate, frame_rate,
-                                                            texts):
+        for task, audio, name, annotation, extra, _ in samples(record, sample_rate,
+                                                               frame_rate, texts):
             if per_task and counts[task] >= per_task:
                 continue
             counts[task] += 1
@@ -185,6 +185,36 @@ def write_samples(records, out_root: str, sample_rate: int, frame_rate: float,
         with open(os.path.join(out_root, "backchannel", BACKCHANNEL_TRUTH), "w") as f:
             json.dump(truth, f)
     return counts
+
+
+def clips(records, tokenizer, layout, decode, per_task: int = 0) -> list:
+    """The records' samples as `operating_curve.Clip`s (at most `per_task` per task, 0 = all):
+    the user's side tokenized as the harness would hear ``input.wav``, the recorded
+    assistant's speaking frames over the same span, and the task's reference time."""
+    from omniflatten_jax.evaluation.operating_curve import Clip
+
+    silent = layout.special("<silent_speech>")
+    found: list = []
+    counts = {task: 0 for task in TASKS}
+    for record in records:
+        bounds = np.concatenate([[0], np.cumsum(record["turn_text_lengths"])])
+        texts = [decode(record["text_ids"][bounds[i]:bounds[i + 1]].tolist())
+                 for i in range(len(bounds) - 1)]
+        assistant = np.asarray(record["assistant_speech"])
+        for task, audio, _, annotation, _, start_s in samples(
+                record, tokenizer.sample_rate, tokenizer.frame_rate, texts):
+            if per_task and counts[task] >= per_task:
+                continue
+            counts[task] += 1
+            user = layout.speech_ids(tokenizer.encode(audio, tokenizer.sample_rate))
+            first = int(round(start_s * tokenizer.frame_rate))
+            reference = assistant[first:first + len(user)] != silent
+            reference = np.pad(reference, (0, len(user) - len(reference)))
+            at_s = {"smooth_turn_taking": lambda: annotation[0]["timestamp"][0],
+                    "user_interruption": lambda: annotation[0]["timestamp"][1]}.get(task)
+            found.append(Clip(task, np.asarray(user, np.int32), reference,
+                              None if at_s is None else float(at_s())))
+    return found
 
 
 def main(argv) -> None:

@@ -57,7 +57,7 @@ def measure(cfg, stage: str, n_chunks: int, batch: int, checkpoint: str | None,
         settings = DuplexSettings.of_plan(plan_stage(cfg, stage))
     model, chunk = placed.model, settings.chunk
     decoder = DuplexDecoder(placed, cfg.layout, chunk, settings.flatten, batch=batch,
-                            context_chunks=settings.context_chunks)
+                            context_chunks=settings.context_chunks, policy=settings.policy)
     compile_s = decoder.compile()
     rng = np.random.default_rng(0)
     width = chunk.streams[0][1]

@@ -10,6 +10,7 @@ live. Everything the duplex command needs is in the stage's checkpoints themselv
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ import numpy as np
 from etils import epath
 
 from data_pipelines.builders.dialogues import data_source
+from data_pipelines.fdb_samples import clips as fdb_clips
 from data_pipelines.dialogue_examples import (
     dialogue_streams,
     spoken_turns,
@@ -28,8 +30,17 @@ from data_pipelines.pipelines import dialogue_pipeline
 from data_pipelines.prepare import prepare_dialogues
 from data_pipelines.synth.conversation import EVENT_KINDS
 from omniflatten_jax import checkpoint, hosts, paths
-from omniflatten_jax.config import ExperimentConfig
+from omniflatten_jax.config import ExperimentConfig, to_dict
 from omniflatten_jax.evaluation.cross_entropy import stream_cross_entropy
+from omniflatten_jax.evaluation.operating_curve import TASKS as CURVE_TASKS
+from omniflatten_jax.evaluation.operating_curve import (
+    MuteModelError,
+    choose,
+    format_curve,
+    plot_curves,
+    score,
+    sweep,
+)
 from omniflatten_jax.evaluation.half_duplex import evaluate_replies
 from omniflatten_jax.evaluation.turn_taking import (
     evaluate_turn_taking,
@@ -121,9 +132,18 @@ def run(cfg: ExperimentConfig, plan: StagePlan, workdir: str,
         evaluation["replies"] = replies(cfg, plan, placed, records)
     if plan.kind == "duplex":
         tokenizer = load_speech_tokenizer(prepared.tokenizer_path)
-        evaluation |= turn_taking(cfg, plan, placed, records, tokenizer.frame_rate)
+        source = data_source(prepared.data_dir, prepared.config_name, "validation", cfg.layout)
+        validation = [source[i] for i in range(len(source))]
+        chosen = choose_policy(cfg, plan, placed, validation, tokenizer, stage_dir)
+        if hosts.is_primary():
+            checkpoint.store_decoding(
+                paths.join(stage_dir, "checkpoints", str(result.step)), chosen["policy"])
+        settings = DuplexSettings.of_plan(plan, chosen["policy"])
+        evaluation["decoding"] = {**chosen, "policy": to_dict(chosen["policy"])}
+        evaluation |= turn_taking(cfg, plan, settings, placed, records, tokenizer.frame_rate)
         if cfg.eval.fdb_samples_per_task:
-            evaluation |= full_duplex_bench(cfg, plan, placed, records, tokenizer, stage_dir)
+            evaluation |= full_duplex_bench(cfg, plan, settings, placed, records, tokenizer,
+                                            stage_dir)
     if hosts.is_primary():
         eval_path.write_text(json.dumps(evaluation, indent=2))
     return evaluation
@@ -146,12 +166,51 @@ def replies(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedModel, records
     return result
 
 
-def turn_taking(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedModel, records,
-                frame_rate: float) -> dict:
+def choose_policy(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedModel, records,
+                  tokenizer, stage_dir: str) -> dict:
+    """The stage's decoding policy: `cfg.decoding` with the onset threshold of
+    `eval.policy_onsets` that best separates turn ends from pauses and interruptions from
+    the user's long turns on the validation split's FDB clips (`operating_curve.choose`);
+    the curve goes to ``<stage>/operating_curve.png``. A model that never speaks under the
+    chosen policy fails the stage (`MuteModelError`): that is no result to store."""
+    start = time.perf_counter()
+    clips = fdb_clips([r for r in records if np.asarray(r["user_audio"]).size], tokenizer,
+                      cfg.layout, cfg.layout.tokenizer().decode,
+                      cfg.eval.policy_samples_per_task)
+    if not clips:
+        raise MuteModelError(f"{plan.name}: the validation split holds no dialogue with an "
+                             "FDB moment to choose the decoding policy on; give more "
+                             "dialogues (dialogue.validation_fraction)")
+    onsets = cfg.eval.policy_onsets or (cfg.decoding.onset_threshold,)
+    settings = DuplexSettings.of_plan(plan, cfg.decoding)
+    points = sweep(placed, cfg.layout, settings, clips, onsets, tokenizer.frame_rate,
+                   batch_size=cfg.eval.batch_size)
+    best = choose(points)
+    policy = dataclasses.replace(cfg.decoding, onset_threshold=points[best]["onset_threshold"])
+    data = score(clips, [c.reference for c in clips], tokenizer.frame_rate)
+    counts = {t: sum(c.task == t for c in clips) for t in CURVE_TASKS}
+    curve = paths.join(stage_dir, "operating_curve.png")
+    if hosts.is_primary():
+        plot_curves(points, best, data, curve,
+                    f"{plan.name}: validation FDB clips {counts}, scored from speech tokens")
+    log.info("%s decoding policy chosen on %d validation FDB clips in %.0f s (%s): %s\n%s",
+             plan.name, len(clips), time.perf_counter() - start, curve, policy.describe(),
+             format_curve(points, best, data))
+    if not points[best]["spoke"]:
+        raise MuteModelError(
+            f"{plan.name}: the model never speaks on its {len(clips)} validation FDB clips "
+            f"under the policy chosen for it ({policy.describe()}; onset thresholds tried: "
+            f"{list(onsets)}): it did not learn to take the turn. See {curve}; train it "
+            "longer or on more dialogues, or try other eval.policy_onsets.")
+    return {"policy": policy, "chosen": best, "validation_clips": counts, "curve": curve,
+            "points": points, "data": data}
+
+
+def turn_taking(cfg: ExperimentConfig, plan: StagePlan, settings: DuplexSettings,
+                placed: PlacedModel, records, frame_rate: float) -> dict:
     """Every test dialogue decoded live; the metrics of the model and of the data itself."""
     start = time.perf_counter()
     cases = [(np.asarray(r["user_speech"]), record_events(r)) for r in records]
-    settings = DuplexSettings.of_plan(plan)
     result = evaluate_turn_taking(placed, cfg.layout, settings, cases, frame_rate=frame_rate,
                                   batch_size=cfg.eval.batch_size)
     data = turn_taking_metrics([(r["assistant_speech"], found) for r, (_, found)
@@ -163,8 +222,8 @@ def turn_taking(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedModel, rec
     return {"turn_taking": result, "turn_taking_data": data}
 
 
-def full_duplex_bench(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedModel, records,
-                      tokenizer, stage_dir: str) -> dict:
+def full_duplex_bench(cfg: ExperimentConfig, plan: StagePlan, settings: DuplexSettings,
+                      placed: PlacedModel, records, tokenizer, stage_dir: str) -> dict:
     """Held-out dialogues as FDB v1 samples, streamed through the model as the duplex command
     streams a recording and scored by the FDB harness (`evaluation.fdb`). Every host decodes
     (the model may be sharded over them) into a folder of its own; process 0 keeps the
@@ -177,7 +236,6 @@ def full_duplex_bench(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedMode
     from omniflatten_jax.evaluation.fdb_score import not_scored, table_row
 
     start = time.perf_counter()
-    settings = DuplexSettings.of_plan(plan)
     with tempfile.TemporaryDirectory() as root:
         counts = write_samples([r for r in records if np.asarray(r["user_audio"]).size], root,
                                tokenizer.sample_rate, tokenizer.frame_rate,

@@ -45,6 +45,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from data_pipelines.corpus import BadInputError, InputFileError
     from omniflatten_jax.checkpoint import CheckpointMismatchError, CorruptCheckpointError
     from omniflatten_jax.config import ConfigError
+    from omniflatten_jax.evaluation.operating_curve import MuteModelError
     from omniflatten_jax.finite import NonFiniteError
     from omniflatten_jax.hosts import HostMismatchError
     from omniflatten_jax.training.checkpointer import CheckpointSaveError
@@ -53,7 +54,8 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 
     return (CheckpointMismatchError, CorruptCheckpointError, NonFiniteError, HostMismatchError,
             LayoutMismatchError, WorkdirLockedError, CheckpointSaveError, BadInputError,
-            InputFileError, FileNotFoundError, PermissionError, ConfigError, StageFailed)
+            InputFileError, FileNotFoundError, PermissionError, ConfigError, MuteModelError,
+            StageFailed)
 
 
 class StageFailed(RuntimeError):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import os
 from typing import Any
 
@@ -32,7 +33,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from omniflatten_jax import checksum, finite, orbax_noise, paths
-from omniflatten_jax.config import FlattenConfig, ModelConfig, from_dict, to_dict
+from omniflatten_jax.config import DecodingPolicy, FlattenConfig, ModelConfig, from_dict, to_dict
 from omniflatten_jax.vocab import TokenLayout
 
 FORMAT = 3  # 1 (no "format" key): model, layout, lineage; 2: + stage; 3: + data fingerprint
@@ -68,6 +69,9 @@ class CheckpointMeta:
     # The prepared dataset a training run read (`data_pipelines.prepare`): resuming on another
     # dataset would continue a data order that means nothing there.
     data_fingerprint: str | None = None
+    # Duplex: how to decode it (`config.DecodingPolicy`), chosen on the validation split after
+    # training and written into the final step (`store_decoding`); None until then.
+    decoding: DecodingPolicy | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "model": to_dict(self.model), "layout": self.layout.to_dict(),
@@ -75,16 +79,18 @@ class CheckpointMeta:
                 "flatten": None if self.flatten is None else to_dict(self.flatten),
                 "context_chunks": self.context_chunks,
                 "speech_tokenizer_sha256": self.speech_tokenizer_sha256,
-                "data_fingerprint": self.data_fingerprint}
+                "data_fingerprint": self.data_fingerprint,
+                "decoding": None if self.decoding is None else to_dict(self.decoding)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "CheckpointMeta":
-        flatten = d.get("flatten")
+        flatten, decoding = d.get("flatten"), d.get("decoding")
         return cls(from_dict(ModelConfig, d["model"]), TokenLayout.from_dict(d["layout"]),
                    tuple(d.get("lineage", ())), d.get("stage"),
                    None if flatten is None else from_dict(FlattenConfig, flatten),
                    d.get("context_chunks"), d.get("speech_tokenizer_sha256"),
-                   d.get("data_fingerprint"))
+                   d.get("data_fingerprint"),
+                   None if decoding is None else from_dict(DecodingPolicy, decoding))
 
     @property
     def planned_steps(self) -> int | None:
@@ -220,6 +226,21 @@ def load_meta(path: str | os.PathLike) -> CheckpointMeta:
         raise CorruptCheckpointError(f"{where}/meta does not describe a checkpoint ({e}): the "
                                      "step is damaged or was not written by this project; use "
                                      "another step") from None
+
+
+def store_decoding(step_dir: str, policy: DecodingPolicy) -> CheckpointMeta:
+    """Writes `policy` into the ``meta`` of an existing step (its other fields unchanged): a
+    duplex stage chooses how to decode after its last step is saved. The JSON is replaced
+    whole (written beside, then renamed over), so a reader sees the old or the new one."""
+    meta = dataclasses.replace(load_meta(step_dir), decoding=policy)
+    target = epath.Path(step_dir) / "meta" / "metadata"
+    if not target.exists():
+        raise CorruptCheckpointError(f"{step_dir}/meta has no metadata file to update: the "
+                                     "step was not written by this project's Orbax version")
+    scratch = target.parent / "metadata.writing"
+    scratch.write_text(json.dumps(meta.to_json()))
+    scratch.replace(target)
+    return meta
 
 
 def _probe_ocdbt(folder: str) -> None:

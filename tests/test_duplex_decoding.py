@@ -1,5 +1,6 @@
 """Chunk-synchronous duplex decoding: cached equals recomputed, legal ids at every position."""
 
+import dataclasses
 import functools
 
 import jax
@@ -7,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from omniflatten_jax.config import FlattenConfig
+from omniflatten_jax.config import DecodingPolicy, FlattenConfig
 from omniflatten_jax.flatten import CHUNKED_STAGES, Stream, chunk_layout
-from omniflatten_jax.inference.duplex import DuplexDecoder, Sampling, legal_ids
+from omniflatten_jax.inference.duplex import DuplexDecoder, legal_ids
+from omniflatten_jax.inference.policy import SILENCE
 from omniflatten_jax.model import transformer
 from omniflatten_jax.placement import PlacedModel
 from omniflatten_jax.vocab import TokenLayout
@@ -17,6 +19,8 @@ from tests.helpers import SMALL_MODEL
 
 LAYOUT = TokenLayout("bytes", 256, 32)
 CFG = FlattenConfig(speech_chunk=4, text_chunk=2)
+SAMPLED = DecodingPolicy(text_temperature=1.5, speech_temperature=1.5, text_top_k=50,
+                         speech_top_k=50, seed=3)
 
 
 @functools.cache
@@ -37,28 +41,45 @@ def user_channel(batch, n_chunks, seed=0):
     return LAYOUT.speech_ids(rng.integers(0, 32, (batch, n_chunks * CFG.speech_chunk)))
 
 
-def recompute_greedy(model, params, chunk, user, context=None, keep=None):
+def recompute_greedy(model, params, chunk, user, context=None, keep=None,
+                     policy=DecodingPolicy()):
     """The reference: every generated token from a full forward pass over the context before
-    it. With `context`, the context starts at chunk `start`, which jumps to ``c - keep`` when
-    chunk c would make it longer than `context` chunks (the decoder's sliding window)."""
-    masks = [legal_ids(LAYOUT, s, CFG) for s, w in chunk.streams[1:] for _ in range(w)]
+    it, decided as `policy` says (greedy content), in numpy. With `context`, the context starts
+    at chunk `start`, which jumps to ``c - keep`` when chunk c would make it longer than
+    `context` chunks (the decoder's sliding window)."""
+    rows = [(s, legal_ids(LAYOUT, s, CFG), LAYOUT.special(SILENCE[s]))
+            for s, w in chunk.streams[1:] for _ in range(w)]
     seq = np.zeros((user.shape[0], 0), np.int32)
     width, n = chunk.streams[0][1], chunk.chunk_len
     n_chunks = user.shape[1] // width
     context = context or n_chunks
     start = 0
+    speaking = {s: np.zeros(user.shape[0], bool) for s, _ in chunk.streams[1:]}
+    quiet = {s: np.zeros(user.shape[0]) for s, _ in chunk.streams[1:]}
     # Causal attention: right padding cannot change earlier logits, so one shape suffices.
     forward = jax.jit(model.logits)
     for c in range(n_chunks):
         if c - start == context:
             start = c - keep
         seq = np.concatenate([seq, user[:, c * width:(c + 1) * width]], axis=1)
-        for legal in masks:
+        for stream, legal, silent in rows:
             window = seq[:, start * n:]
             padded = np.pad(window, ((0, 0), (0, context * n - window.shape[1])))
-            logits = np.asarray(forward(params, jnp.asarray(padded)))[:, window.shape[1] - 1]
-            token = np.where(legal, logits, -np.inf).argmax(-1)
-            seq = np.concatenate([seq, token[:, None]], axis=1)
+            logits = np.asarray(forward(params, jnp.asarray(padded)), np.float64)
+            logits = np.where(legal, logits[:, window.shape[1] - 1], -np.inf)
+            if policy.speak_rule == "token":
+                token = logits.argmax(-1)
+            else:
+                p = np.exp(logits - logits.max(-1, keepdims=True))
+                log_quiet = np.log(p[:, silent] / p.sum(-1))
+                accumulated = policy.onset_memory * quiet[stream] + log_quiet
+                speak = np.where(speaking[stream], np.exp(log_quiet) <= policy.stop_threshold,
+                                 1 - np.exp(accumulated) >= policy.onset_threshold)
+                logits[:, silent] = -np.inf
+                token = np.where(speak, logits.argmax(-1), silent)
+                speaking[stream] = speak
+                quiet[stream] = np.where(speak, 0.0, accumulated)
+            seq = np.concatenate([seq, token[:, None].astype(np.int32)], axis=1)
     return seq
 
 
@@ -71,6 +92,31 @@ def test_cached_decoding_equals_recomputing(stage):
     np.testing.assert_array_equal(decoder.run(user), recompute_greedy(model, params, chunk, user))
 
 
+# An untrained model gives each of its 33 legal speech ids about 1/33: thresholds near that
+# make both decisions happen, so the test sees onsets, stops and accumulated onsets.
+NEAR_CHANCE = [DecodingPolicy(speak_rule="token"),
+               DecodingPolicy(onset_threshold=0.9698, stop_threshold=0.0302),
+               DecodingPolicy(onset_threshold=0.99, stop_threshold=0.0303, onset_memory=0.7)]
+
+
+@pytest.mark.parametrize("policy", NEAR_CHANCE, ids=["token", "thresholds", "memory"])
+def test_speak_decisions_equal_the_reference(policy):
+    """The engine's speak/listen rule, its state carried across chunks and slides, equals a
+    numpy reading of `DecodingPolicy`'s definition over full forward passes."""
+    model, params = model_and_params()
+    chunk = chunk_layout("duplex_2", CFG)
+    user = user_channel(3, 6, seed=7)
+    decoder = DuplexDecoder(placed(), LAYOUT, chunk, CFG, batch=3, context_chunks=3,
+                            keep_chunks=1, policy=policy)
+    got = decoder.run(user)
+    np.testing.assert_array_equal(got, recompute_greedy(model, params, chunk, user, 3, 1,
+                                                        policy))
+    speech = got[:, chunk.stream_ids(6) == Stream.ASSISTANT_SPEECH]
+    silent = speech == LAYOUT.special("<silent_speech>")
+    if policy.speak_rule == "threshold":  # both decisions were taken, so both were tested
+        assert silent.any() and (~silent).any(), silent.mean()
+
+
 @pytest.mark.parametrize("stage", CHUNKED_STAGES)
 def test_sampled_tokens_are_legal_at_every_position(stage):
     model, params = model_and_params()
@@ -78,7 +124,7 @@ def test_sampled_tokens_are_legal_at_every_position(stage):
     n_chunks = 4
     user = user_channel(3, n_chunks, seed=1)
     decoder = DuplexDecoder(placed(), LAYOUT, chunk, CFG, batch=3, context_chunks=n_chunks,
-                            sampling=Sampling(temperature=1.5, top_k=50), seed=3)
+                            policy=SAMPLED)
     flat = decoder.run(user)
     streams = chunk.stream_ids(n_chunks)
     np.testing.assert_array_equal(flat[:, streams == Stream.USER_SPEECH], user)
@@ -87,9 +133,9 @@ def test_sampled_tokens_are_legal_at_every_position(stage):
         assert legal[flat[:, streams == stream]].all(), stream
     # Sampling really samples (and is seeded): another seed gives other tokens.
     again = DuplexDecoder(placed(), LAYOUT, chunk, CFG, batch=3, context_chunks=n_chunks,
-                          sampling=Sampling(temperature=1.5, top_k=50), seed=3).run(user)
+                          policy=SAMPLED).run(user)
     other = DuplexDecoder(placed(), LAYOUT, chunk, CFG, batch=3, context_chunks=n_chunks,
-                          sampling=Sampling(temperature=1.5, top_k=50), seed=4).run(user)
+                          policy=dataclasses.replace(SAMPLED, seed=4)).run(user)
     np.testing.assert_array_equal(again, flat)
     assert not np.array_equal(other, flat)
 

@@ -28,6 +28,7 @@ import shutil
 import tempfile
 import time
 
+from omniflatten_jax.config import to_dict
 from omniflatten_jax.evaluation.fdb_score import (
     TASKS,
     WORD_SOURCES,
@@ -130,6 +131,7 @@ def main(argv=None) -> None:
     import argparse
 
     from omniflatten_jax.command_errors import add_verbose_flag, one_line_errors
+    from omniflatten_jax.inference.policy import add_policy_flags
 
     parser = argparse.ArgumentParser(prog="python -m omniflatten_jax.evaluation.fdb",
                                      description=__doc__.split("\n\n")[0])
@@ -143,6 +145,7 @@ def main(argv=None) -> None:
                         "as an external recogniser wrote it")
     parser.add_argument("--scored_only", action="store_true",
                         help="score the output.wav files already there (no decoding)")
+    add_policy_flags(parser)
     add_verbose_flag(parser)
     args = parser.parse_args(argv)
     log.addHandler(logging.StreamHandler())  # our progress only, not every library's INFO
@@ -153,7 +156,7 @@ def main(argv=None) -> None:
         if not args.scored_only:
             if not args.checkpoint:
                 raise ValueError("--checkpoint is needed to decode (or give --scored_only)")
-            model, source = _duplex_model(args.checkpoint)
+            model, source = _duplex_model(args.checkpoint, args)
             for task_dir in task_dirs(args.root):
                 if task_of(task_dir) in tasks:
                     stream_samples(model, task_dir, source)
@@ -170,24 +173,30 @@ def main(argv=None) -> None:
     print(f"wrote {os.path.join(args.root, OUT_FILE)}; {result['not_scored']}: not scored")
 
 
-def _duplex_model(checkpoint_path: str):
+def _duplex_model(checkpoint_path: str, flags):
     """`model(input_path, out_dir)`: the duplex command's streaming, with the checkpoint read
-    once; and what names that checkpoint's outputs (its step folder and its parameters'
-    checksums, where it has them)."""
+    once, under its stored decoding policy as the flags change it; and what names that
+    model's outputs (its step folder, its parameters' checksums where it has them, and the
+    policy: outputs of another policy are streamed again)."""
     from etils import epath
 
     from omniflatten_jax import checkpoint, paths
     from omniflatten_jax.inference.duplex import DuplexSettings
+    from omniflatten_jax.inference.policy import policy_from_flags
     from omniflatten_jax.placement import PlacedModel
 
     meta = checkpoint.load_meta(checkpoint_path)
     directory, step = checkpoint.resolve(checkpoint_path)
     where = paths.join(directory, str(step))
     settings = DuplexSettings.of_checkpoint(meta, where)
+    settings = settings.with_policy(policy_from_flags(settings.policy, flags))
+    log.info("decoding %s with %s%s", where, settings.policy.describe(),
+             "" if meta.decoding else " (the checkpoint stores no policy: the default)")
     tokenizer = checkpoint.load_speech_tokenizer(where)
     sums = epath.Path(where) / "checksums" / "metadata"
     source = {"checkpoint": where, "params_checksums":
-              hashlib.sha256(sums.read_bytes()).hexdigest() if sums.exists() else None}
+              hashlib.sha256(sums.read_bytes()).hexdigest() if sums.exists() else None,
+              "decoding": to_dict(settings.policy)}
     return streamer(PlacedModel.restore(where), meta.layout, settings, tokenizer,
                     meta.stage), source
 

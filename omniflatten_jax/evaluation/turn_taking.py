@@ -134,7 +134,8 @@ def evaluate_turn_taking(placed: PlacedModel, layout: TokenLayout, settings: Dup
                          cases: Sequence[TurnTakingCase], *, frame_rate: float,
                          batch_size: int = 8) -> dict:
     """Decodes each held-out dialogue live (user channel fed as recorded, chunk by chunk;
-    everything else generated greedily) and scores the generated assistant speech."""
+    everything else generated under ``settings.policy``) and scores the generated assistant
+    speech."""
     streams = decode_dialogues(placed, layout, settings, [u for u, _ in cases],
                                batch_size=batch_size)
     generated = [s["assistant_speech"].reshape(-1)[:len(user)]

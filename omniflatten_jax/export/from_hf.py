@@ -152,7 +152,8 @@ def _our_description(hf_dir: str, meta: checkpoint.CheckpointMeta
             raise ValueError(f"{path} does not match the hash {described} records")
     return dataclasses.replace(meta, lineage=ours.lineage + meta.lineage, stage=ours.stage,
                                flatten=ours.flatten, context_chunks=ours.context_chunks,
-                               speech_tokenizer_sha256=ours.speech_tokenizer_sha256), data
+                               speech_tokenizer_sha256=ours.speech_tokenizer_sha256,
+                               decoding=ours.decoding), data
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,12 +4,12 @@
 
 Writes `config.json`, `model.safetensors`, `generation_config.json`, `token_layout.json`,
 `omniflatten.json` (the checkpoint's whole description: model config, lineage, stage, flatten
-settings, context window, speech tokenizer hash) and, for a trained stage, the speech tokenizer
-file itself (`speech_tokenizer.npz`: numpy arrays and a JSON config, README "Hugging Face import
-and export"), so that a PyTorch user can turn audio into the model's speech ids and back. The
-extended vocabulary is kept: speech codes and special tokens are part of the model. Only the
-padding rows that no token uses are dropped, so the exported vocabulary is the layout's
-`used_size`.
+settings, context window, speech tokenizer hash, decoding policy) and, for a trained stage, the
+speech tokenizer file itself (`speech_tokenizer.npz`: numpy arrays and a JSON config, README
+"Hugging Face import and export"), so that a PyTorch user can turn audio into the model's
+speech ids and back. The extended vocabulary is kept: speech codes and special tokens are
+part of the model. Only the padding rows that no token uses are dropped, so the exported
+vocabulary is the layout's `used_size`.
 
 A checkpoint with NaN or infinite weights (a diverged run) is refused, naming the tensor. The
 folder is written beside `--out` and renamed into place at the end (`export.staging`); a

@@ -8,8 +8,10 @@ token from the KV cache, each under the mask of the ids legal for its stream:
 * speech positions: speech ids and <silent_speech>.
 
 Generated tokens stay in the context. One jitted engine call (`inference.engine`) decodes one
-chunk, so a caller can stream audio in and measure per-chunk latency. Greedy or temperature /
-top-k sampling, seeded.
+chunk, so a caller can stream audio in and measure per-chunk latency. How each stream is drawn,
+and how the model's speak/listen decision is read, is the stage's `DecodingPolicy` (stored in
+its checkpoint; `DuplexSettings.policy`): a threshold on the probability of leaving silence,
+then greedy or seeded temperature / top-k content per stream.
 
 As a command, ``python -m omniflatten_jax.inference.duplex --checkpoint CKPT --input user.wav
 --out_dir DIR`` streams a recording through a trained duplex stage (see `main`); the
@@ -31,9 +33,10 @@ import numpy as np
 from omniflatten_jax.batch import fixed_groups
 from omniflatten_jax.checkpoint import CheckpointMeta
 from omniflatten_jax.chunking import pad_to_chunks
-from omniflatten_jax.config import PARAM_PLACEMENTS, FlattenConfig
+from omniflatten_jax.config import PARAM_PLACEMENTS, DecodingPolicy, FlattenConfig
 from omniflatten_jax.flatten import CHUNKED_STAGES, ChunkLayout, Stream, chunk_layout
-from omniflatten_jax.inference.engine import NO_STOP, Sampling, feed_and_generate, prefill
+from omniflatten_jax.inference.engine import NO_STOP, PlacedRows, feed_and_generate, place_state, prefill
+from omniflatten_jax.inference.policy import add_policy_flags, policy_from_flags, policy_rows
 from omniflatten_jax.placement import PlacedModel
 from omniflatten_jax.stages import StagePlan
 from omniflatten_jax.vocab import TokenLayout
@@ -66,12 +69,17 @@ class DuplexSettings:
     chunk: ChunkLayout
     flatten: FlattenConfig
     context_chunks: int  # the training window (`ChunkLayout.window_chunks`)
+    policy: DecodingPolicy = DecodingPolicy()  # the stage's stored one, or the default
 
     @classmethod
-    def of_plan(cls, plan: StagePlan) -> "DuplexSettings":
+    def of_plan(cls, plan: StagePlan, policy: DecodingPolicy = DecodingPolicy()
+                ) -> "DuplexSettings":
         if plan.chunk is None:
             raise ValueError(f"{plan.name} is not a duplex stage")
-        return cls(plan.chunk, plan.flatten, plan.context_chunks)
+        return cls(plan.chunk, plan.flatten, plan.context_chunks, policy)
+
+    def with_policy(self, policy: DecodingPolicy) -> "DuplexSettings":
+        return dataclasses.replace(self, policy=policy)
 
     @classmethod
     def of_checkpoint(cls, meta: CheckpointMeta, where: str) -> "DuplexSettings":
@@ -84,7 +92,8 @@ class DuplexSettings:
         if meta.stage not in CHUNKED_STAGES or meta.context_chunks is None:
             raise ValueError(f"{where} is a checkpoint of the {meta.stage} stage; the duplex "
                              f"decoder runs a duplex stage: one of {CHUNKED_STAGES}")
-        return cls(chunk_layout(meta.stage, meta.flatten), meta.flatten, meta.context_chunks)
+        return cls(chunk_layout(meta.stage, meta.flatten), meta.flatten, meta.context_chunks,
+                   meta.decoding or DecodingPolicy())
 
 
 class LatencyStats:
@@ -128,7 +137,8 @@ class DuplexDecoder:
     the cache is full the context slides: the cache is rebuilt from the last `keep_chunks`
     chunks (user speech as heard, the rest as generated), positions restarting at 0 like a
     training window, so a stream of any length can be decoded with one preallocated cache.
-    That rebuild is one prefill call, every ``context - keep`` chunks.
+    That rebuild is one prefill call, every ``context - keep`` chunks. The speak/listen state
+    of each stream (`engine.TurnState`) goes on across chunks and slides.
 
     The parameters stay where `placed` put them; each chunk moves only its user speech ids to
     the devices and its generated ids back, both explicitly (`PlacedModel.put` / `get`).
@@ -136,8 +146,8 @@ class DuplexDecoder:
 
     def __init__(self, placed: PlacedModel, layout: TokenLayout, chunk: ChunkLayout,
                  cfg: FlattenConfig, *, batch: int, context_chunks: int,
-                 keep_chunks: int | None = None, sampling: Sampling = Sampling(),
-                 seed: int = 0):
+                 keep_chunks: int | None = None, policy: DecodingPolicy = DecodingPolicy(),
+                 seed: int | None = None):
         if chunk.streams[0][0] != Stream.USER_SPEECH:
             raise ValueError(f"{chunk.name}: a duplex chunk must start with the user's speech")
         keep = context_chunks // 2 if keep_chunks is None else keep_chunks
@@ -145,23 +155,25 @@ class DuplexDecoder:
             raise ValueError(f"keep_chunks must be in [0, context_chunks={context_chunks}), "
                              f"got {keep}")
         self.placed, self.layout, self.chunk = placed, layout, chunk
-        self.sampling, self.batch = sampling, batch
+        self.policy, self.batch = policy, batch
         self.width = chunk.streams[0][1]
         legal, pattern = chunk_masks(layout, chunk, cfg)
         self.legal, self.pattern = placed.put(legal), placed.put(pattern)
+        self.rows = PlacedRows.create(placed, policy_rows(layout, chunk, policy))
+        self.state = place_state(placed, batch, len(legal))
         self.fed_valid = placed.put(np.ones((batch, self.width), bool), batch=True)
         self.no_stop = placed.put(np.asarray([NO_STOP], np.int32))
         self.context_chunks, self.keep_chunks = context_chunks, keep
         self.slots = context_chunks * chunk.chunk_len
         self.cache = placed.init_cache(batch, self.slots)
         self.recent: collections.deque[np.ndarray] = collections.deque(maxlen=max(keep, 1))
-        self.key = placed.key(seed)
+        self.key = placed.key(policy.seed if seed is None else seed)
         self.chunks_done = self.in_cache = self.slides = 0
         self.latency = LatencyStats()  # wall time of each `step`, the slide included
 
-    def _feed(self, cache, user: jax.Array, key: jax.Array):
+    def _feed(self, cache, user: jax.Array, key: jax.Array, state):
         return feed_and_generate(self.placed, cache, user, self.fed_valid, self.legal,
-                                 self.pattern, self.no_stop, key, sampling=self.sampling)
+                                 self.pattern, self.no_stop, key, self.rows, state)
 
     def compile(self) -> float:
         """Compiles every call streaming makes, on scratch caches, ahead of the first chunk (a
@@ -173,14 +185,16 @@ class DuplexDecoder:
         _, key = jax.random.split(self.key)
         silent = self.layout.special("<silent_speech>")
         user = self.placed.put(np.full((self.batch, self.width), silent, np.int32), batch=True)
-        caches = [self._feed(self._feed(self.placed.init_cache(self.batch, self.slots), user,
-                                        key)[1], user, key)[1]]
+        state = place_state(self.placed, self.batch, self.state.speaking.shape[1])
+        _, cache, state = self._feed(self.placed.init_cache(self.batch, self.slots), user, key,
+                                     state)
+        outputs = [self._feed(cache, user, key, state)]
         if self.keep_chunks:
             kept = self.placed.put(np.zeros((self.batch, self.keep_chunks * self.chunk.chunk_len),
                                             np.int32), batch=True)
             fresh = self.placed.init_cache(self.batch, self.slots)
-            caches.append(self._feed(prefill(self.placed, fresh, kept), user, key)[1])
-        jax.block_until_ready(caches)
+            outputs.append(self._feed(prefill(self.placed, fresh, kept), user, key, state))
+        jax.block_until_ready(outputs)
         return time.perf_counter() - start
 
     def _slide(self) -> None:
@@ -199,7 +213,8 @@ class DuplexDecoder:
         if self.in_cache == self.context_chunks:
             self._slide()
         self.key, key = jax.random.split(self.key)
-        out, self.cache = self._feed(self.cache, self.placed.put(user_chunk, batch=True), key)
+        out, self.cache, self.state = self._feed(
+            self.cache, self.placed.put(user_chunk, batch=True), key, self.state)
         out = self.placed.get(out)  # on the host: the chunk is complete
         self.latency.add((time.perf_counter() - start) * 1000)
         self.recent.append(np.concatenate([user_chunk, out], axis=1))
@@ -220,11 +235,12 @@ class DuplexDecoder:
 
 
 def decode_dialogues(placed: PlacedModel, layout: TokenLayout, settings: DuplexSettings,
-                     user_channels: Sequence[np.ndarray], *, batch_size: int = 8,
-                     sampling: Sampling = Sampling(), seed: int = 0) -> list[dict[str, np.ndarray]]:
+                     user_channels: Sequence[np.ndarray], *, batch_size: int = 8
+                     ) -> list[dict[str, np.ndarray]]:
     """Each user channel (speech ids per frame, as heard) -> the model's streams, unflattened:
     ``{stream key: [n_chunks, width]}`` over the channel completed to whole chunks with
-    <silent_speech>. Channels are decoded `batch_size` at a time, each batch to its longest."""
+    <silent_speech>. Channels are decoded `batch_size` at a time, each batch to its longest,
+    under ``settings.policy`` (batch i seeded ``policy.seed + i * batch_size``)."""
     chunk = settings.chunk
     width = chunk.streams[0][1]
     silent = layout.special("<silent_speech>")
@@ -234,8 +250,8 @@ def decode_dialogues(placed: PlacedModel, layout: TokenLayout, settings: DuplexS
         n_chunks = max(-(-len(c) // width) for c in group)
         user = np.stack([pad_to_chunks(c, width, silent, n_chunks) for c in group])
         decoder = DuplexDecoder(placed, layout, chunk, settings.flatten, batch=batch_size,
-                                context_chunks=settings.context_chunks, sampling=sampling,
-                                seed=seed + lo)
+                                context_chunks=settings.context_chunks, policy=settings.policy,
+                                seed=settings.policy.seed + lo)
         flat = decoder.run(user)
         results += [chunk.unflatten(row) for row in flat[:n]]
     return results
@@ -263,9 +279,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--params", choices=PARAM_PLACEMENTS, default="sharded",
                         help="parameters sharded over the local devices (FSDP, as trained) or "
                         "replicated on each (no gathers per token; the model must fit a chip)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--top_k", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=0)
+    add_policy_flags(parser)
     add_verbose_flag(parser)
     args = parser.parse_args(argv)
     with one_line_errors(args.verbose):
@@ -292,11 +306,11 @@ def run_duplex(args) -> dict:
 
     prepare_out_dir(args.out_dir)
     check_recording(args.input)
-    sampling = Sampling(args.temperature, args.top_k)
     meta = checkpoint.load_meta(args.checkpoint)
     directory, step = checkpoint.resolve(args.checkpoint)
     where = os.path.join(directory, str(step))
     settings = DuplexSettings.of_checkpoint(meta, where)
+    settings = settings.with_policy(policy_from_flags(settings.policy, args))
     tokenizer = (load_speech_tokenizer(args.speech_tokenizer) if args.speech_tokenizer
                  else checkpoint.load_speech_tokenizer(where))
     if tokenizer.num_codes != meta.layout.num_speech_codes:
@@ -305,7 +319,7 @@ def run_duplex(args) -> dict:
                          "was trained with (or none: the checkpoint's own)")
     placed = PlacedModel.restore(where, placement=args.params)
     return stream_recording(placed, meta.layout, settings, tokenizer, tokenizer, args.input,
-                            args.out_dir, sampling=sampling, seed=args.seed,
+                            args.out_dir,
                             title=f"{meta.stage} {where} on {os.path.basename(args.input)}")
 
 

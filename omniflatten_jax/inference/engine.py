@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from omniflatten_jax.model import DecodeCache, Params, Transformer
 from omniflatten_jax.placement import PlacedModel
@@ -35,64 +37,157 @@ class Sampling:
             raise ValueError(f"temperature and top_k must be >= 0, got {self}")
 
 
-def pick(logits: jax.Array, legal: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Array:
-    """``logits [B, vocab]`` -> one id per row, among the ids where ``legal [vocab]`` is true."""
+class RowPolicy(NamedTuple):
+    """How each row of ``legal`` is drawn (arrays ``[M]``, one entry per row), and the
+    speak/listen decision of rows that have a silence id (`config.DecodingPolicy`): onset and
+    stop thresholds and the onset memory are data, so a sweep over them compiles once."""
+
+    temperature: jax.Array  # float32; 0 = greedy
+    top_k: jax.Array  # int32; 0 = every legal id
+    silent: jax.Array  # int32: the row's "nothing now" id, or -1 (drawn like any other id)
+    onset: jax.Array  # float32: start speaking when accumulated P(speak) reaches this
+    stop: jax.Array  # float32: stop speaking when P(silence) exceeds this
+    memory: jax.Array  # float32: weight of the earlier silent positions' log P(silence)
+
+
+class TurnState(NamedTuple):
+    """Per batch row and legal row, carried from chunk to chunk: is the stream speaking, and
+    the accumulated log P(silence) since it last spoke."""
+
+    speaking: jax.Array  # bool [B, M]
+    quiet: jax.Array  # float32 [B, M]
+
+
+def row_policy(samplings: list[Sampling], silent: list[int] | None = None, *,
+               onset: float = 0.5, stop: float = 0.5, memory: float = 0.0) -> RowPolicy:
+    """Host arrays for `feed_and_generate`; `silent` None: no decision on any row (the
+    silence id, if a row has one, is drawn like any other)."""
+    m = len(samplings)
+    silent = [-1] * m if silent is None else silent
+    f32 = lambda v: np.full((m,), v, np.float32)  # noqa: E731
+    return RowPolicy(np.asarray([s.temperature for s in samplings], np.float32),
+                     np.asarray([s.top_k for s in samplings], np.int32),
+                     np.asarray(silent, np.int32), f32(onset), f32(stop), f32(memory))
+
+
+@dataclasses.dataclass(frozen=True)
+class PlacedRows:
+    """A `RowPolicy` on the mesh, with what must be known when tracing: the largest top-k,
+    whether any row samples, whether any row decides speak or listen."""
+
+    arrays: RowPolicy
+    statics: tuple[int, bool, bool]
+
+    @classmethod
+    def create(cls, placed: PlacedModel, rows: RowPolicy) -> "PlacedRows":
+        statics = (int(np.max(rows.top_k)), bool(np.any(rows.temperature > 0)),
+                   bool(np.any(rows.silent >= 0)))
+        return cls(RowPolicy(*(placed.put(np.asarray(a)) for a in rows)), statics)
+
+
+def _draw(logits: jax.Array, legal: jax.Array, temperature: jax.Array, top_k: jax.Array,
+          key: jax.Array, max_top_k: int, sampled: bool) -> jax.Array:
+    """``logits [B, vocab]`` -> one id per row among the `legal` ids: greedy at temperature 0,
+    else drawn from softmax(logits / temperature) over the `top_k` most likely (0: all)."""
     logits = jnp.where(legal, logits, -jnp.inf)
-    if sampling.temperature == 0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits / sampling.temperature
-    if sampling.top_k:
-        kth = jax.lax.top_k(logits, sampling.top_k)[0][..., -1:]
-        logits = jnp.where(logits >= kth, logits, -jnp.inf)
-    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    if not sampled:
+        return greedy
+    scaled = logits / jnp.maximum(temperature, 1e-6)
+    if max_top_k:
+        kth = jax.lax.top_k(scaled, max_top_k)[0][:, jnp.clip(top_k - 1, 0, max_top_k - 1)]
+        scaled = jnp.where((top_k > 0) & (scaled < kth[:, None]), -jnp.inf, scaled)
+    drawn = jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+    return jnp.where(temperature > 0, drawn, greedy)
 
 
-def _feed_and_generate(model: Transformer, sampling: Sampling, params: Params,
+def _decide(logits: jax.Array, legal: jax.Array, rows: RowPolicy, m: jax.Array,
+            state: TurnState, key: jax.Array, max_top_k: int, sampled: bool
+            ) -> tuple[jax.Array, TurnState]:
+    """One position of legal row `m`: speak or stay silent by the thresholds, then the
+    content (`_draw` over the legal ids but the silence id). Rows without a silence id draw
+    from all their legal ids."""
+    silent = rows.silent[m]
+    has = silent >= 0
+    s = jnp.maximum(silent, 0)
+    log_quiet = jax.nn.log_softmax(jnp.where(legal, logits, -jnp.inf), axis=-1)[:, s]
+    speaking, quiet = state.speaking[:, m], state.quiet[:, m]
+    accumulated = rows.memory[m] * quiet + log_quiet
+    speak = jnp.where(speaking, jnp.exp(log_quiet) <= rows.stop[m],
+                      -jnp.expm1(accumulated) >= rows.onset[m])
+    content = _draw(logits, legal & ~((jnp.arange(legal.shape[0]) == s) & has),
+                    rows.temperature[m], rows.top_k[m], key, max_top_k, sampled)
+    plain = _draw(logits, legal, rows.temperature[m], rows.top_k[m], key, max_top_k, sampled)
+    token = jnp.where(has, jnp.where(speak, content, s), plain)
+    now_quiet = has & (token == s)
+    state = TurnState(state.speaking.at[:, m].set(has & ~now_quiet),
+                      state.quiet.at[:, m].set(jnp.where(now_quiet, accumulated, 0.0)))
+    return token, state
+
+
+def _feed_and_generate(model: Transformer, statics: tuple[int, bool, bool], params: Params,
                        cache: DecodeCache, fed: jax.Array, fed_valid: jax.Array,
-                       legal: jax.Array, pattern: jax.Array, stop: jax.Array, key: jax.Array
-                       ) -> tuple[jax.Array, DecodeCache]:
+                       legal: jax.Array, pattern: jax.Array, stop: jax.Array, key: jax.Array,
+                       rows: RowPolicy, state: TurnState
+                       ) -> tuple[jax.Array, DecodeCache, TurnState]:
+    max_top_k, sampled, decides = statics
     logits, cache = model.extend(params, cache, fed, fed_valid)
     stop_fill = jnp.maximum(stop[0], 0)
 
     def body(i, carry):
-        cache, last, out, done, key = carry
+        cache, last, out, done, key, state = carry
         key, sub = jax.random.split(key)
-        token = jnp.where(done, stop_fill, pick(last, legal[pattern[i]], sub, sampling))
+        m = pattern[i]
+        if decides:
+            token, state = _decide(last, legal[m], rows, m, state, sub, max_top_k, sampled)
+        else:
+            token = _draw(last, legal[m], rows.temperature[m], rows.top_k[m], sub, max_top_k,
+                          sampled)
+        token = jnp.where(done, stop_fill, token)
         done = done | jnp.isin(token, stop)
         logits, cache = model.extend(params, cache, token[:, None])
-        return cache, logits[:, -1], out.at[:, i].set(token), done, key
+        return cache, logits[:, -1], out.at[:, i].set(token), done, key, state
 
     b = fed.shape[0]
     out = jnp.zeros((b, pattern.shape[0]), jnp.int32)
     done = jnp.zeros((b,), bool)
-    cache, _, out, _, _ = jax.lax.fori_loop(
-        0, pattern.shape[0], body, (cache, logits[:, -1], out, done, key))
-    return out, cache
+    cache, _, out, _, _, state = jax.lax.fori_loop(
+        0, pattern.shape[0], body, (cache, logits[:, -1], out, done, key, state))
+    return out, cache, state
 
 
 def feed_and_generate(placed: PlacedModel, cache: DecodeCache, fed: jax.Array,
                       fed_valid: jax.Array, legal: jax.Array, pattern: jax.Array,
-                      stop: jax.Array, key: jax.Array, *, sampling: Sampling = Sampling()
-                      ) -> tuple[jax.Array, DecodeCache]:
+                      stop: jax.Array, key: jax.Array, rows: PlacedRows, state: TurnState
+                      ) -> tuple[jax.Array, DecodeCache, TurnState]:
     """Appends ``fed [B, F]`` (``fed_valid`` false marks left padding), then generates
-    ``[B, len(pattern)]`` tokens, token i under ``legal[pattern[i]]`` (``legal [M, vocab]``).
+    ``[B, len(pattern)]`` tokens, token i under ``legal[pattern[i]]`` (``legal [M, vocab]``),
+    drawn as ``rows`` says for row ``pattern[i]``; `state` (`TurnState`, on the mesh:
+    `place_state`) carries the speak/listen decisions across calls and comes back updated.
 
     A row that emits an id in ``stop`` emits ``stop[0]`` from then on (pass ``[NO_STOP]`` to
     never stop). Generated tokens enter the cache (donated), so the next call continues the
-    context. Every argument is already on the mesh (`PlacedModel.put`); the generated tokens
-    come back replicated, ready for `PlacedModel.get`.
+    context. The other arguments are already on the mesh (`PlacedModel.put`); the generated
+    tokens come back replicated, ready for `PlacedModel.get`.
     """
     batch, slots = cache.valid.shape
     cache_sharding = placed.cache_shardings(batch, slots)
-    rows = placed.batch_sharding((batch, 1))
-    rep = placed.replicated
+    rows_sharding = placed.batch_sharding((batch, 1))
+    rep = placed.replicated  # the policy and the turn state are small: every device has them
     fn = placed.jit("feed_and_generate",
-                    functools.partial(_feed_and_generate, placed.model, sampling),
-                    sampling, batch, slots,
-                    in_shardings=(placed.param_shardings, cache_sharding, rows, rows, rep, rep,
-                                  rep, rep),
-                    out_shardings=(rep, cache_sharding), donate_argnums=(1,))
-    return fn(placed.params, cache, fed, fed_valid, legal, pattern, stop, key)
+                    functools.partial(_feed_and_generate, placed.model, rows.statics),
+                    rows.statics, batch, slots,
+                    in_shardings=(placed.param_shardings, cache_sharding, rows_sharding,
+                                  rows_sharding, rep, rep, rep, rep, rep, rep),
+                    out_shardings=(rep, cache_sharding, rep), donate_argnums=(1,))
+    return fn(placed.params, cache, fed, fed_valid, legal, pattern, stop, key, rows.arrays,
+              state)
+
+
+def place_state(placed: PlacedModel, batch: int, rows: int) -> TurnState:
+    """A fresh `TurnState` (silent, nothing accumulated) on the mesh."""
+    return TurnState(placed.put(np.zeros((batch, rows), bool)),
+                     placed.put(np.zeros((batch, rows), np.float32)))
 
 
 def prefill(placed: PlacedModel, cache: DecodeCache, tokens: jax.Array) -> DecodeCache:

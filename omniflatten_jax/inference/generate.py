@@ -13,7 +13,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from omniflatten_jax.batch import fixed_groups
-from omniflatten_jax.inference.engine import Sampling, feed_and_generate
+from omniflatten_jax.inference.engine import (
+    PlacedRows,
+    Sampling,
+    feed_and_generate,
+    place_state,
+    row_policy,
+)
 from omniflatten_jax.placement import PlacedModel
 
 BUCKET = 16  # prompt lengths are rounded up to this, to bound the number of compilations
@@ -31,6 +37,7 @@ def greedy_generate(placed: PlacedModel, prompts: Sequence[np.ndarray], *, legal
     pattern = placed.put(np.zeros((max_new,), np.int32))  # every position: the one legal row
     stop = placed.put(np.asarray(stop_ids, np.int32))
     key = placed.key(0)  # unused by greedy decoding
+    rows = PlacedRows.create(placed, row_policy([Sampling()]))  # one legal row, greedy
     results: list[np.ndarray] = []
     for group, n in fixed_groups(prompts, batch_size):
         width = -(-max(len(p) for p in group) // BUCKET) * BUCKET
@@ -40,9 +47,9 @@ def greedy_generate(placed: PlacedModel, prompts: Sequence[np.ndarray], *, legal
             tokens[i, width - len(prompt):] = prompt
             valid[i, width - len(prompt):] = True
         cache = placed.init_cache(batch_size, width + max_new)
-        out, _ = feed_and_generate(placed, cache, placed.put(tokens, batch=True),
-                                   placed.put(valid, batch=True), legal, pattern, stop, key,
-                                   sampling=Sampling())
+        out, _, _ = feed_and_generate(placed, cache, placed.put(tokens, batch=True),
+                                      placed.put(valid, batch=True), legal, pattern, stop, key,
+                                      rows, place_state(placed, batch_size, 1))
         for row in placed.get(out)[:n]:
             hits = np.flatnonzero(np.isin(row, stop_ids))
             results.append(row[:hits[0]] if len(hits) else row)

@@ -35,9 +35,9 @@ import numpy as np
 import soundfile
 import soxr
 
+from omniflatten_jax.config import to_dict
 from omniflatten_jax.flatten import Stream
 from omniflatten_jax.inference.duplex import DuplexDecoder, DuplexSettings
-from omniflatten_jax.inference.engine import Sampling
 from omniflatten_jax.inference.timeline import Timeline
 from omniflatten_jax.placement import PlacedModel
 from omniflatten_jax.speech.audio import AudioError
@@ -334,17 +334,17 @@ class TextTurns:
 
 def stream_recording(placed: PlacedModel, layout: TokenLayout, settings: DuplexSettings,
                      tokenizer: SpeechTokenizer, decoder: SpeechDecoder, audio_path: str,
-                     out_dir: str, *, sampling: Sampling = Sampling(), seed: int = 0,
-                     title: str = "") -> dict:
-    """Decodes `audio_path` (any format, rate, channel count) chunk by chunk and writes the
-    files (module docstring) into `out_dir`; returns the summary events.json ends with."""
+                     out_dir: str, *, title: str = "") -> dict:
+    """Decodes `audio_path` (any format, rate, channel count) chunk by chunk under
+    ``settings.policy`` and writes the files (module docstring) into `out_dir`; returns the
+    summary events.json ends with."""
     chunk = settings.chunk
     width = chunk.streams[0][1]
     chunk_seconds = width / tokenizer.frame_rate
     timeline = Timeline(tokenizer.sample_rate, tokenizer.frame_rate, chunk_seconds)
     user = UserSpeech(audio_path, tokenizer, timeline.user.add)
     model = DuplexDecoder(placed, layout, chunk, settings.flatten, batch=1,
-                          context_chunks=settings.context_chunks, sampling=sampling, seed=seed)
+                          context_chunks=settings.context_chunks, policy=settings.policy)
     compile_s = model.compile()
     events = JsonList(os.path.join(out_dir, "events.json"), key="events")
     audio = AssistantAudio(
@@ -383,6 +383,7 @@ def _summary(model: DuplexDecoder, samples: int, written: int, rate: int,
         "output_seconds": round(written / rate, 3),
         "chunks": latency.count, "chunk_audio_ms": chunk_audio_ms,
         "context_slides": model.slides, "compile_seconds": round(compile_s, 2),
+        "decoding": to_dict(model.policy),
         "latency_ms": {"mean": round(latency.mean_ms, 2),
                        "p95": round(latency.percentile(95), 2),
                        "max": round(latency.max_ms, 2)},

@@ -1,0 +1,62 @@
+"""A stage's `DecodingPolicy` applied: the engine's rows, and the commands' override flags.
+
+A duplex stage chooses its policy on its validation split and stores it in its checkpoints
+(`CheckpointMeta.decoding`); the duplex command, the FDB harness, the turn-taking evaluation
+and the latency benchmark decode with it. The commands' flags change single fields of it
+(``--decoding onset_threshold=0.3``; ``--temperature``, ``--top_k`` and ``--seed`` are
+shorthands for both streams), and say which fields they changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from omniflatten_jax.config import DecodingPolicy, override
+from omniflatten_jax.flatten import ChunkLayout, Stream
+from omniflatten_jax.inference.engine import RowPolicy, Sampling, row_policy
+from omniflatten_jax.vocab import TokenLayout
+
+SILENCE = {Stream.USER_TEXT: "<silent_text>", Stream.ASSISTANT_TEXT: "<silent_text>",
+           Stream.USER_SPEECH: "<silent_speech>", Stream.ASSISTANT_SPEECH: "<silent_speech>"}
+SPEECH_STREAMS = (Stream.USER_SPEECH, Stream.ASSISTANT_SPEECH)
+
+
+def policy_rows(layout: TokenLayout, chunk: ChunkLayout, policy: DecodingPolicy) -> RowPolicy:
+    """The engine's per-row policy for a chunk's generated streams (`duplex.chunk_masks`
+    rows): each stream's sampling (the text or the speech settings) and, under the threshold
+    rule, its silence id."""
+    generated = [stream for stream, _ in chunk.streams[1:]]
+    text = Sampling(policy.text_temperature, policy.text_top_k)
+    speech = Sampling(policy.speech_temperature, policy.speech_top_k)
+    samplings = [speech if stream in SPEECH_STREAMS else text for stream in generated]
+    silent = ([layout.special(SILENCE[stream]) for stream in generated]
+              if policy.speak_rule == "threshold" else None)
+    return row_policy(samplings, silent, onset=policy.onset_threshold,
+                      stop=policy.stop_threshold, memory=policy.onset_memory)
+
+
+def add_policy_flags(parser: argparse.ArgumentParser) -> None:
+    fields = ", ".join(f.name for f in dataclasses.fields(DecodingPolicy))
+    parser.add_argument("--decoding", action="append", default=[], metavar="FIELD=VALUE",
+                        help="change one field of the checkpoint's stored decoding policy "
+                        f"(repeatable); fields: {fields}")
+    parser.add_argument("--temperature", type=float,
+                        help="both streams' temperature (0 = greedy content)")
+    parser.add_argument("--top_k", type=int, help="both streams' top-k (0 = all)")
+    parser.add_argument("--seed", type=int, help="the sampling seed")
+
+
+def policy_from_flags(stored: DecodingPolicy, args: argparse.Namespace) -> DecodingPolicy:
+    """`stored` with the fields the flags name changed (a bad field or value is an error that
+    names it)."""
+    policy = stored
+    for assignment in args.decoding:
+        policy = override(policy, assignment)
+    shorthands = {"temperature": ("text_temperature", "speech_temperature"),
+                  "top_k": ("text_top_k", "speech_top_k"), "seed": ("seed",)}
+    for flag, fields in shorthands.items():
+        value = getattr(args, flag)
+        if value is not None:
+            policy = dataclasses.replace(policy, **{f: value for f in fields})
+    return policy
