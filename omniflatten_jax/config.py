@@ -308,6 +308,10 @@ class TrainConfig:
     # and stop once more than `max_skipped_steps` were skipped.
     on_nonfinite: str = "stop"
     max_skipped_steps: int = 10
+    # The loss at the assistant speech positions where it starts or stops speaking counts this
+    # many times (`training.step.TurnWeight`): the speak/listen decisions are a few positions
+    # among thousands that repeat the state before them.
+    turn_weight: float = 1.0
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "log_every", "checkpoint_every",
@@ -320,6 +324,8 @@ class TrainConfig:
                  "stop or skip")
         _require(self.max_skipped_steps >= 0, "max_skipped_steps", self.max_skipped_steps,
                  ">= 0")
+        _require(_finite(self.turn_weight) and self.turn_weight > 0, "turn_weight",
+                 self.turn_weight, "a finite number > 0")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,7 @@ import jax
 import pytest
 
 from omniflatten_jax import checkpoint
+from omniflatten_jax.config import DecodingPolicy
 from omniflatten_jax.flatten import chunk_layout
 from omniflatten_jax.stages import plan_stage
 from omniflatten_jax.training.runner import train_stage
@@ -28,7 +29,10 @@ def run(workdir, manifest, dialogues, *extra):
             "--set=dialogue_train.batch_size=4", "--set=train.seq_len=128",
             "--set=dialogue_train.seq_len=256", "--set=data.num_workers=0",
             "--set=eval.max_examples=4", "--set=eval.tts_max_examples=2",
-            "--set=speech.fit_max_utterances=64", "--set=flatten.text_chunk=8", *extra]
+            "--set=speech.fit_max_utterances=64", "--set=flatten.text_chunk=8",
+            # Validation dialogues to choose each duplex stage's decoding policy on; a
+            # 2-step model may not pass any threshold but 0 (speak whenever silent).
+            "--set=dialogue.validation_fraction=0.3", "--set=eval.policy_onsets=0,0.5", *extra]
     return subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=900)
 
 
@@ -79,6 +83,11 @@ def test_all_stages_hand_over_and_resume(spoken_corpus, dialogue_file, tmp_path,
             for scores in fdb["model"].values():  # notes name the kept folders too
                 assert str(tmp_path / stage / "fdb") in scores.get("not_scored", str(kept))
             assert meta.context_chunks == 256 // chunk_layout(stage, meta.flatten).chunk_len
+            # The decoding policy chosen on validation is the one stored in the checkpoint.
+            chosen = evaluation["decoding"]
+            assert meta.decoding == DecodingPolicy(**chosen["policy"])
+            assert chosen["points"][chosen["chosen"]]["spoke"] > 0
+            assert (tmp_path / stage / "operating_curve.png").is_file()
         # Every checkpoint describes itself and carries the workdir's speech tokenizer.
         assert meta.stage == stage
         assert (meta.flatten is None if stage == "alignment" else meta.flatten.text_chunk == 8)
@@ -97,6 +106,13 @@ def test_all_stages_hand_over_and_resume(spoken_corpus, dialogue_file, tmp_path,
                   "--set=dialogue.test_fraction=0.3", "--set=model.rope_theta=5000")
     assert changed.returncode != 0 and "Traceback" not in changed.stderr
     assert "rope_theta: 10000.0 in the checkpoint, 5000.0 in this run" in changed.stderr
+    # A policy under which the model never speaks on validation fails the stage, naming it.
+    (tmp_path / "duplex_2" / "eval.json").unlink()
+    mute = run(tmp_path, manifest, dialogue_file, "--stage=duplex_2",
+               "--set=dialogue.test_fraction=0.3", "--set=eval.policy_onsets=1")
+    assert mute.returncode != 0 and "Traceback" not in mute.stderr
+    assert "duplex_2: the model never speaks on its" in mute.stderr
+    assert "onset 1, stop 0.5" in mute.stderr
 
     # A duplex checkpoint copied elsewhere, its workdir deleted, still decodes and exports.
     copy = tmp_path_factory.mktemp("copied") / "duplex_2"

@@ -75,3 +75,36 @@ def test_utilisation_reports_per_chip_rate_and_mfu_on_known_chips():
     assert pod["tokens_per_s_per_chip"] == 50_000.0
     np.testing.assert_allclose(pod["mfu"], 50_000 * 1e9 / 459e12)
     assert "mfu" not in utilisation(1000.0, 1e9, "cpu", 8)  # no peak figure: no MFU
+
+
+def test_turn_weight_counts_the_assistant_starting_and_stopping():
+    """`TurnWeight` finds where the assistant speech stream changes state, across chunks but
+    not across packed segments, and adds its weight there only."""
+    from omniflatten_jax.training.step import TurnWeight, turn_changes
+
+    s, x, u, a = 300, 290, Stream.USER_SPEECH, Stream.ASSISTANT_SPEECH
+    #            0  1  2  3  4  5  6  7  8  9 10 11 12 13
+    tokens = [[7, 7, s, s, x, 7, 7, x, s, s, 7, 7, x, s]]
+    streams = [[u, u, a, a, a, u, u, a, a, a, u, u, a, a]]
+    segments = [[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2]]
+    batch = {"tokens": jnp.asarray(tokens, jnp.int32),
+             "streams": jnp.asarray(streams, jnp.int32),
+             "segment_ids": jnp.asarray(segments, jnp.int32),
+             "positions": jnp.asarray([list(range(10)) + list(range(4))], jnp.int32),
+             "loss_mask": jnp.asarray(np.asarray(streams) == a)}
+    # Targets 4 (s -> x), 8 (x -> s) and 13 (x -> s); 7 continues 4's speech; 12 is the first
+    # speech of its segment.
+    changes = np.flatnonzero(np.asarray(turn_changes(batch, s))[0]) + 1
+    assert changes.tolist() == [4, 8, 13]
+    model = Transformer(SMALL_MODEL, VOCAB)
+    params = model.init(jax.random.key(0))
+    plain, metrics = loss_and_metrics(model, params, batch)
+    weighted, weighted_metrics = loss_and_metrics(model, params, batch, TurnWeight(3.0, s))
+    per_token = token_losses(model.logits(params, batch["tokens"], batch["positions"],
+                                          batch["segment_ids"])[:, :-1], batch["tokens"][:, 1:])
+    count = int(metrics["tokens"])
+    extra = 2.0 * float(np.sum(np.asarray(per_token)[0, changes - 1])) / count
+    np.testing.assert_allclose(weighted, plain + extra, rtol=1e-5)
+    # What is reported per stream stays the plain cross-entropy.
+    np.testing.assert_allclose(weighted_metrics["per_stream"]["assistant_speech"][0],
+                               metrics["per_stream"]["assistant_speech"][0], rtol=1e-6)

@@ -3,8 +3,9 @@
 Per dialogue: both channels as speech ids per frame (the assistant channel holds
 <silent_speech> where the assistant is silent), each turn's role, start/end frames, text ids
 and the frame at which each text token's word starts (the synthesiser's word times; the
-chunking uses them for user text only), and the pattern at each turn change. The test split
-also keeps both channels' audio (int16), so that turn-taking can be evaluated and heard.
+chunking uses them for user text only), and the pattern at each turn change. The held-out
+splits (validation, test) also keep both channels' audio (int16): FDB samples are cut from it
+and turn-taking can be heard.
 
 Nothing is dropped silently: a dialogue that cannot be used (a `Rejected` entry of
 `synth.dialogues.dialogue_entries`, one left with no assistant turn by cleaning, or one that
@@ -75,7 +76,9 @@ class DialogueContext:
         if name == "tokenise":
             uid, conv = state
             return uid, conv, tokenize(conv, self)
-        return laid_out(*state, self, keep_audio=split == "test")
+        # Held-out dialogues keep their audio: FDB samples are cut from it (validation: to
+        # choose a duplex stage's decoding policy; test: to score it).
+        return laid_out(*state, self, keep_audio=split in ("validation", "test"))
 
     def stops(self, state, reason: str) -> bool:
         """Only problems of the user's file stop: layout problems follow from settings."""
@@ -220,7 +223,7 @@ def entries_per_split(dialogues: dict[str, list]) -> dict[str, list]:
 
 
 class OmniflattenDialogues(common.RecipeBuilder):
-    VERSION = tfds.core.Version("1.4.0")  # bump when examples change: part of the cache key
+    VERSION = tfds.core.Version("1.5.0")  # bump when examples change: part of the cache key
     PROGRESS_EVERY = 500
 
     def _info(self):

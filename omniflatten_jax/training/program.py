@@ -24,7 +24,7 @@ from omniflatten_jax.config import ExperimentConfig, TrainConfig
 from omniflatten_jax.model import Transformer, transformer
 from omniflatten_jax.training.guard import init_guard
 from omniflatten_jax.training.optimizer import make_optimizer
-from omniflatten_jax.training.step import guarded_train_step
+from omniflatten_jax.training.step import TurnWeight, guarded_train_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +35,7 @@ class TrainProgram:
     rules: sharding.Rules
     batch_shape: tuple[int, int]  # global [batch, seq_len]
     on_nonfinite: str = "stop"  # `TrainConfig.on_nonfinite`
+    turn: TurnWeight = TurnWeight()  # `TrainConfig.turn_weight`
 
     @classmethod
     def build(cls, cfg: ExperimentConfig, train: TrainConfig, mesh: Mesh,
@@ -43,7 +44,8 @@ class TrainProgram:
         sharding.check_batch_divides(mesh, cfg.mesh.rules, train.batch_size, setting)
         return cls(transformer(cfg.model, cfg.layout.vocab_size),
                    make_optimizer(cfg.optimizer, train.steps), mesh, tuple(cfg.mesh.rules),
-                   (train.batch_size, train.seq_len), train.on_nonfinite)
+                   (train.batch_size, train.seq_len), train.on_nonfinite,
+                   TurnWeight(train.turn_weight, cfg.layout.special("<silent_speech>")))
 
     @functools.cached_property
     def param_shardings(self):
@@ -93,7 +95,7 @@ class TrainProgram:
         """``(params, opt_state, guard, batch) -> (params, opt_state, guard, metrics)``,
         donating the state; a non-finite step does not update it (`training.guard`)."""
         return jax.jit(functools.partial(guarded_train_step, self.model, self.tx,
-                                         self.on_nonfinite),
+                                         self.on_nonfinite, turn=self.turn),
                        in_shardings=(self.param_shardings, self.opt_shardings, self.replicated,
                                      self.batch_shardings),
                        out_shardings=(self.param_shardings, self.opt_shardings, self.replicated,

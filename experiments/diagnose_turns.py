@@ -1,0 +1,185 @@
+"""What each duplex stage learnt about taking the turn, teacher-forced on held-out dialogues.
+
+    python experiments/diagnose_turns.py --workdir=./workdir --out=docs/turn_diagnosis \
+        [--stages=duplex_4,duplex_3,duplex_2] [--split=validation] [--config --set]
+
+For every stage: P(speak) frame by frame (`evaluation.speak_probability`) around the
+dialogues' replies, pauses, user backchannels and interruptions, beside how often the
+recorded assistant speaks at the same moment; and, while the assistant is still silent, P(speak)
+by how long the user has been silent, after a turn end and inside a pause. Writes
+``speak_probability.png``, ``onset.png`` and ``diagnosis.json`` (with the event-level and the
+per-silence AUCs, the figures a lever table quotes) into `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+REPLY_WINDOW_S = 0.5  # a reply gap's P(speak) is read over this much after the turn end
+
+
+def user_speaking(record) -> np.ndarray:
+    """Per frame: the user speaks (a turn or a backchannel)."""
+    from data_pipelines.dialogue_examples import dialogue_streams
+    from data_pipelines.synth.conversation import EVENT_KINDS
+
+    dialogue = dialogue_streams(record)
+    n = len(dialogue.user_speech)
+    user = np.zeros(n, bool)
+    for t in dialogue.turns:
+        if t.role == "user":
+            user[t.start:t.end] = True
+    for k, s, e in zip(record.get("event_kinds", ()), record.get("event_starts", ()),
+                       record.get("event_ends", ())):
+        if EVENT_KINDS[int(k)] == "user_backchannel":
+            user[int(s):int(e)] = True
+    return user
+
+
+def diagnose(cfg, stage: str, workdir: str, records, frame_rate: float) -> dict:
+    from data_pipelines.dialogue_examples import duplex_windows
+    from experiments.dialogue_stage import record_events
+    from omniflatten_jax import paths
+    from omniflatten_jax.evaluation import speak_probability as sp
+    from omniflatten_jax.placement import PlacedModel
+    from omniflatten_jax.stages import plan_stage
+
+    plan = plan_stage(cfg, stage)
+    placed = PlacedModel.restore(paths.join(workdir, stage, "checkpoints"), cfg.mesh,
+                                 layout=cfg.layout)
+    silent = cfg.layout.special("<silent_speech>")
+    windows = [duplex_windows(r, cfg.layout, plan) for r in records]
+    probability = sp.speak_probability(placed, cfg.layout, windows,
+                                       batch_size=cfg.eval.batch_size)
+    model_traces = {k: [] for k in sp.KINDS}
+    data_traces = {k: [] for k in sp.KINDS}
+    onset = {"reply": [], "pause": []}
+    peaks = {"reply": [], "pause": []}
+    window = int(round(REPLY_WINDOW_S * frame_rate))
+    for record, p in zip(records, probability):
+        events = record_events(record)
+        user = user_speaking(record)
+        assistant = np.asarray(record["assistant_speech"])[:len(p)] != silent
+        for kind, anchors in sp.event_anchors(events).items():
+            model_traces[kind].append(sp.traces(p, anchors, frame_rate))
+            data_traces[kind].append(sp.traces(assistant.astype(float), anchors, frame_rate))
+        found = sp.onset_frames(user[:len(p)], assistant, events)
+        for kind, frames in found.items():
+            onset[kind] += [(float(p[f]), e) for f, e in frames]
+        for event in events:
+            if event[0] == "assistant":
+                peaks["reply"].append(float(np.max(p[event[1]:event[1] + window],
+                                                   initial=0.0)))
+            elif event[0] == "pause":
+                peaks["pause"].append(float(np.max(p[event[1]:event[2]], initial=0.0)))
+    stack = lambda ts: np.concatenate(ts) if ts else np.zeros((0, 1))  # noqa: E731
+    return {
+        "stage": stage, "dialogues": len(records),
+        "model": {k: stack(v) for k, v in model_traces.items()},
+        "data": {k: stack(v) for k, v in data_traces.items()},
+        "onset_curves": sp.onset_curves(onset, frame_rate),
+        "onset_auc": sp.onset_auc(onset, frame_rate),
+        "event_auc": sp.event_auc(peaks),
+        "peak_p_speak": {k: {"mean": float(np.mean(v)) if v else None,
+                             "median": float(np.median(v)) if v else None,
+                             "events": len(v)} for k, v in peaks.items()},
+    }
+
+
+def plot(results: list[dict], frame_rate: float, out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from omniflatten_jax.evaluation import speak_probability as sp
+
+    titles = {"reply": "user turn end (assistant replies)", "pause": "user pauses mid-turn",
+              "user_backchannel": "user backchannels ('mm-hm')",
+              "interruption": "user cuts in"}
+    fig, axes = plt.subplots(1, len(sp.KINDS), figsize=(4.2 * len(sp.KINDS), 3.8), sharey=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, kind in zip(axes, sp.KINDS):
+        for i, r in enumerate(results):
+            t = r["model"][kind]
+            if not len(t):
+                continue
+            x = (np.arange(t.shape[1]) - sp.BEFORE_S * frame_rate) / frame_rate
+            ax.plot(x, np.nanmean(t, axis=0), color=colors[i], label=f"{r['stage']} P(speak)")
+            q1, q3 = np.nanpercentile(t, [25, 75], axis=0)
+            ax.fill_between(x, q1, q3, color=colors[i], alpha=0.15)
+        d = results[-1]["data"][kind]
+        if len(d):
+            x = (np.arange(d.shape[1]) - sp.BEFORE_S * frame_rate) / frame_rate
+            ax.plot(x, np.nanmean(d, axis=0), "k--", lw=1, label="data: assistant speaks")
+        ax.axvline(0, color="grey", lw=0.8)
+        n = len(results[-1]["model"][kind])
+        ax.set(title=f"{titles[kind]} ({n})", xlabel="seconds from the event")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean P(speak), teacher-forced (band: IQR)")
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "speak_probability.png"), dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.asarray(sp.ELAPSED_BINS_S)
+    for i, r in enumerate(results):
+        for kind, style in (("reply", "-o"), ("pause", ":s")):
+            ys = [np.nan if v is None else v for v in r["onset_curves"][kind]]
+            ax.plot(bins, ys, style, color=colors[i], ms=4,
+                    label=f"{r['stage']} {'after a turn end' if kind == 'reply' else 'in a pause'}"
+                    f" (AUC {r['onset_auc'] or float('nan'):.2f})" * (kind == "reply")
+                    or f"{r['stage']} in a pause")
+    ax.set(xlabel="seconds the user has been silent (bin start)",
+           ylabel="mean P(speak) while the assistant is silent", yscale="log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "onset.png"), dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    from data_pipelines.builders.dialogues import data_source
+    from data_pipelines.prepare import prepare_dialogues
+    from experiments.configs import get_config
+    from omniflatten_jax.speech import load_speech_tokenizer
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", default="./workdir")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--stages", default="duplex_4,duplex_3,duplex_2")
+    parser.add_argument("--split", default="validation", choices=("validation", "test"))
+    parser.add_argument("--config", default="embedded")
+    parser.add_argument("--set", action="append", default=[], help="config overrides")
+    args = parser.parse_args(argv)
+    cfg = get_config(args.config, args.set)
+    prepared = prepare_dialogues(cfg, args.workdir)
+    source = data_source(prepared.data_dir, prepared.config_name, args.split, cfg.layout)
+    records = [source[i] for i in range(len(source))]
+    frame_rate = load_speech_tokenizer(prepared.tokenizer_path).frame_rate
+    os.makedirs(args.out, exist_ok=True)
+    results = [diagnose(cfg, stage, args.workdir, records, frame_rate)
+               for stage in args.stages.split(",")]
+    plot(results, frame_rate, args.out)
+    summary = [{k: v for k, v in r.items() if k not in ("model", "data")} for r in results]
+    with open(os.path.join(args.out, "diagnosis.json"), "w") as f:
+        json.dump({"split": args.split, "workdir": args.workdir, "stages": summary}, f,
+                  indent=1)
+    for r in summary:
+        print(f"{r['stage']}: {r['dialogues']} {args.split} dialogues; event AUC (reply gap vs "
+              f"pause, peak P(speak)) {r['event_auc']}; per-silence AUC {r['onset_auc']}; "
+              f"peak P(speak) {r['peak_p_speak']}")
+    print(f"wrote {args.out}/speak_probability.png, onset.png, diagnosis.json")
+
+
+if __name__ == "__main__":
+    main()
