@@ -40,7 +40,7 @@ import numpy as np
 
 from data_pipelines.dialogue_examples import dialogue_streams, turn_changes
 from data_pipelines.synth.conversation import EVENT_KINDS
-from omniflatten_jax.evaluation.fdb_score import BACKCHANNEL_TRUTH
+from omniflatten_jax.evaluation.fdb_score import BACKCHANNEL_TRUTH, REFERENCE_ROWS
 from omniflatten_jax.speech.audio import save_audio
 
 TASKS = ("pause_handling", "smooth_turn_taking", "user_interruption", "backchannel")
@@ -159,9 +159,13 @@ def _open_microphone(user: np.ndarray, speech: list[tuple[int, int]], per_frame:
 
 
 def write_samples(records, out_root: str, sample_rate: int, frame_rate: float,
-                  decode, per_task: int = 0) -> dict[str, int]:
+                  decode, per_task: int = 0, resynthesis=None) -> dict[str, int]:
     """Writes the records' samples under `out_root/<task>/<n>/` (at most `per_task` per task,
     0 = all); returns counts per task. `decode`: text ids -> text (the layout's tokenizer).
+    With `resynthesis` (``(speech decoder, token layout)``), each sample also gets
+    ``resynthesised.wav``: the recorded assistant's own speech ids over the same span, decoded
+    as a model's output is (`recording.AssistantAudio`): the ceiling the tokenizer, the
+    decoder and the word recogniser leave a perfect model.
     `out_root` must be new or empty: old samples and their output.wav would be scored too."""
     if os.path.isdir(out_root) and os.listdir(out_root):
         raise ValueError(f"{out_root} is not empty: give a new folder for the samples (old "
@@ -172,19 +176,36 @@ def write_samples(records, out_root: str, sample_rate: int, frame_rate: float,
         bounds = np.concatenate([[0], np.cumsum(record["turn_text_lengths"])])
         texts = [decode(record["text_ids"][bounds[i]:bounds[i + 1]].tolist())
                  for i in range(len(bounds) - 1)]
-        for task, audio, name, annotation, extra, _ in samples(record, sample_rate,
-                                                               frame_rate, texts):
+        for task, audio, name, annotation, extra, start_s in samples(record, sample_rate,
+                                                                     frame_rate, texts):
             if per_task and counts[task] >= per_task:
                 continue
             counts[task] += 1
-            _write(os.path.join(out_root, task, str(counts[task])), audio, sample_rate, name,
-                   annotation, extra)
+            folder = os.path.join(out_root, task, str(counts[task]))
+            _write(folder, audio, sample_rate, name, annotation, extra)
+            if resynthesis is not None:
+                _resynthesise(os.path.join(folder, REFERENCE_ROWS["resynthesised"]), record, start_s,
+                              len(extra["reference.wav"]), sample_rate, frame_rate,
+                              *resynthesis)
             if task == "backchannel" and annotation is not None:
                 truth[str(counts[task])] = annotation
     if truth:
         with open(os.path.join(out_root, "backchannel", BACKCHANNEL_TRUTH), "w") as f:
             json.dump(truth, f)
     return counts
+
+
+def _resynthesise(path: str, record, start_s: float, samples_: int, sample_rate: int,
+                  frame_rate: float, decoder, layout) -> None:
+    from omniflatten_jax.inference.recording import AssistantAudio
+
+    first = int(round(start_s * frame_rate))
+    n = int(np.ceil(samples_ * frame_rate / sample_rate))
+    ids = np.asarray(record["assistant_speech"])[first:first + n]
+    audio = AssistantAudio(path, sample_rate, frame_rate, decoder, layout,
+                           lambda kind, frame: None)
+    audio.add(ids, samples_)
+    audio.close(samples_)
 
 
 def clips(records, tokenizer, layout, decode, per_task: int = 0) -> list:
@@ -239,7 +260,7 @@ def main(argv) -> None:
         records = [source[i] for i in range(len(source))]
         counts = write_samples(records, flags.FLAGS.out, tokenizer.sample_rate,
                                tokenizer.frame_rate, cfg.layout.tokenizer().decode,
-                               flags.FLAGS.per_task)
+                               flags.FLAGS.per_task, resynthesis=(tokenizer, cfg.layout))
     print(f"wrote {counts} samples under {flags.FLAGS.out} (from {len(records)} held-out "
           "dialogues)")
 

@@ -232,6 +232,7 @@ def full_duplex_bench(cfg: ExperimentConfig, plan: StagePlan, settings: DuplexSe
 
     from data_pipelines.fdb_samples import write_samples
     from omniflatten_jax.evaluation.fdb import score_root, stream_samples, streamer, task_dirs
+    from omniflatten_jax.evaluation.fdb_score import REFERENCE_ROWS
     from omniflatten_jax.evaluation.fdb_score import format_table as fdb_table
     from omniflatten_jax.evaluation.fdb_score import not_scored, table_row
 
@@ -239,7 +240,8 @@ def full_duplex_bench(cfg: ExperimentConfig, plan: StagePlan, settings: DuplexSe
     with tempfile.TemporaryDirectory() as root:
         counts = write_samples([r for r in records if np.asarray(r["user_audio"]).size], root,
                                tokenizer.sample_rate, tokenizer.frame_rate,
-                               cfg.layout.tokenizer().decode, cfg.eval.fdb_samples_per_task)
+                               cfg.layout.tokenizer().decode, cfg.eval.fdb_samples_per_task,
+                               resynthesis=(tokenizer, cfg.layout))
         if not any(counts.values()):
             return {}
         model = streamer(placed, cfg.layout, settings, tokenizer, plan.name)
@@ -253,7 +255,8 @@ def full_duplex_bench(cfg: ExperimentConfig, plan: StagePlan, settings: DuplexSe
         scores["folder"] = paths.join(target, name)
         if "not_scored" in scores:
             scores["not_scored"] = scores["not_scored"].replace(root, target)
-    rows = {plan.name: table_row(result["model"]), "data": table_row(result["data"])}
+    rows = {plan.name: table_row(result["model"])}
+    rows |= {row: table_row(result[row]) for row in REFERENCE_ROWS if result[row]}
     log.info("%s on Full-Duplex-Bench v1 samples of the held-out dialogues (%s), in %.0f s:"
              "\n%s", plan.name, counts, time.perf_counter() - start,
              fdb_table(rows, not_scored(result["model"])))

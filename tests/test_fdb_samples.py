@@ -31,7 +31,7 @@ def root(tokenizer, tmp_path_factory):  # noqa: F811
             records.append(laid_out(f"d{seed}", conv, example, ctx, keep_audio=True))
     out = tmp_path_factory.mktemp("fdb")
     counts = write_samples(records, str(out), 16_000, tokenizer.frame_rate,
-                           LAYOUT.tokenizer().decode)
+                           LAYOUT.tokenizer().decode, resynthesis=(tokenizer, LAYOUT))
     assert all(counts.values()), counts
     return out, counts
 
@@ -104,3 +104,23 @@ def test_the_recorded_assistant_scores_as_simulated(root):
     assert turn["tor"] >= 0.8 and 0.0 < turn["latency_s"] < 0.6
     cut = score_task(str(out / "user_interruption"), output="reference.wav")
     assert cut["tor"] == 1.0 and cut["latency_s"] < 1.0  # answers the interrupting turn
+
+
+def test_the_recorded_assistant_resynthesised_speaks_where_it_spoke(root):
+    """resynthesised.wav: the recorded assistant's speech ids through the speech decoder,
+    time-synchronous with reference.wav: silent where the recorded assistant is, speech where
+    it speaks (each 40 ms frame judged by its energy; a clip starts between two frames, so
+    edges may move by one)."""
+    out, counts = root
+    for task, n in counts.items():
+        for sample in (out / task / str(i) for i in range(1, n + 1)):
+            reference, resynth = read(sample / "reference.wav"), read(sample / "resynthesised.wav")
+            assert len(resynth) == len(reference)
+            frames = len(reference) // 640
+            spoke = lambda w: np.abs(w[:frames * 640]).reshape(frames, 640).max(1) > 0  # noqa: E731
+            ref, ours = spoke(reference), spoke(resynth)
+            near = lambda m: m | np.roll(m, 1) | np.roll(m, -1)  # noqa: E731
+            assert not np.any(ours & ~near(ref))  # no speech where the assistant was silent
+            assert np.mean(near(ours)[ref]) > 0.9 if ref.any() else not ours.any()
+    pause = score_task(str(out / "pause_handling"), output="resynthesised.wav")
+    assert pause["tor"] == 0.0

@@ -9,7 +9,8 @@ folders: FDB's own release, or the folders `data_pipelines.fdb_samples` writes),
 (`inference.recording.stream_recording`) and writes ``output.wav`` beside it (FDB's
 contract); then scores each task (`fdb_score`) and writes ``DIR/fdb.json`` and a table beside
 FDB's published rows. Where the samples keep ``reference.wav`` (ours do: the recorded
-assistant channel), a ``data`` row scores that too. The LLM-judged scores need a hosted model
+assistant channel), a ``data`` row scores that too, and ``resynthesised.wav`` (the recorded
+assistant's speech ids through the speech decoder) a ``resynthesised`` row. The LLM-judged scores need a hosted model
 and are not computed; the output says so.
 
 A rerun resumes: ``output_source.json`` beside each ``output.wav`` names the checkpoint that
@@ -32,6 +33,7 @@ from omniflatten_jax.config import to_dict
 from omniflatten_jax.evaluation.fdb_score import (
     TASKS,
     WORD_SOURCES,
+    REFERENCE_ROWS,
     format_table,
     not_scored,
     samples_of,
@@ -114,15 +116,17 @@ def _write_json(path: str, value) -> None:
 def score_root(root: str, tasks=TASKS, words: str = "pocketsphinx") -> dict:
     """Scores of every task folder under `root`, keyed by folder name (each names its
     ``task``), and of the recorded assistant channel where the samples keep it."""
-    results, data = {}, {}
+    results = {}
+    references: dict[str, dict] = {row: {} for row in REFERENCE_ROWS}
     for task_dir in task_dirs(root):
         task, name = task_of(task_dir), os.path.basename(os.path.normpath(task_dir))
         if task not in tasks:
             continue
         results[name] = {"folder": task_dir, **score_task(task_dir, words)}
-        if all(os.path.exists(os.path.join(f, "reference.wav")) for f in samples_of(task_dir)):
-            data[name] = score_task(task_dir, "pocketsphinx", output="reference.wav")
-    return {"model": results, "data": data,
+        for row, file in REFERENCE_ROWS.items():
+            if all(os.path.exists(os.path.join(f, file)) for f in samples_of(task_dir)):
+                references[row][name] = score_task(task_dir, "pocketsphinx", output=file)
+    return {"model": results, **references,
             "not_scored": "FDB's LLM-judged scores (interruption relevance, v1.5 behaviour "
                           "labels) need a hosted model"}
 
@@ -167,8 +171,7 @@ def main(argv=None) -> None:
         with open(os.path.join(args.root, OUT_FILE), "w") as f:
             json.dump(result, f, indent=1)
     rows = {"ours": table_row(result["model"])}
-    if result["data"]:
-        rows["data"] = table_row(result["data"])
+    rows |= {row: table_row(result[row]) for row in REFERENCE_ROWS if result[row]}
     print(format_table(rows, not_scored(result["model"])))
     print(f"wrote {os.path.join(args.root, OUT_FILE)}; {result['not_scored']}: not scored")
 

@@ -34,6 +34,9 @@ ANNOTATIONS = {"pause.json": "pause_handling", "turn_taking.json": "smooth_turn_
                "interrupt.json": "user_interruption"}
 TASKS = (*ANNOTATIONS.values(), "backchannel")
 BACKCHANNEL_TRUTH = "icc_gt_distribution.json"
+# Files beside output.wav that score as rows of their own where every sample of a task has
+# them (our samples do): the recorded assistant, and its speech ids through the decoder.
+REFERENCE_ROWS = {"data": "reference.wav", "resynthesised": "resynthesised.wav"}
 WORD_SOURCES = ("pocketsphinx", "output.json")
 
 # FDB v1's published results (its README; latency in seconds), for the printed table.
