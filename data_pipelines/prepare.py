@@ -42,7 +42,7 @@ from data_pipelines.builders import speech_text
 from data_pipelines.corpus import speech_text_items, split_of, start_afresh_if_synthesised
 from data_pipelines.runners import RUNNERS, Runner
 from omniflatten_jax import hosts, paths
-from omniflatten_jax.config import ExperimentConfig, to_dict
+from omniflatten_jax.config import DialogueConfig, ExperimentConfig, to_dict
 from omniflatten_jax.speech import load_speech_tokenizer
 from omniflatten_jax.speech.activity import speech_problem
 from omniflatten_jax.speech.audio import AudioError
@@ -274,6 +274,20 @@ def _mkdir(*parts: str) -> str:
     return str(folder)
 
 
+def dialogue_splits(entries, d: DialogueConfig) -> dict[str, list]:
+    """``[(id, turns or Rejected)]`` -> ``{split: [...]}`` by a hash of each id; rejected
+    dialogues travel in their split, for the builder to count (or stop on). With
+    ``d.train_variants`` = K, each training dialogue comes K times (ids ``ID~1`` ...): the
+    variants take later places in the split, so their voices, timing, pauses and
+    backchannels are drawn anew, and the held-out splits are those of K = 1."""
+    splits: dict[str, list] = {"train": [], "validation": [], "test": []}
+    for uid, turns in entries:
+        splits[split_of(uid, d.validation_fraction, d.test_fraction)].append((uid, turns))
+    splits["train"] += [(f"{uid}~{k}", turns) for k in range(1, d.train_variants)
+                        for uid, turns in list(splits["train"])]
+    return splits
+
+
 def prepare_dialogues(cfg: ExperimentConfig, workdir: str,
                       runner: Runner = Runner()) -> PreparedData:
     """Simulates, tokenizes and writes the dialogue dataset once for every dialogue stage of
@@ -314,11 +328,8 @@ def prepare_dialogues(cfg: ExperimentConfig, workdir: str,
             return keys
         log.info("building dialogue dataset %s (%s)", name,
                  data_inputs.why_rebuild(inputs, datasets, name))
-        splits: dict[str, list] = {"train": [], "validation": [], "test": []}
-        # Rejected dialogues travel in their split, for the builder to count (or stop on).
-        for uid, turns in dialogue_entries(d, on_bad_input=cfg.data.on_bad_input,
-                                           normalize_text=cfg.data.normalize_text):
-            splits[split_of(uid, d.validation_fraction, d.test_fraction)].append((uid, turns))
+        splits = dialogue_splits(dialogue_entries(d, on_bad_input=cfg.data.on_bad_input,
+                                                  normalize_text=cfg.data.normalize_text), d)
         context = dialogue_builder.DialogueContext(
             load_speech_tokenizer(tokenizer_path), cfg.layout, d, seed, plans,
             cfg.data.normalize_text, cfg.data.on_bad_input, tokenizer_path=tokenizer_path)

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-REPLY_WINDOW_S = 0.5  # a reply gap's P(speak) is read over this much after the turn end
+REPLY_WINDOW_S = 0.6  # a reply gap is read at most this long (the simulator replies in 0.1-0.5 s)
 
 
 def user_speaking(record) -> np.ndarray:
@@ -48,6 +48,8 @@ def diagnose(cfg, stage: str, workdir: str, records, frame_rate: float) -> dict:
     from experiments.dialogue_stage import record_events
     from omniflatten_jax import paths
     from omniflatten_jax.evaluation import speak_probability as sp
+    from omniflatten_jax.flatten import Stream
+    from omniflatten_jax.inference.duplex import legal_ids
     from omniflatten_jax.placement import PlacedModel
     from omniflatten_jax.stages import plan_stage
 
@@ -56,29 +58,31 @@ def diagnose(cfg, stage: str, workdir: str, records, frame_rate: float) -> dict:
                                  layout=cfg.layout)
     silent = cfg.layout.special("<silent_speech>")
     windows = [duplex_windows(r, cfg.layout, plan) for r in records]
-    probability = sp.speak_probability(placed, cfg.layout, windows,
+    text_legal = legal_ids(cfg.layout, Stream.ASSISTANT_TEXT, plan.flatten)
+    probability = sp.speak_probability(placed, cfg.layout, plan.chunk, text_legal, windows,
                                        batch_size=cfg.eval.batch_size)
     model_traces = {k: [] for k in sp.KINDS}
     data_traces = {k: [] for k in sp.KINDS}
     onset = {"reply": [], "pause": []}
     peaks = {"reply": [], "pause": []}
-    window = int(round(REPLY_WINDOW_S * frame_rate))
+    reach = int(round(REPLY_WINDOW_S * frame_rate))
     for record, p in zip(records, probability):
         events = record_events(record)
-        user = user_speaking(record)
-        assistant = np.asarray(record["assistant_speech"])[:len(p)] != silent
+        n = len(p["speech"])
+        user = user_speaking(record)[:n]
+        assistant = np.asarray(record["assistant_speech"])[:n] != silent
         for kind, anchors in sp.event_anchors(events).items():
-            model_traces[kind].append(sp.traces(p, anchors, frame_rate))
+            # Whether to start: where the stage decides it; whether to go on: its speech.
+            trace = p["onset"] if kind in ("reply", "pause") else p["speech"]
+            model_traces[kind].append(sp.traces(trace, anchors, frame_rate))
             data_traces[kind].append(sp.traces(assistant.astype(float), anchors, frame_rate))
-        found = sp.onset_frames(user[:len(p)], assistant, events)
+        found = sp.onset_frames(user, assistant, events, reach)
         for kind, frames in found.items():
-            onset[kind] += [(float(p[f]), e) for f, e in frames]
-        for event in events:
-            if event[0] == "assistant":
-                peaks["reply"].append(float(np.max(p[event[1]:event[1] + window],
-                                                   initial=0.0)))
-            elif event[0] == "pause":
-                peaks["pause"].append(float(np.max(p[event[1]:event[2]], initial=0.0)))
+            onset[kind] += [(float(p["onset"][f]), e) for f, e in frames]
+        for kind in ("reply", "pause"):  # per event: frames run in order, elapsed restarts
+            starts = [i for i, (_, e) in enumerate(found[kind]) if e == 0] + [len(found[kind])]
+            for a, b in zip(starts, starts[1:]):
+                peaks[kind].append(max(float(p["onset"][f]) for f, _ in found[kind][a:b]))
     stack = lambda ts: np.concatenate(ts) if ts else np.zeros((0, 1))  # noqa: E731
     return {
         "stage": stage, "dialogues": len(records),

@@ -192,7 +192,8 @@ def choose_policy(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedModel, r
     curve = paths.join(stage_dir, "operating_curve.png")
     if hosts.is_primary():
         plot_curves(points, best, data, curve,
-                    f"{plan.name}: validation FDB clips {counts}, scored from speech tokens")
+                    f"{plan.name} by onset threshold: FDB rules on the speech tokens of "
+                    f"validation clips\n{counts}")
     log.info("%s decoding policy chosen on %d validation FDB clips in %.0f s (%s): %s\n%s",
              plan.name, len(clips), time.perf_counter() - start, curve, policy.describe(),
              format_curve(points, best, data))

@@ -168,3 +168,20 @@ def test_overflowing_text_is_counted_not_truncated(tokenizer):
     narrow = context(tokenizer, flatten=FlattenConfig(text_chunk=1))
     record = tokenize(conversation(0, SimulationConfig()), narrow)
     assert problem(record, narrow) in ("text_overflow", "assistant_text_after_its_speech")
+
+
+def test_training_variants_add_train_dialogues_and_leave_held_out_ones():
+    from data_pipelines.prepare import dialogue_splits
+    from omniflatten_jax.config import ConfigError, DialogueConfig
+
+    entries = [(f"line{i}", ("turns", i)) for i in range(1, 41)]
+    once = dialogue_splits(entries, DialogueConfig(validation_fraction=0.2, test_fraction=0.2))
+    thrice = dialogue_splits(entries, DialogueConfig(validation_fraction=0.2,
+                                                     test_fraction=0.2, train_variants=3))
+    assert once["validation"] == thrice["validation"] and once["test"] == thrice["test"]
+    assert thrice["train"][:len(once["train"])] == once["train"]  # places (seeds) kept
+    assert len(thrice["train"]) == 3 * len(once["train"])
+    assert [u for u, _ in thrice["train"][len(once["train"]):][:1]] == [
+        f"{once['train'][0][0]}~1"]
+    with pytest.raises(ConfigError, match="train_variants must be an integer >= 1"):
+        DialogueConfig(train_variants=0)

@@ -125,13 +125,16 @@ def sweep(placed: PlacedModel, layout: TokenLayout, settings: DuplexSettings,
     """`score` of the clips decoded live under ``settings.policy`` with each onset threshold
     (one compile: the thresholds are data)."""
     silent = layout.special("<silent_speech>")
+    # Decoded longest first: a batch runs to its longest clip, so alike lengths share batches.
+    order = sorted(range(len(clips)), key=lambda i: -len(clips[i].user))
     points = []
     for onset in onsets:
         policy = dataclasses.replace(settings.policy, onset_threshold=float(onset))
         streams = decode_dialogues(placed, layout, settings.with_policy(policy),
-                                   [c.user for c in clips], batch_size=batch_size)
-        speaking = [s["assistant_speech"].reshape(-1)[:len(c.user)] != silent
-                    for s, c in zip(streams, clips)]
+                                   [clips[i].user for i in order], batch_size=batch_size)
+        speaking: list = [None] * len(clips)
+        for i, s in zip(order, streams):
+            speaking[i] = s["assistant_speech"].reshape(-1)[:len(clips[i].user)] != silent
         points.append({"onset_threshold": float(onset), **score(clips, speaking, frame_rate)})
     return points
 
@@ -190,7 +193,7 @@ def plot_curves(points: Sequence[dict], chosen: int, data: dict | None, path: st
         ax.set(xlim=(-0.03, 1.03), ylim=(-0.03, 1.03), xlabel=names[x], ylabel=names[y])
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -3,7 +3,10 @@
 Live decoding shows what a model does under one policy; this shows what it learnt, under any.
 Each held-out dialogue is laid out as the stage trains on it (windows of its training
 context, the recorded assistant's streams fed as recorded) and one forward pass gives, at
-every assistant speech position, P(speak) = 1 - P(<silent_speech>) over the legal speech ids.
+every assistant speech position, P(speak) = 1 - P(<silent_speech>) over the legal speech ids,
+and where the stage has assistant text (which leads its speech inside a chunk, so the speech
+positions of a turn's first chunk already see its text), P(start) = 1 - P(<silent_text>) at
+each chunk's first assistant text position: where such a stage decides to take the turn.
 Around each simulated event the traces say whether the model separates the cases a duplex
 model must tell apart:
 
@@ -29,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omniflatten_jax.batch import fixed_groups
-from omniflatten_jax.flatten import FlatSequence, Stream
+from omniflatten_jax.flatten import ChunkLayout, FlatSequence, Stream
 from omniflatten_jax.placement import PlacedModel
 from omniflatten_jax.vocab import TokenLayout
 
@@ -38,27 +41,37 @@ BEFORE_S, AFTER_S = 1.0, 2.0  # the traces' span around each event
 ELAPSED_BINS_S = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.5, 2.0)  # silence since the user's last frame
 
 
-def _log_quiet(model, legal, silent, params, tokens):
-    """log P(<silent_speech>) among the legal speech ids, predicted at every position."""
+def _log_quiet(model, speech_legal, text_legal, speech_silent, text_silent, params, tokens):
+    """log P(silence) predicted at every position, among the legal speech ids (speech
+    silence) and among the legal text ids (text silence): ``[2, B, T]``."""
     logits = model.logits(params, tokens).astype(jnp.float32)
-    logits = jnp.where(legal, logits, -jnp.inf)
-    return jax.nn.log_softmax(logits, axis=-1)[..., silent]
+    return jnp.stack([
+        jax.nn.log_softmax(jnp.where(legal, logits, -jnp.inf), axis=-1)[..., silent]
+        for legal, silent in ((speech_legal, speech_silent), (text_legal, text_silent))])
 
 
-def speak_probability(placed: PlacedModel, layout: TokenLayout,
-                      windows: Sequence[Sequence[FlatSequence]], *, batch_size: int = 8
-                      ) -> list[np.ndarray]:
-    """Per dialogue (its consecutive training windows), P(speak) at each assistant speech
-    frame, teacher-forced: ``[frames]`` float, the frames of its whole chunks."""
-    silent = layout.special("<silent_speech>")
-    legal = layout.id_mask(speech=True, specials=("<silent_speech>",))
+def speak_probability(placed: PlacedModel, layout: TokenLayout, chunk: ChunkLayout,
+                      text_legal: np.ndarray, windows: Sequence[Sequence[FlatSequence]], *,
+                      batch_size: int = 8) -> list[dict[str, np.ndarray]]:
+    """Per dialogue (its consecutive training windows), teacher-forced, per frame of its whole
+    chunks:
+
+    * ``speech``: P(speak) at the frame's assistant speech position;
+    * ``onset``: P(starting a turn) where it is decided: the first assistant text position
+      of the frame's chunk where the stage has assistant text (its text leads its speech,
+      so a speech position already sees the turn's text), else ``speech``."""
+    speech_silent = layout.special("<silent_speech>")
+    speech_legal = layout.id_mask(speech=True, specials=("<silent_speech>",))
     flat = [(d, w) for d, ws in enumerate(windows) for w in ws]
     length = max(len(w.tokens) for _, w in flat)
     fn = placed.jit("speak_probability",
-                    functools.partial(_log_quiet, placed.model, legal, silent),
+                    functools.partial(_log_quiet, placed.model, speech_legal, text_legal,
+                                      speech_silent, layout.special("<silent_text>")),
                     batch_size, length,
                     in_shardings=(placed.param_shardings, placed.batch_sharding(
                         (batch_size, length))), out_shardings=placed.replicated)
+    width = dict(chunk.streams)[Stream.USER_SPEECH]
+    has_text = Stream.ASSISTANT_TEXT in dict(chunk.streams)
     per_window = []
     for group, n in fixed_groups([w for _, w in flat], batch_size):
         tokens = np.zeros((batch_size, length), np.int32)
@@ -66,13 +79,20 @@ def speak_probability(placed: PlacedModel, layout: TokenLayout,
             tokens[i, :len(w.tokens)] = w.tokens
         log_quiet = placed.get(fn(placed.params, placed.put(tokens, batch=True)))
         for i, w in enumerate(group[:n]):
-            where = np.flatnonzero(w.streams == Stream.ASSISTANT_SPEECH)
             # The token at position p is predicted from position p - 1.
-            per_window.append(-np.expm1(log_quiet[i, where - 1]))
-    result: list[list[np.ndarray]] = [[] for _ in windows]
+            speech = -np.expm1(log_quiet[0, i, np.flatnonzero(
+                w.streams == Stream.ASSISTANT_SPEECH) - 1])
+            onset = speech
+            if has_text:
+                text = np.flatnonzero(w.streams == Stream.ASSISTANT_TEXT)
+                first = text.reshape(-1, dict(chunk.streams)[Stream.ASSISTANT_TEXT])[:, 0]
+                onset = np.repeat(-np.expm1(log_quiet[1, i, first - 1]), width)
+            per_window.append((speech, onset))
+    result: list[list] = [[] for _ in windows]
     for (d, _), p in zip(flat, per_window):
         result[d].append(p)
-    return [np.concatenate(parts) for parts in result]
+    return [{"speech": np.concatenate([s for s, _ in parts]),
+             "onset": np.concatenate([o for _, o in parts])} for parts in result]
 
 
 def traces(probability: np.ndarray, anchors: Sequence[int], frame_rate: float) -> np.ndarray:
@@ -97,24 +117,26 @@ def event_anchors(events: Sequence[tuple]) -> dict[str, list[int]]:
 
 
 def onset_frames(user_speaking: np.ndarray, assistant_speaking: np.ndarray,
-                 events: Sequence[tuple]) -> dict[str, list[tuple[int, int]]]:
-    """``(frame, frames of silence since the user's last speech frame)`` of the silent
-    assistant frames where a model could start: after each replied turn end until the
-    recorded assistant starts (``reply``), and inside each pause (``pause``)."""
+                 events: Sequence[tuple], max_frames: int) -> dict[str, list[tuple[int, int]]]:
+    """``(frame, frames of silence since the user's last speech frame)`` where a model
+    decides to start or wait, with nothing of the assistant's turn in its context yet: after
+    each replied turn end up to the recorded assistant's first speech frame (whose prediction
+    precedes it; at most `max_frames`, only while the user is silent) (``reply``), and every
+    frame inside each pause (``pause``)."""
     found: dict[str, list[tuple[int, int]]] = {"reply": [], "pause": []}
-    spans = [(e[1], e[2]) for e in events if e[0] == "pause"]
     for event in events:
         if event[0] == "assistant":
             end = int(event[1])
-            f = end
-            while f < len(assistant_speaking) and not assistant_speaking[f] \
-                    and not user_speaking[f]:
+            for f in range(end, min(end + max_frames, len(assistant_speaking))):
+                if user_speaking[f]:
+                    break
                 found["reply"].append((f, f - end))
-                f += 1
-    for start, end in spans:
-        for f in range(int(start), min(int(end), len(assistant_speaking))):
-            if not assistant_speaking[f]:
-                found["pause"].append((f, f - int(start)))
+                if assistant_speaking[f]:
+                    break
+        elif event[0] == "pause":
+            start, end = int(event[1]), int(event[2])
+            for f in range(start, min(end, len(assistant_speaking))):
+                found["pause"].append((f, f - start))
     return found
 
 
