@@ -65,6 +65,7 @@ def diagnose(cfg, stage: str, workdir: str, records, frame_rate: float) -> dict:
     data_traces = {k: [] for k in sp.KINDS}
     onset = {"reply": [], "pause": []}
     peaks = {"reply": [], "pause": []}
+    hidden = {"frames": 0, "likely": 0, "greedy_silent": 0}
     reach = int(round(REPLY_WINDOW_S * frame_rate))
     for record, p in zip(records, probability):
         events = record_events(record)
@@ -79,6 +80,10 @@ def diagnose(cfg, stage: str, workdir: str, records, frame_rate: float) -> dict:
         found = sp.onset_frames(user, assistant, events, reach)
         for kind, frames in found.items():
             onset[kind] += [(float(p["onset"][f]), e) for f, e in frames]
+        for f, _ in found["reply"]:  # where a model that should start could
+            hidden["frames"] += 1
+            hidden["likely"] += bool(p["onset"][f] >= 0.5)
+            hidden["greedy_silent"] += bool(p["onset"][f] >= 0.5 and p["greedy_ratio"][f] < 1)
         for kind in ("reply", "pause"):  # per event: frames run in order, elapsed restarts
             starts = [i for i, (_, e) in enumerate(found[kind]) if e == 0] + [len(found[kind])]
             for a, b in zip(starts, starts[1:]):
@@ -91,6 +96,9 @@ def diagnose(cfg, stage: str, workdir: str, records, frame_rate: float) -> dict:
         "onset_curves": sp.onset_curves(onset, frame_rate),
         "onset_auc": sp.onset_auc(onset, frame_rate),
         "event_auc": sp.event_auc(peaks),
+        # Cause 1 measured: reply-gap frames where speaking is more likely than not, and
+        # those of them where greedy decoding of the silence as one more id stays silent.
+        "reply_frames": hidden,
         "peak_p_speak": {k: {"mean": float(np.mean(v)) if v else None,
                              "median": float(np.median(v)) if v else None,
                              "events": len(v)} for k, v in peaks.items()},
@@ -181,7 +189,7 @@ def main(argv=None) -> None:
     for r in summary:
         print(f"{r['stage']}: {r['dialogues']} {args.split} dialogues; event AUC (reply gap vs "
               f"pause, peak P(speak)) {r['event_auc']}; per-silence AUC {r['onset_auc']}; "
-              f"peak P(speak) {r['peak_p_speak']}")
+              f"peak P(speak) {r['peak_p_speak']}; reply-gap frames {r['reply_frames']}")
     print(f"wrote {args.out}/speak_probability.png, onset.png, diagnosis.json")
 
 

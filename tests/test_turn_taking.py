@@ -69,6 +69,16 @@ def test_already_counts_models_in_the_target_state_before_the_event():
                             silent_id=S, frame_rate=25)
     assert r["assistant"]["acc@1"] == 1 and r["assistant"]["already"] == 1
     assert r["interruption"]["acc@1"] == 1 and r["interruption"]["already"] == pytest.approx(1 / 2)
+    # Scored over the interruptions where the model was speaking, the one already silent
+    # drops out: the other stopped at once (d=0 at frame 20).
+    speaking = r["interruption_speaking"]
+    assert speaking["events"] == 1 and speaking["acc@1"] == 1 and speaking["already"] == 0
+    mute = turn_taking_metrics([(speech((S, 30)), [("interruption", 20)])], silent_id=S,
+                               frame_rate=25)
+    assert mute["interruption"]["acc@25"] == 1  # silent already: a pass, as the paper reads
+    assert mute["interruption_speaking"]["events"] == 0  # ... but nothing to stop
+    assert mute["interruption_speaking"]["acc@25"] is None
+    assert "speaking" in format_table(r)
 
 
 def test_pauses_and_backchannels_are_sat_through_or_not():

@@ -42,12 +42,15 @@ ELAPSED_BINS_S = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.5, 2.0)  # silence since the u
 
 
 def _log_quiet(model, speech_legal, text_legal, speech_silent, text_silent, params, tokens):
-    """log P(silence) predicted at every position, among the legal speech ids (speech
-    silence) and among the legal text ids (text silence): ``[2, B, T]``."""
+    """Predicted at every position, among the legal speech ids and among the legal text ids:
+    log P(that stream's silence) and log P(its most likely other id): ``[2, 2, B, T]``."""
     logits = model.logits(params, tokens).astype(jnp.float32)
-    return jnp.stack([
-        jax.nn.log_softmax(jnp.where(legal, logits, -jnp.inf), axis=-1)[..., silent]
-        for legal, silent in ((speech_legal, speech_silent), (text_legal, text_silent))])
+    out = []
+    for legal, silent in ((speech_legal, speech_silent), (text_legal, text_silent)):
+        logp = jax.nn.log_softmax(jnp.where(legal, logits, -jnp.inf), axis=-1)
+        other = jnp.max(logp.at[..., silent].set(-jnp.inf), axis=-1)
+        out.append(jnp.stack([logp[..., silent], other]))
+    return jnp.stack(out)
 
 
 def speak_probability(placed: PlacedModel, layout: TokenLayout, chunk: ChunkLayout,
@@ -59,7 +62,10 @@ def speak_probability(placed: PlacedModel, layout: TokenLayout, chunk: ChunkLayo
     * ``speech``: P(speak) at the frame's assistant speech position;
     * ``onset``: P(starting a turn) where it is decided: the first assistant text position
       of the frame's chunk where the stage has assistant text (its text leads its speech,
-      so a speech position already sees the turn's text), else ``speech``."""
+      so a speech position already sees the turn's text), else ``speech``;
+    * ``greedy_ratio``: at that decision position, P(the most likely non-silence id) /
+      P(silence): below 1, greedy decoding of the silence as one more id stays silent,
+      however likely speaking is in all."""
     speech_silent = layout.special("<silent_speech>")
     speech_legal = layout.id_mask(speech=True, specials=("<silent_speech>",))
     flat = [(d, w) for d, ws in enumerate(windows) for w in ws]
@@ -80,19 +86,20 @@ def speak_probability(placed: PlacedModel, layout: TokenLayout, chunk: ChunkLayo
         log_quiet = placed.get(fn(placed.params, placed.put(tokens, batch=True)))
         for i, w in enumerate(group[:n]):
             # The token at position p is predicted from position p - 1.
-            speech = -np.expm1(log_quiet[0, i, np.flatnonzero(
-                w.streams == Stream.ASSISTANT_SPEECH) - 1])
-            onset = speech
+            at = np.flatnonzero(w.streams == Stream.ASSISTANT_SPEECH) - 1
+            speech = -np.expm1(log_quiet[0, 0, i, at])
+            onset, greedy = speech, np.exp(log_quiet[0, 1, i, at] - log_quiet[0, 0, i, at])
             if has_text:
                 text = np.flatnonzero(w.streams == Stream.ASSISTANT_TEXT)
-                first = text.reshape(-1, dict(chunk.streams)[Stream.ASSISTANT_TEXT])[:, 0]
-                onset = np.repeat(-np.expm1(log_quiet[1, i, first - 1]), width)
-            per_window.append((speech, onset))
+                at = text.reshape(-1, dict(chunk.streams)[Stream.ASSISTANT_TEXT])[:, 0] - 1
+                onset = np.repeat(-np.expm1(log_quiet[1, 0, i, at]), width)
+                greedy = np.repeat(np.exp(log_quiet[1, 1, i, at] - log_quiet[1, 0, i, at]),
+                                   width)
+            per_window.append({"speech": speech, "onset": onset, "greedy_ratio": greedy})
     result: list[list] = [[] for _ in windows]
     for (d, _), p in zip(flat, per_window):
         result[d].append(p)
-    return [{"speech": np.concatenate([s for s, _ in parts]),
-             "onset": np.concatenate([o for _, o in parts])} for parts in result]
+    return [{k: np.concatenate([p[k] for p in parts]) for k in parts[0]} for parts in result]
 
 
 def traces(probability: np.ndarray, anchors: Sequence[int], frame_rate: float) -> np.ndarray:

@@ -17,6 +17,8 @@ Definitions (frames are speech tokens; one token lasts ``1000 / frame_rate`` ms,
   the event (speaking while the user's last frame was heard; silent when the user cut in).
   These count as ``d = 0`` under the definitions above, as the paper's wording reads; the share
   shows how much of Acc@1 is a model that talks over the user, or was not talking at all.
+  ``interruption_speaking`` scores the interruptions where the model was speaking when the
+  user cut in, alone: a mute model cannot pass it by being silent already.
 
 Two more kinds are spans the model must sit through rather than switches (Full-Duplex-Bench
 tests both; the simulator makes them, `conversation.py`):
@@ -101,8 +103,9 @@ def turn_taking_metrics(dialogues: Sequence[tuple[np.ndarray, list[tuple]]],
     """`dialogues`: (generated assistant speech ids per frame, events) pairs: `events`'
     (kind, frame) turn changes and `span_events`' (kind, start, end) spans."""
     frame_ms = 1000.0 / frame_rate
-    delays: dict[str, list[float | None]] = {"assistant": [], "interruption": []}
-    already = {"assistant": 0, "interruption": 0}
+    delays: dict[str, list[float | None]] = {"assistant": [], "interruption": [],
+                                             "interruption_speaking": []}
+    already = {kind: 0 for kind in delays}
     for speech, found in dialogues:
         speech = np.asarray(speech)
         for event in found:
@@ -111,8 +114,12 @@ def turn_taking_metrics(dialogues: Sequence[tuple[np.ndarray, list[tuple]]],
             kind, frame = event
             mask = speech != silent_id if kind == "assistant" else speech == silent_id
             d = delay(mask, frame)
-            delays[kind].append(None if d is None or d * frame_ms >= timeout_ms else d)
-            already[kind] += bool(frame > 0 and mask[frame - 1])
+            d = None if d is None or d * frame_ms >= timeout_ms else d
+            was = bool(frame > 0 and mask[frame - 1])
+            delays[kind].append(d)
+            already[kind] += was
+            if kind == "interruption" and frame > 0 and not was:
+                delays["interruption_speaking"].append(d)  # it had something to stop
     result = {}
     for kind, ds in delays.items():
         ok = [d for d in ds if d is not None]
@@ -164,6 +171,8 @@ def format_table(result: dict, reference: dict | None = None) -> str:
 
     for kind in ("assistant", "interruption"):
         lines.append(row(kind, result[kind]))
+        if kind == "interruption" and "interruption_speaking" in result:
+            lines.append(row("  speaking", result["interruption_speaking"]))
         if reference is not None:
             lines.append(row("  data", reference[kind]))
         paper = PAPER[kind]
