@@ -58,6 +58,10 @@ from omniflatten_jax.training.runner import train_stage
 log = logging.getLogger(__name__)
 
 
+# Onset thresholds a sweep may extend to when its best point lies at an end of its grid.
+ONSET_LADDER = (0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.85, 0.95)
+
+
 class MissingPredecessor(RuntimeError):
     """A stage was asked for before the stage it starts from."""
 
@@ -171,7 +175,8 @@ def choose_policy(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedModel, r
     """The stage's decoding policy: `cfg.decoding` with the onset threshold of
     `eval.policy_onsets` that best separates turn ends from pauses and interruptions from
     the user's long turns on the validation split's FDB clips (`operating_curve.choose`);
-    the curve goes to ``<stage>/operating_curve.png``. A model that never speaks under the
+    where the best lies at an end of that grid, the grid grows along `ONSET_LADDER` until a
+    new end does no better. The curve goes to ``<stage>/operating_curve.png``. A model that never speaks under the
     chosen policy fails the stage (`MuteModelError`): that is no result to store."""
     start = time.perf_counter()
     clips = fdb_clips([r for r in records if np.asarray(r["user_audio"]).size], tokenizer,
@@ -181,11 +186,24 @@ def choose_policy(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedModel, r
         raise MuteModelError(f"{plan.name}: the validation split holds no dialogue with an "
                              "FDB moment to choose the decoding policy on; give more "
                              "dialogues (dialogue.validation_fraction)")
-    onsets = cfg.eval.policy_onsets or (cfg.decoding.onset_threshold,)
+    onsets = sorted(cfg.eval.policy_onsets or (cfg.decoding.onset_threshold,))
     settings = DuplexSettings.of_plan(plan, cfg.decoding)
     points = sweep(placed, cfg.layout, settings, clips, onsets, tokenizer.frame_rate,
                    batch_size=cfg.eval.batch_size)
     best = choose(points)
+    # The best point at an end of the grid: the next threshold beyond it may be better yet.
+    while len(cfg.eval.policy_onsets) > 1 and best in (0, len(points) - 1):
+        beyond = [t for t in ONSET_LADDER if (t < onsets[0] if best == 0 else t > onsets[-1])]
+        if not beyond:
+            break
+        onset = max(beyond) if best == 0 else min(beyond)
+        points = sorted(points + sweep(placed, cfg.layout, settings, clips, [onset],
+                                       tokenizer.frame_rate, batch_size=cfg.eval.batch_size),
+                        key=lambda p: p["onset_threshold"])
+        before, best = best + (onset < onsets[0]), choose(points)  # the old best, and the new
+        onsets = sorted(onsets + [onset])
+        if best == before:  # the new end did no better
+            break
     policy = dataclasses.replace(cfg.decoding, onset_threshold=points[best]["onset_threshold"])
     data = score(clips, [c.reference for c in clips], tokenizer.frame_rate)
     counts = {t: sum(c.task == t for c in clips) for t in CURVE_TASKS}
