@@ -172,12 +172,12 @@ def replies(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedModel, records
 
 def choose_policy(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedModel, records,
                   tokenizer, stage_dir: str) -> dict:
-    """The stage's decoding policy: `cfg.decoding` with the onset threshold of
-    `eval.policy_onsets` that best separates turn ends from pauses and interruptions from
-    the user's long turns on the validation split's FDB clips (`operating_curve.choose`);
-    where the best lies at an end of that grid, the grid grows along `ONSET_LADDER` until a
-    new end does no better. The curve goes to ``<stage>/operating_curve.png``. A model that never speaks under the
-    chosen policy fails the stage (`MuteModelError`): that is no result to store."""
+    """The stage's decoding policy: `cfg.decoding` with the onset threshold (`onset_grid`) and
+    onset memory (`eval.policy_memories`) that best separate turn ends from pauses and
+    interruptions from the user's long turns on the validation split's FDB clips
+    (`operating_curve.choose`). The curve goes to ``<stage>/operating_curve.png``. A model
+    that never speaks under the chosen policy fails the stage (`MuteModelError`): that is no
+    result to store."""
     start = time.perf_counter()
     clips = fdb_clips([r for r in records if np.asarray(r["user_audio"]).size], tokenizer,
                       cfg.layout, cfg.layout.tokenizer().decode,
@@ -186,25 +186,15 @@ def choose_policy(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedModel, r
         raise MuteModelError(f"{plan.name}: the validation split holds no dialogue with an "
                              "FDB moment to choose the decoding policy on; give more "
                              "dialogues (dialogue.validation_fraction)")
-    onsets = sorted(cfg.eval.policy_onsets or (cfg.decoding.onset_threshold,))
-    settings = DuplexSettings.of_plan(plan, cfg.decoding)
-    points = sweep(placed, cfg.layout, settings, clips, onsets, tokenizer.frame_rate,
-                   batch_size=cfg.eval.batch_size)
+    points = []
+    for memory in cfg.eval.policy_memories or (cfg.decoding.onset_memory,):
+        base = dataclasses.replace(cfg.decoding, onset_memory=memory)
+        points += onset_grid(cfg, DuplexSettings.of_plan(plan, base), placed, clips,
+                             tokenizer.frame_rate)
     best = choose(points)
-    # The best point at an end of the grid: the next threshold beyond it may be better yet.
-    while len(cfg.eval.policy_onsets) > 1 and best in (0, len(points) - 1):
-        beyond = [t for t in ONSET_LADDER if (t < onsets[0] if best == 0 else t > onsets[-1])]
-        if not beyond:
-            break
-        onset = max(beyond) if best == 0 else min(beyond)
-        points = sorted(points + sweep(placed, cfg.layout, settings, clips, [onset],
-                                       tokenizer.frame_rate, batch_size=cfg.eval.batch_size),
-                        key=lambda p: p["onset_threshold"])
-        before, best = best + (onset < onsets[0]), choose(points)  # the old best, and the new
-        onsets = sorted(onsets + [onset])
-        if best == before:  # the new end did no better
-            break
-    policy = dataclasses.replace(cfg.decoding, onset_threshold=points[best]["onset_threshold"])
+    policy = dataclasses.replace(cfg.decoding, onset_threshold=points[best]["onset_threshold"],
+                                 onset_memory=points[best]["onset_memory"])
+    onsets = sorted({p["onset_threshold"] for p in points})
     data = score(clips, [c.reference for c in clips], tokenizer.frame_rate)
     counts = {t: sum(c.task == t for c in clips) for t in CURVE_TASKS}
     curve = paths.join(stage_dir, "operating_curve.png")
@@ -219,10 +209,35 @@ def choose_policy(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedModel, r
         raise MuteModelError(
             f"{plan.name}: the model never speaks on its {len(clips)} validation FDB clips "
             f"under the policy chosen for it ({policy.describe()}; onset thresholds tried: "
-            f"{list(onsets)}): it did not learn to take the turn. See {curve}; train it "
-            "longer or on more dialogues, or try other eval.policy_onsets.")
+            f"{list(onsets)}, onset memories: {sorted({p['onset_memory'] for p in points})}):"
+            f" it did not learn to take the turn. See {curve}; train it longer or on more "
+            "dialogues, or try other eval.policy_onsets.")
     return {"policy": policy, "chosen": best, "validation_clips": counts, "curve": curve,
             "points": points, "data": data}
+
+
+def onset_grid(cfg: ExperimentConfig, settings: DuplexSettings, placed: PlacedModel, clips,
+               frame_rate: float) -> list[dict]:
+    """The sweep over `eval.policy_onsets` under ``settings.policy``; where the best point lies
+    at an end of that grid, the grid grows along `ONSET_LADDER` until a new end does no
+    better."""
+    onsets = sorted(cfg.eval.policy_onsets or (settings.policy.onset_threshold,))
+    points = sweep(placed, cfg.layout, settings, clips, onsets, frame_rate,
+                   batch_size=cfg.eval.batch_size)
+    best = choose(points)
+    while len(onsets) > 1 and best in (0, len(points) - 1):
+        beyond = [t for t in ONSET_LADDER if (t < onsets[0] if best == 0 else t > onsets[-1])]
+        if not beyond:
+            break
+        onset = max(beyond) if best == 0 else min(beyond)
+        points = sorted(points + sweep(placed, cfg.layout, settings, clips, [onset],
+                                       frame_rate, batch_size=cfg.eval.batch_size),
+                        key=lambda p: p["onset_threshold"])
+        before, best = best + (onset < onsets[0]), choose(points)  # the old best, and the new
+        onsets = sorted(onsets + [onset])
+        if best == before:  # the new end did no better
+            break
+    return points
 
 
 def turn_taking(cfg: ExperimentConfig, plan: StagePlan, settings: DuplexSettings,

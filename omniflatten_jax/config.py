@@ -346,19 +346,23 @@ class EvalConfig:
     # Duplex stages: held-out dialogues as Full-Duplex-Bench samples, at most this many per
     # task, streamed and scored by the FDB harness (0 = not run).
     fdb_samples_per_task: int = 6
-    # Duplex stages choose their decoding policy's onset threshold among these on the
-    # validation split's FDB clips (`evaluation.operating_curve`; empty: keep
-    # `decoding.onset_threshold`), at most this many clips per task (0 = all). Every point
-    # decodes every clip: 5 x 64 clips cost the embedded default about 3 minutes a stage.
+    # Duplex stages choose their decoding policy's onset threshold among these, under each of
+    # these onset memories, on the validation split's FDB clips (`evaluation.operating_curve`;
+    # empty: keep `decoding.onset_threshold` / `.onset_memory`), at most this many clips per
+    # task (0 = all). Every point decodes every clip: 2 x 5 points x 64 clips cost the
+    # embedded default about 4 minutes a stage.
     policy_onsets: tuple[float, ...] = (0.05, 0.1, 0.2, 0.35, 0.5)
+    policy_memories: tuple[float, ...] = (0.0, 0.8)
     policy_samples_per_task: int = 16
 
     def __post_init__(self):
         if self.params not in PARAM_PLACEMENTS:
             raise ConfigError(f"eval.params must be one of {PARAM_PLACEMENTS}, "
                              f"not {self.params!r}")
-        _require(all(_finite(t) and 0 <= t <= 1 for t in self.policy_onsets), "policy_onsets",
-                 self.policy_onsets, "thresholds in [0, 1]")
+        for name in ("policy_onsets", "policy_memories"):
+            values = getattr(self, name)
+            _require(all(_finite(t) and 0 <= t <= 1 for t in values), name, values,
+                     "values in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -148,7 +148,7 @@ def test_the_chosen_point_separates_best():
              "pause_handling": {"tor": 0.0}, "spoke": 0.0} for t in (0.3, 0.5, 0.7)]
     assert oc.choose(mute) == 1  # a tie: the threshold nearest one half
     table = oc.format_curve(points, 1)
-    assert "* 0.3" in table and len(table.splitlines()) == 4
+    assert "* 0        0.3" in table and len(table.splitlines()) == 4
 
 
 def test_the_curve_is_drawn(tmp_path):

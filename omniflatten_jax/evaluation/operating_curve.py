@@ -110,12 +110,14 @@ def separation(point: dict) -> float:
 
 def choose(points: Sequence[dict]) -> int:
     """The index of the point with the best `separation`; ties go to the lower turn-taking
-    latency, then to the threshold nearest 0.5 (the plain "more likely than not" reading)."""
+    latency, then to the threshold nearest 0.5 (the plain "more likely than not" reading),
+    then to the shorter onset memory."""
     def key(i):
         p = points[i]
         latency = p.get("smooth_turn_taking", {}).get("latency_s")
         late = np.inf if latency is None or np.isnan(latency) else latency
-        return (-round(separation(p), 9), late, abs(p["onset_threshold"] - 0.5))
+        return (-round(separation(p), 9), late, abs(p["onset_threshold"] - 0.5),
+                p.get("onset_memory", 0.0))
     return min(range(len(points)), key=key)
 
 
@@ -123,7 +125,7 @@ def sweep(placed: PlacedModel, layout: TokenLayout, settings: DuplexSettings,
           clips: Sequence[Clip], onsets: Sequence[float], frame_rate: float, *,
           batch_size: int = 16) -> list[dict]:
     """`score` of the clips decoded live under ``settings.policy`` with each onset threshold
-    (one compile: the thresholds are data)."""
+    (one compile: the thresholds and the memory are data)."""
     silent = layout.special("<silent_speech>")
     # Decoded longest first: a batch runs to its longest clip, so alike lengths share batches.
     order = sorted(range(len(clips)), key=lambda i: -len(clips[i].user))
@@ -135,25 +137,29 @@ def sweep(placed: PlacedModel, layout: TokenLayout, settings: DuplexSettings,
         speaking: list = [None] * len(clips)
         for i, s in zip(order, streams):
             speaking[i] = s["assistant_speech"].reshape(-1)[:len(clips[i].user)] != silent
-        points.append({"onset_threshold": float(onset), **score(clips, speaking, frame_rate)})
+        points.append({"onset_threshold": float(onset),
+                       "onset_memory": settings.policy.onset_memory,
+                       **score(clips, speaking, frame_rate)})
     return points
 
 
 def format_curve(points: Sequence[dict], chosen: int, data: dict | None = None) -> str:
     """The sweep as a table: TOR (and latency) per task and threshold, the chosen row marked."""
     fmt = lambda v: "-" if v is None or np.isnan(v) else f"{v:.3f}"  # noqa: E731
-    head = ("onset", "pause", "bc", "tt", "tt lat", "int", "int lat", "spoke", "separation")
-    lines = ["".join(f"{h:>11}" for h in head)]
+    head = ("memory", "onset", "pause", "bc", "tt", "tt lat", "int", "int lat", "spoke",
+            "separation")
+    lines = [f"{head[0]:>11}" + "".join(f"{h:>11}" for h in head[1:])]
 
     def row(name, p):
         get = lambda task, k="tor": p.get(task, {}).get(k)  # noqa: E731
         cells = (get("pause_handling"), get("backchannel"), get("smooth_turn_taking"),
                  get("smooth_turn_taking", "latency_s"), get("user_interruption"),
                  get("user_interruption", "latency_s"), p.get("spoke"), separation(p))
-        return f"{name:>11}" + "".join(f"{fmt(v):>11}" for v in cells)
+        return f"{name:>22}" + "".join(f"{fmt(v):>11}" for v in cells)
 
     for i, p in enumerate(points):
-        lines.append(row(("* " if i == chosen else "") + f"{p['onset_threshold']:g}", p))
+        lines.append(row(("* " if i == chosen else "")
+                         + f"{p.get('onset_memory', 0.0):g}{p['onset_threshold']:>11g}", p))
     if data is not None:
         lines.append(row("data", data))
     return "\n".join(lines)
@@ -162,7 +168,8 @@ def format_curve(points: Sequence[dict], chosen: int, data: dict | None = None) 
 def plot_curves(points: Sequence[dict], chosen: int, data: dict | None, path: str,
                 title: str) -> None:
     """Two panels (turn-taking vs pause TOR; interruption vs backchannel TOR), one point per
-    threshold joined in threshold order, the chosen one ringed, the data's point a star."""
+    threshold joined in threshold order (a line per onset memory), the chosen one ringed, the
+    data's point a star."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -174,18 +181,24 @@ def plot_curves(points: Sequence[dict], chosen: int, data: dict | None, path: st
              "smooth_turn_taking": "turn-taking TOR (higher is better)",
              "user_interruption": "interruption TOR (higher is better)"}
     tor = lambda p, task: p.get(task, {}).get("tor")  # noqa: E731
+    memories = sorted({p.get("onset_memory", 0.0) for p in points})
+    colors = ("tab:blue", "tab:orange", "tab:purple", "tab:brown")
     for ax, (x, y) in zip(axes, PANELS):
-        xs = [tor(p, x) for p in points]
-        ys = [tor(p, y) for p in points]
-        if any(v is None for v in xs + ys):
+        if any(tor(p, t) is None for p in points for t in (x, y)):
             ax.text(0.5, 0.5, "no clips of this task", ha="center", transform=ax.transAxes)
         else:
-            ax.plot(xs, ys, "-o", color="tab:blue", ms=4, label="model, by onset threshold")
-            for p, a, b in zip(points, xs, ys):
-                ax.annotate(f"{p['onset_threshold']:g}", (a, b), fontsize=7,
-                            textcoords="offset points", xytext=(4, -8))
-            ax.plot(xs[chosen], ys[chosen], "o", ms=13, mfc="none", mec="tab:red", mew=2,
-                    label=f"stored: onset {points[chosen]['onset_threshold']:g}")
+            for color, memory in zip(colors * 4, memories):
+                line = [p for p in points if p.get("onset_memory", 0.0) == memory]
+                xs, ys = [tor(p, x) for p in line], [tor(p, y) for p in line]
+                ax.plot(xs, ys, "-o", color=color, ms=4,
+                        label=f"model, onset memory {memory:g}, by onset threshold")
+                for p, a, b in zip(line, xs, ys):
+                    ax.annotate(f"{p['onset_threshold']:g}", (a, b), fontsize=7,
+                                textcoords="offset points", xytext=(4, -8))
+            best = points[chosen]
+            ax.plot(tor(best, x), tor(best, y), "o", ms=13, mfc="none", mec="tab:red", mew=2,
+                    label=f"stored: onset {best['onset_threshold']:g}, memory "
+                    f"{best.get('onset_memory', 0.0):g}")
             if data is not None and tor(data, x) is not None and tor(data, y) is not None:
                 ax.plot(tor(data, x), tor(data, y), "*", ms=14, color="tab:green",
                         label="data (recorded assistant)")
