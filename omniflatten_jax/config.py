@@ -349,11 +349,11 @@ class EvalConfig:
     # Duplex stages choose their decoding policy's onset threshold among these, under each of
     # these onset memories, on the validation split's FDB clips (`evaluation.operating_curve`;
     # empty: keep `decoding.onset_threshold` / `.onset_memory`), at most this many clips per
-    # task (0 = all). Every point decodes every clip: 2 x 5 points x 64 clips cost the
-    # embedded default about 4 minutes a stage.
-    policy_onsets: tuple[float, ...] = (0.05, 0.1, 0.2, 0.35, 0.5)
+    # task (0 = all). Every point decodes every clip: 2 x 4 points x 48 clips cost the
+    # embedded default about 2.5 minutes a stage.
+    policy_onsets: tuple[float, ...] = (0.1, 0.2, 0.35, 0.5)
     policy_memories: tuple[float, ...] = (0.0, 0.8)
-    policy_samples_per_task: int = 16
+    policy_samples_per_task: int = 12
 
     def __post_init__(self):
         if self.params not in PARAM_PLACEMENTS:
