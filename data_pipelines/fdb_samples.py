@@ -184,8 +184,8 @@ def write_samples(records, out_root: str, sample_rate: int, frame_rate: float,
             folder = os.path.join(out_root, task, str(counts[task]))
             _write(folder, audio, sample_rate, name, annotation, extra)
             if resynthesis is not None:
-                _resynthesise(os.path.join(folder, REFERENCE_ROWS["resynthesised"]), record, start_s,
-                              len(extra["reference.wav"]), sample_rate, frame_rate,
+                _resynthesise(os.path.join(folder, REFERENCE_ROWS["resynthesised"]), record,
+                              start_s, len(extra["reference.wav"]), sample_rate, frame_rate,
                               *resynthesis)
             if task == "backchannel" and annotation is not None:
                 truth[str(counts[task])] = annotation

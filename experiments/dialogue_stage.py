@@ -19,19 +19,20 @@ import numpy as np
 from etils import epath
 
 from data_pipelines.builders.dialogues import data_source
-from data_pipelines.fdb_samples import clips as fdb_clips
 from data_pipelines.dialogue_examples import (
     dialogue_streams,
     spoken_turns,
     stage_examples,
     turn_changes,
 )
+from data_pipelines.fdb_samples import clips as fdb_clips
 from data_pipelines.pipelines import dialogue_pipeline
 from data_pipelines.prepare import prepare_dialogues
 from data_pipelines.synth.conversation import EVENT_KINDS
 from omniflatten_jax import checkpoint, hosts, paths
 from omniflatten_jax.config import ExperimentConfig, to_dict
 from omniflatten_jax.evaluation.cross_entropy import stream_cross_entropy
+from omniflatten_jax.evaluation.half_duplex import evaluate_replies
 from omniflatten_jax.evaluation.operating_curve import TASKS as CURVE_TASKS
 from omniflatten_jax.evaluation.operating_curve import (
     MuteModelError,
@@ -41,7 +42,6 @@ from omniflatten_jax.evaluation.operating_curve import (
     score,
     sweep,
 )
-from omniflatten_jax.evaluation.half_duplex import evaluate_replies
 from omniflatten_jax.evaluation.turn_taking import (
     evaluate_turn_taking,
     events,
@@ -266,9 +266,8 @@ def full_duplex_bench(cfg: ExperimentConfig, plan: StagePlan, settings: DuplexSe
 
     from data_pipelines.fdb_samples import write_samples
     from omniflatten_jax.evaluation.fdb import score_root, stream_samples, streamer, task_dirs
-    from omniflatten_jax.evaluation.fdb_score import REFERENCE_ROWS
+    from omniflatten_jax.evaluation.fdb_score import REFERENCE_ROWS, not_scored, table_row
     from omniflatten_jax.evaluation.fdb_score import format_table as fdb_table
-    from omniflatten_jax.evaluation.fdb_score import not_scored, table_row
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as root:

@@ -10,8 +10,8 @@ folders: FDB's own release, or the folders `data_pipelines.fdb_samples` writes),
 contract); then scores each task (`fdb_score`) and writes ``DIR/fdb.json`` and a table beside
 FDB's published rows. Where the samples keep ``reference.wav`` (ours do: the recorded
 assistant channel), a ``data`` row scores that too, and ``resynthesised.wav`` (the recorded
-assistant's speech ids through the speech decoder) a ``resynthesised`` row. The LLM-judged scores need a hosted model
-and are not computed; the output says so.
+assistant's speech ids through the speech decoder) a ``resynthesised`` row. The LLM-judged
+scores need a hosted model and are not computed; the output says so.
 
 A rerun resumes: ``output_source.json`` beside each ``output.wav`` names the checkpoint that
 wrote it, and samples this checkpoint already streamed are not streamed again (each
@@ -31,9 +31,9 @@ import time
 
 from omniflatten_jax.config import to_dict
 from omniflatten_jax.evaluation.fdb_score import (
+    REFERENCE_ROWS,
     TASKS,
     WORD_SOURCES,
-    REFERENCE_ROWS,
     format_table,
     not_scored,
     samples_of,

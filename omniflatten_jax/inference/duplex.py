@@ -35,7 +35,13 @@ from omniflatten_jax.checkpoint import CheckpointMeta
 from omniflatten_jax.chunking import pad_to_chunks
 from omniflatten_jax.config import PARAM_PLACEMENTS, DecodingPolicy, FlattenConfig
 from omniflatten_jax.flatten import CHUNKED_STAGES, ChunkLayout, Stream, chunk_layout
-from omniflatten_jax.inference.engine import NO_STOP, PlacedRows, feed_and_generate, place_state, prefill
+from omniflatten_jax.inference.engine import (
+    NO_STOP,
+    PlacedRows,
+    feed_and_generate,
+    place_state,
+    prefill,
+)
 from omniflatten_jax.inference.policy import add_policy_flags, policy_from_flags, policy_rows
 from omniflatten_jax.placement import PlacedModel
 from omniflatten_jax.stages import StagePlan
