@@ -100,24 +100,30 @@ def score(clips: Sequence[Clip], speaking: Sequence[np.ndarray], frame_rate: flo
     return result
 
 
-def separation(point: dict) -> float:
-    """What `choose` maximises: (turn-taking TOR - pause TOR) + (interruption TOR -
-    backchannel TOR), each pair's Youden index (a task without clips adds 0)."""
+def trade_offs(point: dict) -> tuple[float, float]:
+    """Each panel's Youden index: (turn-taking TOR - pause TOR, interruption TOR -
+    backchannel TOR); a task without clips counts 0."""
     tor = lambda task: point.get(task, {}).get("tor") or 0.0  # noqa: E731
-    return (tor("smooth_turn_taking") - tor("pause_handling")
-            + tor("user_interruption") - tor("backchannel"))
+    return (tor("smooth_turn_taking") - tor("pause_handling"),
+            tor("user_interruption") - tor("backchannel"))
+
+
+def separation(point: dict) -> float:
+    """Both trade-offs together: the sum of `trade_offs`."""
+    return sum(trade_offs(point))
 
 
 def choose(points: Sequence[dict]) -> int:
-    """The index of the point with the best `separation`; ties go to the lower turn-taking
-    latency, then to the threshold nearest 0.5 (the plain "more likely than not" reading),
-    then to the shorter onset memory."""
+    """The index of the point whose worse trade-off is best (a point that answers every
+    interruption by talking into every pause is no compromise), then the best `separation`;
+    ties go to the lower turn-taking latency, then to the threshold nearest 0.5 (the plain
+    "more likely than not" reading), then to the shorter onset memory."""
     def key(i):
         p = points[i]
         latency = p.get("smooth_turn_taking", {}).get("latency_s")
         late = np.inf if latency is None or np.isnan(latency) else latency
-        return (-round(separation(p), 9), late, abs(p["onset_threshold"] - 0.5),
-                p.get("onset_memory", 0.0))
+        return (-round(min(trade_offs(p)), 9), -round(separation(p), 9), late,
+                abs(p["onset_threshold"] - 0.5), p.get("onset_memory", 0.0))
     return min(range(len(points)), key=key)
 
 
