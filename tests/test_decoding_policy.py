@@ -147,6 +147,13 @@ def test_the_chosen_point_separates_best():
     mute = [{"onset_threshold": t, "smooth_turn_taking": {"tor": 0.0, "latency_s": float("nan")},
              "pause_handling": {"tor": 0.0}, "spoke": 0.0} for t in (0.3, 0.5, 0.7)]
     assert oc.choose(mute) == 1  # a tie: the threshold nearest one half
+    # The worse trade-off comes first: answering every interruption by talking into every
+    # pause (sum 0.8) loses to a point that gives up less on either side (sum 0.6).
+    both = lambda t, tt, pause, cut, bc: {  # noqa: E731
+        "onset_threshold": t, "smooth_turn_taking": {"tor": tt, "latency_s": 0.3},
+        "pause_handling": {"tor": pause}, "user_interruption": {"tor": cut},
+        "backchannel": {"tor": bc}, "spoke": 1.0}
+    assert oc.choose([both(0.05, 1.0, 1.0, 0.9, 0.1), both(0.5, 0.6, 0.2, 0.4, 0.2)]) == 1
     table = oc.format_curve(points, 1)
     assert "* 0        0.3" in table and len(table.splitlines()) == 4
 
