@@ -3,7 +3,9 @@
 Every generation in the project is this call: ASR and TTS evaluation (a left-padded prompt,
 then tokens until a stop id), half-duplex turns, and chunk-synchronous duplex decoding (a
 user speech chunk as heard, then the chunk's other positions). Each generated position i draws
-from ``legal[pattern[i]]`` only, so a speech position can never emit text and vice versa.
+from ``legal[pattern[i]]`` only, so a speech position can never emit text and vice versa,
+drawn as its row's `RowPolicy` says: greedy or sampled, and, for a row with a silence id
+(duplex streams), speak-or-listen decided first by thresholds (`config.DecodingPolicy`).
 One jitted call per feed-and-generate, shapes static: the cache is preallocated by the caller,
 the parameters placed once (`placement.PlacedModel`), every sharding stated.
 """
