@@ -203,7 +203,7 @@ def plot_curves(points: Sequence[dict], chosen: int, data: dict | None, path: st
                                 textcoords="offset points", xytext=(4, -8))
             best = points[chosen]
             ax.plot(tor(best, x), tor(best, y), "o", ms=13, mfc="none", mec="tab:red", mew=2,
-                    label=f"stored: onset {best['onset_threshold']:g}, memory "
+                    label=f"chosen: onset {best['onset_threshold']:g}, memory "
                     f"{best.get('onset_memory', 0.0):g}")
             if data is not None and tor(data, x) is not None and tor(data, y) is not None:
                 ax.plot(tor(data, x), tor(data, y), "*", ms=14, color="tab:green",
