@@ -73,7 +73,8 @@ def speak_probability(placed: PlacedModel, layout: TokenLayout, chunk: ChunkLayo
     fn = placed.jit("speak_probability",
                     functools.partial(_log_quiet, placed.model, speech_legal, text_legal,
                                       speech_silent, layout.special("<silent_text>")),
-                    batch_size, length,
+                    # The masks are baked into the program: they are part of what it is.
+                    batch_size, length, speech_legal.tobytes(), text_legal.tobytes(),
                     in_shardings=(placed.param_shardings, placed.batch_sharding(
                         (batch_size, length))), out_shardings=placed.replicated)
     width = dict(chunk.streams)[Stream.USER_SPEECH]
