@@ -350,7 +350,7 @@ class EvalConfig:
     # these onset memories, on the validation split's FDB clips (`evaluation.operating_curve`;
     # empty: keep `decoding.onset_threshold` / `.onset_memory`), at most this many clips per
     # task (0 = all). Every point decodes every clip: 2 x 4 points x 48 clips cost the
-    # embedded default about 2.5 minutes a stage.
+    # embedded default about a minute a stage.
     policy_onsets: tuple[float, ...] = (0.1, 0.2, 0.35, 0.5)
     policy_memories: tuple[float, ...] = (0.0, 0.8)
     policy_samples_per_task: int = 12
