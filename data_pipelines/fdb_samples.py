@@ -1,8 +1,8 @@
 """Held-out simulated dialogues as Full-Duplex-Bench v1 sample folders.
 
 FDB's contract is a folder per sample holding the user's side as ``input.wav`` and the task's
-annotation (`shared/FDB.md`); a model streams ``input.wav`` and writes ``output.wav`` beside
-it. This writes such folders from the test split of the dialogue dataset, so the harness
+annotation (FDB v1, arXiv 2503.04721); a model streams ``input.wav`` and writes
+``output.wav`` beside it. This writes such folders from the test split of the dialogue dataset, so the harness
 (`omniflatten_jax.evaluation.fdb`) runs offline on the embedded default, and a user can point
 the same harness at FDB's own release instead:
 

@@ -4,7 +4,7 @@
 [--per_chip_batch=8] [--seq_len=1024] [--slices=2] [--set=section.field=value ...] [--json]``
 
 Why: a pod is expensive to wait for and a run that dies of RESOURCE_EXHAUSTED at step 0 wastes
-the wait (DESIGN.md section 9, "Memory is planned before launch"). libtpu can make compile-only
+the wait (README, "Several hosts": memory is planned before launch). libtpu can make compile-only
 devices of any TPU topology on a machine that has no TPU, so this compiles the very step the
 trainer runs (`training.program.TrainProgram`: the same shardings, remat, dtype and
 optimiser) and reads the compiler's per-chip memory; an HBM overflow is the compiler's own

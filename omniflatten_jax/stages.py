@@ -1,6 +1,6 @@
 """The stage plan: every stage of the curriculum described once, resolved from the config.
 
-OmniFlatten trains in stages (OMNIFLATTEN.md): ``alignment`` (ASR + TTS), then the dialogue
+OmniFlatten trains in stages (arXiv 2410.17799): ``alignment`` (ASR + TTS), then the dialogue
 stages ``half_duplex``, ``duplex_4``, ``duplex_3``, ``duplex_2``, each starting from the final
 checkpoint of the one before it. A `StagePlan` says everything a stage is: its layout, its
 predecessor, the training section it trains with, which streams carry loss, and (duplex) its

@@ -92,8 +92,8 @@ def test_chunk_layouts_follow_the_method():
 
 
 def test_worked_duplex_3_example_from_the_design():
-    """DESIGN.md section 4: speech chunk 4, text chunk 2; user speaks frames 0-5, the assistant
-    answers "hello" (h1 h2 h3) and speaks in frames 8-13."""
+    """The worked duplex_3 example: speech chunk 4, text chunk 2; user speaks frames 0-5, the
+    assistant answers "hello" (h1 h2 h3) and speaks in frames 8-13."""
     cfg = FlattenConfig(speech_chunk=4, text_chunk=2)
     u = speech(np.arange(16))
     a = np.full(16, SS)

@@ -1,6 +1,6 @@
 """Timeline simulation: a text dialogue -> a two-channel spoken conversation.
 
-As the method describes it (OMNIFLATTEN.md, "Data"), with every timing drawn from
+As the method describes it (OmniFlatten, arXiv 2410.17799, "Data"), with every timing drawn from
 `SimulationConfig` ranges:
 
 (a) ``reply``: the user ends, and the assistant replies after a short gap;

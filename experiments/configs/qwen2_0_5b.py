@@ -1,4 +1,4 @@
-"""Qwen2-0.5B with the paper's alignment settings (OMNIFLATTEN.md).
+"""Qwen2-0.5B with the paper's alignment settings (arXiv 2410.17799).
 
 Max length 1024, 4,096 speech codes, AdamW (0.9, 0.95), weight decay 0.1, peak LR 2e-5 with
 warm-up then cosine, bf16 compute over fp32 master weights, data + FSDP parallelism. Start it

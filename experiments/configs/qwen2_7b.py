@@ -1,4 +1,4 @@
-"""Qwen2-7B with the paper's settings (OMNIFLATTEN.md), sized like `qwen2_0_5b`.
+"""Qwen2-7B with the paper's settings (arXiv 2410.17799), sized like `qwen2_0_5b`.
 
 Max length 1024 for alignment and 8192 for the dialogue stages, 4,096 speech codes, AdamW
 (0.9, 0.95), weight decay 0.1, peak LR 2e-5 with warm-up then cosine, bf16 compute over fp32

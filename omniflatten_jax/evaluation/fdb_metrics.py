@@ -2,8 +2,8 @@
 
 FDB (Lin et al., arXiv 2503.04721) scores a model from its time-synchronous ``output.wav``: the
 words an ASR finds in it (with start and end times) and, for backchannels, its voice-activity
-segments. The definitions followed here are those written down in the project's FDB notes
-(`shared/FDB.md`); FDB's own code is CC BY-NC and is not used.
+segments. The definitions followed here were read from FDB v1's README and evaluation
+scripts and written down below; FDB's own code is CC BY-NC and is not used.
 
 * The "takes the turn" rule (TOR), shared by pause handling, smooth turn-taking and user
   interruption: no words -> 0; else with D = end(last word) - start(first word) (the last

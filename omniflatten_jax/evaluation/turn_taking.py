@@ -151,7 +151,7 @@ def evaluate_turn_taking(placed: PlacedModel, layout: TokenLayout, settings: Dup
                                layout.special("<silent_speech>"), frame_rate)
 
 
-PAPER = {  # OmniFlatten v2 (OMNIFLATTEN.md): Acc@1/5/10/25 in %, average response in ms
+PAPER = {  # OmniFlatten v2 (arXiv 2410.17799v2): Acc@1/5/10/25 in %, average response in ms
     "assistant": {"acc": (20.6, 53.6, 66.3, 71.7), "avg_response_ms": 193},
     "interruption": {"acc": (10.9, 30.9, 41.8, 51.8), "avg_response_ms": 287},
 }
