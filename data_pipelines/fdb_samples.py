@@ -2,9 +2,10 @@
 
 FDB's contract is a folder per sample holding the user's side as ``input.wav`` and the task's
 annotation (FDB v1, arXiv 2503.04721); a model streams ``input.wav`` and writes
-``output.wav`` beside it. This writes such folders from the test split of the dialogue dataset, so the harness
-(`omniflatten_jax.evaluation.fdb`) runs offline on the embedded default, and a user can point
-the same harness at FDB's own release instead:
+``output.wav`` beside it. This writes such folders from the held-out dialogues, so the
+harness (`omniflatten_jax.evaluation.fdb`) runs offline on the embedded default (and a stage
+chooses its decoding policy on the validation split's, `clips`), and a user can point the
+same harness at FDB's own release instead:
 
 * ``pause_handling/N/``: a user turn with a pause in it, from just before it starts to its
   end; ``pause.json`` = ``[{"text": "[PAUSE]", "timestamp": [start, end]}]``.
