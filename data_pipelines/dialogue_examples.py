@@ -1,4 +1,4 @@
-"""Dialogue records -> training examples of each dialogue stage, laid out by flatten.py.
+"""Dialogue records -> training examples of each dialogue stage, laid out by `tokens`.
 
 Long dialogues become several examples, never truncated ones:
 
@@ -15,17 +15,17 @@ import dataclasses
 import grain
 import numpy as np
 
-from omniflatten_jax.chunking import DialogueStreams, Turn, dialogue_chunks
 from omniflatten_jax.config import FlattenConfig
-from omniflatten_jax.flatten import FlatSequence, SpokenTurn, half_duplex_sequence
-from omniflatten_jax.stages import StagePlan
-from omniflatten_jax.vocab import TokenLayout
+from omniflatten_jax.config.token_layout import TokenLayout
+from omniflatten_jax.stage_plan import StagePlan
+from omniflatten_jax.tokens.dialogue_chunks import DialogueStreams, Turn, dialogue_chunks
+from omniflatten_jax.tokens.sequence import FlatSequence, SpokenTurn, half_duplex_sequence
 
 ROLES = ("user", "assistant")
 
 
 def dialogue_streams(record) -> DialogueStreams:
-    """A dataset record -> the `chunking.DialogueStreams` that flatten.py lays out."""
+    """A dataset record -> the `DialogueStreams` that `tokens.chunk_layout` lays out."""
     bounds = np.concatenate([[0], np.cumsum(record["turn_text_lengths"])])
     turns = []
     for i, role in enumerate(record["turn_roles"]):

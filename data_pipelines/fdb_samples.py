@@ -249,6 +249,7 @@ def main(argv) -> None:
     from data_pipelines.prepare import prepare_dialogues
     from experiments import cli
     from omniflatten_jax.speech import load_speech_tokenizer
+    from omniflatten_jax.tokens.text_tokenizers import text_tokenizer
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -260,7 +261,7 @@ def main(argv) -> None:
         source = data_source(prepared.data_dir, prepared.config_name, "test", cfg.layout)
         records = [source[i] for i in range(len(source))]
         counts = write_samples(records, flags.FLAGS.out, tokenizer.sample_rate,
-                               tokenizer.frame_rate, cfg.layout.tokenizer().decode,
+                               tokenizer.frame_rate, text_tokenizer(cfg.layout).decode,
                                flags.FLAGS.per_task, resynthesis=(tokenizer, cfg.layout))
     print(f"wrote {counts} samples under {flags.FLAGS.out} (from {len(records)} held-out "
           "dialogues)")

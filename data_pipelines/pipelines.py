@@ -1,6 +1,6 @@
-"""Grain pipelines per stage: read -> lay out (flatten.py) -> pack -> batch -> prefetch.
+"""Grain pipelines per stage: read -> lay out (`tokens`) -> pack -> batch -> prefetch.
 
-Rows come out as `omniflatten_jax.batch.FIELDS`, each ``[global_batch, seq_len]``: several
+Rows come out as `omniflatten_jax.tokens.batches.FIELDS`, each ``[global_batch, seq_len]``: several
 examples packed per row (segment ids start at 1; 0 is padding; positions restart per
 example).
 
@@ -26,10 +26,10 @@ import time
 import grain
 import numpy as np
 
-from omniflatten_jax.batch import FIELD_DTYPES, FIELDS
-from omniflatten_jax.flatten import Stream, asr_sequence, tts_sequence
-from omniflatten_jax.stages import StagePlan
-from omniflatten_jax.vocab import TokenLayout
+from omniflatten_jax.config.token_layout import TokenLayout
+from omniflatten_jax.stage_plan import StagePlan
+from omniflatten_jax.tokens.batches import FIELD_DTYPES, FIELDS
+from omniflatten_jax.tokens.sequence import Stream, asr_sequence, tts_sequence
 
 EXAMPLE_FIELDS = ("tokens", "streams", "loss_mask")  # what packing aligns; it adds the rest
 PACKED_NAMES = {"positions": "tokens_positions", "segment_ids": "tokens_segment_ids"}
@@ -67,7 +67,7 @@ class CheckLength(grain.transforms.Map):
 @dataclasses.dataclass(frozen=True)
 class RenamePacked(grain.transforms.Map):
     """Grain's packing names positions and segment ids after the field they index; the
-    compiled train step takes each field in one dtype (`batch.FIELD_DTYPES`)."""
+    compiled train step takes each field in one dtype (`tokens.batches.FIELD_DTYPES`)."""
 
     def map(self, packed):
         return {k: np.asarray(packed[PACKED_NAMES.get(k, k)], FIELD_DTYPES[k]) for k in FIELDS}

@@ -41,13 +41,14 @@ from data_pipelines import inputs as data_inputs
 from data_pipelines.builders import speech_text
 from data_pipelines.corpus import speech_text_items, split_of, start_afresh_if_synthesised
 from data_pipelines.runners import RUNNERS, Runner
-from omniflatten_jax import hosts, paths
 from omniflatten_jax.config import DialogueConfig, ExperimentConfig, to_dict
+from omniflatten_jax.config.stages import ALIGNMENT
+from omniflatten_jax.distributed import hosts, paths
 from omniflatten_jax.speech import load_speech_tokenizer
 from omniflatten_jax.speech.activity import speech_problem
 from omniflatten_jax.speech.audio import AudioError
 from omniflatten_jax.speech.kmeans import KMeansMelTokenizer
-from omniflatten_jax.stages import ALIGNMENT, dialogue_plans, plan_stage
+from omniflatten_jax.stage_plan import dialogue_plans, plan_stage
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ from etils import epath
 from data_pipelines.builders.speech_text import data_source
 from data_pipelines.pipelines import alignment_pipeline
 from data_pipelines.prepare import prepare_speech_text
-from omniflatten_jax import hosts, paths
 from omniflatten_jax.config import ExperimentConfig
+from omniflatten_jax.distributed import hosts, paths
 from omniflatten_jax.evaluation.alignment import evaluate_alignment, format_table
-from omniflatten_jax.placement import PlacedModel
-from omniflatten_jax.stages import StagePlan
+from omniflatten_jax.model.placement import PlacedModel
+from omniflatten_jax.stage_plan import StagePlan
 from omniflatten_jax.training.runner import train_stage
 
 log = logging.getLogger(__name__)

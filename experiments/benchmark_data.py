@@ -35,7 +35,8 @@ def main(argv) -> None:
     from data_pipelines.builders.speech_text import data_source
     from data_pipelines.pipelines import alignment_pipeline
     from data_pipelines.prepare import prepare_speech_text
-    from omniflatten_jax.stages import ALIGNMENT, plan_stage
+    from omniflatten_jax.config.stages import ALIGNMENT
+    from omniflatten_jax.stage_plan import plan_stage
 
     cli.start()
     cfg = cli.build_config()

@@ -95,7 +95,8 @@ def main(argv) -> None:
     from data_pipelines.inputs import speech_text_inputs
     from data_pipelines.prepare import prepare_dialogues, prepare_speech_text, speech_tokenizer
     from data_pipelines.runners import Runner
-    from omniflatten_jax.stages import ALIGNMENT, plan_stage
+    from omniflatten_jax.config.stages import ALIGNMENT
+    from omniflatten_jax.stage_plan import plan_stage
 
     cli.start()
     root = tempfile.mkdtemp(prefix="data-build-bench-")

@@ -24,7 +24,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from omniflatten_jax.config import PARAM_PLACEMENTS  # noqa: E402  (after the path)
-from omniflatten_jax.flatten import CHUNKED_STAGES  # noqa: E402
+from omniflatten_jax.config.stages import CHUNKED_STAGES  # noqa: E402
 
 flags.DEFINE_string("config", "embedded", "a named configuration (experiments/configs)")
 flags.DEFINE_string("checkpoint", None, "a checkpoint to decode with (default: random init)")
@@ -45,8 +45,8 @@ def measure(cfg, stage: str, n_chunks: int, batch: int, checkpoint: str | None,
     from omniflatten_jax import checkpoint as ckpt
     from omniflatten_jax.inference.duplex import DuplexDecoder, DuplexSettings
     from omniflatten_jax.model import transformer
-    from omniflatten_jax.placement import PlacedModel
-    from omniflatten_jax.stages import plan_stage
+    from omniflatten_jax.model.placement import PlacedModel
+    from omniflatten_jax.stage_plan import plan_stage
 
     if checkpoint:
         placed = PlacedModel.restore(checkpoint, cfg.mesh, params, layout=cfg.layout)

@@ -44,9 +44,9 @@ def main(argv):
 
     from experiments.configs import get_config
     from experiments.step_timing import packed_rows, time_train_program
-    from omniflatten_jax import accelerators
+    from omniflatten_jax.distributed import accelerators
     from omniflatten_jax.model import transformer
-    from omniflatten_jax.stages import plan_stage
+    from omniflatten_jax.stage_plan import plan_stage
 
     cfg = get_config(FLAGS.config, FLAGS.set)
     plan = plan_stage(cfg, FLAGS.stage)

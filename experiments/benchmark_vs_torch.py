@@ -169,7 +169,7 @@ def main(argv):
 
     from experiments.configs import get_config
     from experiments.step_timing import packed_rows
-    from omniflatten_jax import accelerators
+    from omniflatten_jax.distributed import accelerators
     from omniflatten_jax.model import transformer
 
     if FLAGS.side == "both":  # the parent only reads the device kind: keep it off the GPU

@@ -65,7 +65,7 @@ def start() -> None:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     if FLAGS.distributed:
-        from omniflatten_jax import hosts
+        from omniflatten_jax.distributed import hosts
 
         hosts.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     elif any(v is not None for v in (FLAGS.coordinator_address, FLAGS.num_processes,
@@ -82,7 +82,8 @@ def errors_in_one_line(expected: tuple[type[BaseException], ...]):
     """Every error ends the command with one line and exit status 1
     (`omniflatten_jax.command_errors`); the traceback of an unexpected one is written to
     ``WORKDIR/logs/``, so a run on a pod leaves it behind, and ``--verbose`` prints it."""
-    from omniflatten_jax import command_errors, paths
+    from omniflatten_jax import command_errors
+    from omniflatten_jax.distributed import paths
 
     return command_errors.one_line_errors(
         FLAGS.verbose, expected, command_errors.traceback_file(

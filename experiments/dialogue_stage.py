@@ -29,8 +29,9 @@ from data_pipelines.fdb_samples import clips as fdb_clips
 from data_pipelines.pipelines import dialogue_pipeline
 from data_pipelines.prepare import prepare_dialogues
 from data_pipelines.synth.conversation import EVENT_KINDS
-from omniflatten_jax import checkpoint, hosts, paths
+from omniflatten_jax import checkpoint
 from omniflatten_jax.config import ExperimentConfig, to_dict
+from omniflatten_jax.distributed import hosts, paths
 from omniflatten_jax.evaluation.cross_entropy import stream_cross_entropy
 from omniflatten_jax.evaluation.half_duplex import evaluate_replies
 from omniflatten_jax.evaluation.operating_curve import TASKS as CURVE_TASKS
@@ -50,9 +51,10 @@ from omniflatten_jax.evaluation.turn_taking import (
     turn_taking_metrics,
 )
 from omniflatten_jax.inference.duplex import DuplexSettings
-from omniflatten_jax.placement import PlacedModel
+from omniflatten_jax.model.placement import PlacedModel
 from omniflatten_jax.speech import load_speech_tokenizer
-from omniflatten_jax.stages import StagePlan, plan_stage
+from omniflatten_jax.stage_plan import StagePlan, plan_stage
+from omniflatten_jax.tokens.text_tokenizers import text_tokenizer
 from omniflatten_jax.training.runner import train_stage
 
 log = logging.getLogger(__name__)
@@ -180,7 +182,7 @@ def choose_policy(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedModel, r
     result to store."""
     start = time.perf_counter()
     clips = fdb_clips([r for r in records if np.asarray(r["user_audio"]).size], tokenizer,
-                      cfg.layout, cfg.layout.tokenizer().decode,
+                      cfg.layout, text_tokenizer(cfg.layout).decode,
                       cfg.eval.policy_samples_per_task)
     if not clips:
         raise MuteModelError(f"{plan.name}: the validation split holds no dialogue with an "
@@ -273,7 +275,7 @@ def full_duplex_bench(cfg: ExperimentConfig, plan: StagePlan, settings: DuplexSe
     with tempfile.TemporaryDirectory() as root:
         counts = write_samples([r for r in records if np.asarray(r["user_audio"]).size], root,
                                tokenizer.sample_rate, tokenizer.frame_rate,
-                               cfg.layout.tokenizer().decode, cfg.eval.fdb_samples_per_task,
+                               text_tokenizer(cfg.layout).decode, cfg.eval.fdb_samples_per_task,
                                resynthesis=(tokenizer, cfg.layout))
         if not any(counts.values()):
             return {}

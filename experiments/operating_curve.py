@@ -24,13 +24,13 @@ def main(argv=None) -> None:
     from data_pipelines.prepare import prepare_dialogues
     from experiments.configs import get_config
     from experiments.dialogue_stage import choose_policy
-    from omniflatten_jax import paths
     from omniflatten_jax.config import to_dict
+    from omniflatten_jax.config.stages import CHUNKED_STAGES
+    from omniflatten_jax.distributed import paths
     from omniflatten_jax.evaluation.operating_curve import format_curve
-    from omniflatten_jax.flatten import CHUNKED_STAGES
-    from omniflatten_jax.placement import PlacedModel
+    from omniflatten_jax.model.placement import PlacedModel
     from omniflatten_jax.speech import load_speech_tokenizer
-    from omniflatten_jax.stages import plan_stage
+    from omniflatten_jax.stage_plan import plan_stage
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default="./workdir")

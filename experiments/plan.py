@@ -66,16 +66,16 @@ def stage_config(config: str, topology: Topology, stage: str, per_chip_batch: in
                  seq_len: int | None, overrides=()):
     """The configuration planned: overrides, then the topology's slices, batch and row length."""
     from experiments.configs import get_config
-    from omniflatten_jax import stages
+    from omniflatten_jax import stage_plan
 
-    section = stages.train_section(stage)
+    section = stage_plan.train_section(stage)
     extra = [f"mesh.slices={topology.slices}"]
     if per_chip_batch is not None:
         extra.append(f"{section}.batch_size={per_chip_batch * topology.chips}")
     if seq_len is not None:
         extra.append(f"{section}.seq_len={seq_len}")
     cfg = get_config(config, list(overrides) + extra)
-    return cfg, stages.plan_stage(cfg, stage), section
+    return cfg, stage_plan.plan_stage(cfg, stage), section
 
 
 def compile_one(config: str, topology: Topology, stage: str, per_chip_batch: int,
@@ -83,7 +83,7 @@ def compile_one(config: str, topology: Topology, stage: str, per_chip_batch: int
     """Compiles the stage's train step once and `emit`s two JSON lines: what the shardings
     say (before compiling), then the compiler's memory (after). JAX loads here."""
     use_libtpu(topology)
-    from omniflatten_jax import accelerators, sharding
+    from omniflatten_jax.distributed import accelerators, sharding
     from omniflatten_jax.model import packed_attention
     from omniflatten_jax.training.program import TrainProgram
 
@@ -141,7 +141,7 @@ def compile_in_child(config: str, topology: Topology, stage: str, per_chip_batch
     import signal
     import subprocess
 
-    from omniflatten_jax import accelerators
+    from omniflatten_jax.distributed import accelerators
 
     cmd = [sys.executable, os.path.abspath(__file__), "--one", f"--config={config}",
            f"--topology={topology.name}", f"--slices={topology.slices}", f"--stage={stage}",
@@ -257,7 +257,7 @@ def plan(config: str, topology: Topology, stage: str, per_chip_batch: int | None
          seq_len: int | None = None, overrides=(), max_batch: bool = True,
          max_compiles: int = 6, measure=None) -> dict:
     """The plan as a dict (what ``--json`` prints); every compile runs in a child process."""
-    from omniflatten_jax import accelerators
+    from omniflatten_jax.distributed import accelerators
 
     if measure is None and libtpu_path() is None:
         sys.exit(f"error: libtpu is not installed (looked in {LIBTPU_DIR}); run "

@@ -18,9 +18,9 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import cli  # noqa: E402
-from omniflatten_jax import stages  # noqa: E402  (after the path: run as a script)
+from omniflatten_jax import stage_plan  # noqa: E402  (after the path: run as a script)
 
-STAGES = stages.STAGES + ("all", "smoke")
+STAGES = stage_plan.STAGES + ("all", "smoke")
 
 flags.DEFINE_enum("stage", "alignment", STAGES, "what to run")
 flags.DEFINE_integer("steps", None, "training steps (overrides the configuration)")
@@ -36,7 +36,7 @@ def build_config():
         if FLAGS.stage == "all":
             raise app.UsageError("--steps is per stage; with --stage=all use "
                                  "--set=train.steps=N --set=dialogue_train.steps=M")
-        overrides.append(f"{stages.train_section(FLAGS.stage)}.steps={FLAGS.steps}")
+        overrides.append(f"{stage_plan.train_section(FLAGS.stage)}.steps={FLAGS.steps}")
     return cli.build_config(overrides)
 
 
@@ -44,13 +44,13 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message names the input and the fix: reported in one line."""
     from data_pipelines.corpus import BadInputError, InputFileError
     from omniflatten_jax.checkpoint import CheckpointMismatchError, CorruptCheckpointError
+    from omniflatten_jax.checkpoint.checkpointer import CheckpointSaveError
     from omniflatten_jax.config import ConfigError
+    from omniflatten_jax.config.token_layout import LayoutMismatchError
+    from omniflatten_jax.distributed.hosts import HostMismatchError
+    from omniflatten_jax.distributed.locks import WorkdirLockedError
     from omniflatten_jax.evaluation.operating_curve import MuteModelError
     from omniflatten_jax.finite import NonFiniteError
-    from omniflatten_jax.hosts import HostMismatchError
-    from omniflatten_jax.training.checkpointer import CheckpointSaveError
-    from omniflatten_jax.vocab import LayoutMismatchError
-    from omniflatten_jax.workdir_lock import WorkdirLockedError
 
     return (CheckpointMismatchError, CorruptCheckpointError, NonFiniteError, HostMismatchError,
             LayoutMismatchError, WorkdirLockedError, CheckpointSaveError, BadInputError,
@@ -89,12 +89,12 @@ def check_init_from(cfg, path: str) -> None:
 
 def run_stages(cfg) -> None:
     from experiments import alignment_stage, dialogue_stage
-    from omniflatten_jax import paths, workdir_lock
     from omniflatten_jax.command_errors import one_line
+    from omniflatten_jax.distributed import locks, paths
     from omniflatten_jax.training.preemption import EXIT_CODE, Preempted
     try:
-        plans = (stages.plan_curriculum(cfg) if FLAGS.stage == "all"
-                 else (stages.plan_stage(cfg, FLAGS.stage),))
+        plans = (stage_plan.plan_curriculum(cfg) if FLAGS.stage == "all"
+                 else (stage_plan.plan_stage(cfg, FLAGS.stage),))
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def run_stages(cfg) -> None:
         init_from = FLAGS.init_from if plan is plans[0] else None
         runner = dialogue_stage if plan.is_dialogue else alignment_stage
         try:
-            with workdir_lock.hold(paths.join(FLAGS.workdir, plan.name)):
+            with locks.hold(paths.join(FLAGS.workdir, plan.name)):
                 if init_from:  # said before preparing data, not after
                     check_init_from(cfg, init_from)
                 runner.run(cfg, plan, FLAGS.workdir, init_from)

@@ -34,8 +34,8 @@ def describe(tokens, layout, tok) -> str:
 
 def main(argv=None):
     from experiments.configs import get_config
-    from omniflatten_jax.flatten import CHUNKED_STAGES
-    from omniflatten_jax.stages import plan_stage
+    from omniflatten_jax.config.stages import CHUNKED_STAGES
+    from omniflatten_jax.stage_plan import plan_stage
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", default="duplex_3", choices=CHUNKED_STAGES)
@@ -51,10 +51,11 @@ def main(argv=None):
     from data_pipelines.dialogue_examples import duplex_windows
     from data_pipelines.prepare import prepare_dialogues
     from omniflatten_jax.speech import load_speech_tokenizer
+    from omniflatten_jax.tokens.text_tokenizers import text_tokenizer
 
     prepared = prepare_dialogues(cfg, args.workdir)
     record = data_source(prepared.data_dir, prepared.config_name, "test", cfg.layout)[args.index]
-    layout, tok = cfg.layout, cfg.layout.tokenizer()
+    layout, tok = cfg.layout, text_tokenizer(cfg.layout)
     chunk = plan.chunk
     frame_rate = load_speech_tokenizer(prepared.tokenizer_path).frame_rate
     # The whole dialogue as one window (training cuts it into plan.context_chunks windows).

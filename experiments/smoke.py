@@ -18,12 +18,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omniflatten_jax import checkpoint, sharding
-from omniflatten_jax.batch import padded_rows
-from omniflatten_jax.chunking import DialogueStreams, Turn, dialogue_chunks
+from omniflatten_jax import checkpoint
 from omniflatten_jax.config import FlattenConfig, MeshConfig, OptimizerConfig, preset
-from omniflatten_jax.flatten import FlatSequence, asr_sequence, chunk_layout, tts_sequence
+from omniflatten_jax.distributed import sharding
 from omniflatten_jax.model import transformer
+from omniflatten_jax.tokens.batches import padded_rows
+from omniflatten_jax.tokens.chunk_layout import chunk_layout
+from omniflatten_jax.tokens.dialogue_chunks import DialogueStreams, Turn, dialogue_chunks
+from omniflatten_jax.tokens.sequence import FlatSequence, asr_sequence, tts_sequence
+from omniflatten_jax.tokens.text_tokenizers import text_tokenizer
 from omniflatten_jax.training.optimizer import make_optimizer
 from omniflatten_jax.training.step import train_step
 
@@ -38,7 +41,7 @@ def pseudo_speech(layout, text_ids: list[int]) -> np.ndarray:
 
 
 def examples(layout) -> list[FlatSequence]:
-    tok = layout.tokenizer()
+    tok = text_tokenizer(layout)
     seqs = []
     for text in SENTENCES:
         ids = tok.encode(text)

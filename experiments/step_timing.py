@@ -31,8 +31,8 @@ def time_train_program(cfg, rows, warmup: int, steps: int):
     if warmup < 1 or steps < 1:
         raise ValueError(f"need at least 1 warm-up and 1 timed step, got {warmup} and {steps}")
 
-    from omniflatten_jax import sharding
     from omniflatten_jax.config import MeshConfig
+    from omniflatten_jax.distributed import sharding
     from omniflatten_jax.training.program import TrainProgram
 
     batch, seq_len = rows["tokens"].shape

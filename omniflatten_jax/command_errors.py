@@ -68,7 +68,7 @@ def traceback_file(folder: str) -> Callable[[str], str | None]:
     def save(text: str) -> str | None:
         from etils import epath
 
-        from omniflatten_jax import paths
+        from omniflatten_jax.distributed import paths
 
         path = paths.join(folder, time.strftime("error-%Y%m%d-%H%M%S") + f"-{os.getpid()}.txt")
         try:

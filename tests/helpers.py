@@ -12,7 +12,7 @@ from omniflatten_jax.config import (
     SpeechConfig,
     TrainConfig,
 )
-from omniflatten_jax.vocab import TokenLayout
+from omniflatten_jax.config.token_layout import TokenLayout
 
 SMALL_MODEL = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                           num_kv_heads=2, head_dim=16, rope_theta=10_000.0)

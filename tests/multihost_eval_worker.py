@@ -21,13 +21,14 @@ def evaluate(placement: str) -> dict:
     import numpy as np
 
     from omniflatten_jax.config import FlattenConfig
+    from omniflatten_jax.config.token_layout import TokenLayout
     from omniflatten_jax.evaluation.cross_entropy import stream_cross_entropy
-    from omniflatten_jax.flatten import asr_sequence, chunk_layout
     from omniflatten_jax.inference.duplex import DuplexSettings, decode_dialogues
     from omniflatten_jax.inference.generate import greedy_generate
     from omniflatten_jax.model import transformer
-    from omniflatten_jax.placement import PlacedModel
-    from omniflatten_jax.vocab import TokenLayout
+    from omniflatten_jax.model.placement import PlacedModel
+    from omniflatten_jax.tokens.chunk_layout import chunk_layout
+    from omniflatten_jax.tokens.sequence import asr_sequence
     from tests.helpers import SMALL_MODEL
 
     layout = TokenLayout("bytes", 256, 32)

@@ -15,19 +15,14 @@ from data_pipelines.builders.speech_text import BadInputError, BuildContext, mak
 from data_pipelines.corpus import embedded_items, manifest_items, speech_text_items
 from data_pipelines.prepare import prepare_speech_text
 from data_pipelines.synth.dialogues import Rejected, dialogue_entries, read_jsonl, text_dialogues
-from omniflatten_jax.config import (
-    DataConfig,
-    DialogueConfig,
-    FlattenConfig,
-    MelConfig,
-    TrainConfig,
-)
+from omniflatten_jax.config import DataConfig, DialogueConfig, FlattenConfig, MelConfig, TrainConfig
+from omniflatten_jax.config.stages import DIALOGUE_STAGES
+from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.speech.activity import speech_problem
 from omniflatten_jax.speech.audio import load_audio
 from omniflatten_jax.speech.kmeans import KMeansMelTokenizer
-from omniflatten_jax.stages import DIALOGUE_STAGES, plan_stage
-from omniflatten_jax.transcripts import normalize_transcript
-from omniflatten_jax.vocab import TokenLayout
+from omniflatten_jax.stage_plan import plan_stage
+from omniflatten_jax.tokens.transcripts import normalize_transcript
 from tests.helpers import small_config
 
 SR = 16_000

@@ -11,10 +11,10 @@ import pytest
 
 from omniflatten_jax import checkpoint
 from omniflatten_jax.config import DecodingPolicy
-from omniflatten_jax.flatten import chunk_layout
-from omniflatten_jax.stages import plan_stage
+from omniflatten_jax.config.token_layout import LayoutMismatchError, TokenLayout
+from omniflatten_jax.stage_plan import plan_stage
+from omniflatten_jax.tokens.chunk_layout import chunk_layout
 from omniflatten_jax.training.runner import train_stage
-from omniflatten_jax.vocab import LayoutMismatchError, TokenLayout
 from tests.conftest import SENTENCES
 from tests.helpers import small_config
 

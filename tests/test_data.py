@@ -13,11 +13,12 @@ from data_pipelines.builders.speech_text import BadInputError, data_source
 from data_pipelines.corpus import librispeech_items
 from data_pipelines.pipelines import alignment_pipeline
 from data_pipelines.prepare import prepare_speech_text
-from omniflatten_jax.batch import FIELD_DTYPES
 from omniflatten_jax.config import DataConfig, override
-from omniflatten_jax.flatten import Stream, parse_alignment
 from omniflatten_jax.model import transformer
+from omniflatten_jax.tokens.batches import FIELD_DTYPES
+from omniflatten_jax.tokens.sequence import Stream
 from tests.helpers import small_config
+from tests.sequence_parsing import parse_alignment
 
 
 def test_bad_inputs_are_skipped_and_counted(messy_manifest, tmp_path):

@@ -11,7 +11,6 @@ from data_pipelines.dialogue_examples import assistant_text_lag, dialogue_stream
 from data_pipelines.synth import voices
 from data_pipelines.synth.conversation import simulate
 from data_pipelines.synth.dialogues import read_jsonl, text_dialogues
-from omniflatten_jax.chunking import dialogue_chunks
 from omniflatten_jax.config import (
     DialogueConfig,
     FlattenConfig,
@@ -19,12 +18,16 @@ from omniflatten_jax.config import (
     SimulationConfig,
     TrainConfig,
 )
-from omniflatten_jax.flatten import CHUNKED_STAGES, Stream, chunk_layout, parse_half_duplex
+from omniflatten_jax.config.stages import CHUNKED_STAGES, DIALOGUE_STAGES
+from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.speech.audio import load_audio
 from omniflatten_jax.speech.kmeans import KMeansMelTokenizer
-from omniflatten_jax.stages import DIALOGUE_STAGES, plan_stage
-from omniflatten_jax.vocab import TokenLayout
+from omniflatten_jax.stage_plan import plan_stage
+from omniflatten_jax.tokens.chunk_layout import chunk_layout
+from omniflatten_jax.tokens.dialogue_chunks import dialogue_chunks
+from omniflatten_jax.tokens.sequence import Stream
 from tests.helpers import small_config
+from tests.sequence_parsing import parse_half_duplex
 
 LAYOUT = TokenLayout("bytes", 256, 32)
 FLAT = FlattenConfig(text_chunk=8)

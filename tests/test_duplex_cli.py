@@ -12,10 +12,10 @@ import soundfile
 
 from omniflatten_jax import checkpoint
 from omniflatten_jax.config import FlattenConfig, MelConfig, to_dict
+from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.model import transformer
 from omniflatten_jax.speech.audio import resample
 from omniflatten_jax.speech.kmeans import KMeansMelTokenizer
-from omniflatten_jax.vocab import TokenLayout
 from tests.helpers import SMALL_MODEL
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,10 +116,11 @@ def test_a_checkpoint_from_before_stage_descriptions_says_how_to_upgrade(stage_d
     result = run_cli("--checkpoint", str(old), "--input", str(tmp_path / "user.wav"),
                      "--out_dir", str(tmp_path / "out"))
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "python -m omniflatten_jax.upgrade" in result.stderr
+    assert "python -m omniflatten_jax.checkpoint.format_upgrade" in result.stderr
     upgrade = subprocess.run(
-        [sys.executable, "-m", "omniflatten_jax.upgrade", "--checkpoint", str(old), "--out",
-         str(tmp_path / "new"), "--settings", str(stage_dir / "old" / "inference.json")],
+        [sys.executable, "-m", "omniflatten_jax.checkpoint.format_upgrade", "--checkpoint",
+         str(old), "--out", str(tmp_path / "new"), "--settings",
+         str(stage_dir / "old" / "inference.json")],
         capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert upgrade.returncode == 0, upgrade.stderr[-3000:]
     meta = checkpoint.load_meta(tmp_path / "new")

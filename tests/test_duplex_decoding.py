@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 from omniflatten_jax.config import DecodingPolicy, FlattenConfig
-from omniflatten_jax.flatten import CHUNKED_STAGES, Stream, chunk_layout
+from omniflatten_jax.config.stages import CHUNKED_STAGES
+from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.inference.duplex import DuplexDecoder, legal_ids
 from omniflatten_jax.inference.policy import SILENCE
 from omniflatten_jax.model import transformer
-from omniflatten_jax.placement import PlacedModel
-from omniflatten_jax.vocab import TokenLayout
+from omniflatten_jax.model.placement import PlacedModel
+from omniflatten_jax.tokens.chunk_layout import chunk_layout
+from omniflatten_jax.tokens.sequence import Stream
 from tests.helpers import SMALL_MODEL
 
 LAYOUT = TokenLayout("bytes", 256, 32)

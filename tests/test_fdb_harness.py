@@ -14,10 +14,10 @@ import soundfile
 
 from omniflatten_jax import checkpoint
 from omniflatten_jax.config import FlattenConfig, MelConfig
+from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.model import transformer
 from omniflatten_jax.speech.audio import resample
 from omniflatten_jax.speech.kmeans import KMeansMelTokenizer
-from omniflatten_jax.vocab import TokenLayout
 from tests.helpers import SMALL_MODEL
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,6 +12,7 @@ from data_pipelines.builders.dialogues import laid_out, problem, tokenize
 from data_pipelines.fdb_samples import write_samples
 from omniflatten_jax.config import SimulationConfig
 from omniflatten_jax.evaluation.fdb_score import BACKCHANNEL_TRUTH, score_task, task_of
+from omniflatten_jax.tokens.text_tokenizers import text_tokenizer
 from tests.test_dialogues import LAYOUT, context, conversation
 from tests.test_dialogues import tokenizer as tokenizer  # noqa: F401 (the module fixture)
 
@@ -31,7 +32,7 @@ def root(tokenizer, tmp_path_factory):  # noqa: F811
             records.append(laid_out(f"d{seed}", conv, example, ctx, keep_audio=True))
     out = tmp_path_factory.mktemp("fdb")
     counts = write_samples(records, str(out), 16_000, tokenizer.frame_rate,
-                           LAYOUT.tokenizer().decode, resynthesis=(tokenizer, LAYOUT))
+                           text_tokenizer(LAYOUT).decode, resynthesis=(tokenizer, LAYOUT))
     assert all(counts.values()), counts
     return out, counts
 

@@ -7,26 +7,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omniflatten_jax.chunking import (
+from omniflatten_jax.config import FlattenConfig
+from omniflatten_jax.config.stages import CHUNKED_STAGES
+from omniflatten_jax.config.token_layout import TokenLayout
+from omniflatten_jax.tokens.chunk_layout import ChunkLayout, chunk_layout
+from omniflatten_jax.tokens.dialogue_chunks import (
     DialogueStreams,
     TextOverflowError,
     Turn,
     dialogue_chunks,
 )
-from omniflatten_jax.config import FlattenConfig
-from omniflatten_jax.flatten import (
-    CHUNKED_STAGES,
-    ChunkLayout,
+from omniflatten_jax.tokens.sequence import (
     SpokenTurn,
     Stream,
     asr_sequence,
-    chunk_layout,
     half_duplex_sequence,
-    parse_alignment,
-    parse_half_duplex,
     tts_sequence,
 )
-from omniflatten_jax.vocab import TokenLayout
+from tests.sequence_parsing import parse_alignment, parse_half_duplex
 
 LAYOUT = TokenLayout("bytes", 256, 64)
 SS, ST = LAYOUT.special("<silent_speech>"), LAYOUT.special("<silent_text>")

@@ -76,9 +76,10 @@ def test_gpu_attention_matches_xla_on_packed_rows(impl):
 
 def test_duplex_decoding_runs_on_gpu_in_bf16():
     from omniflatten_jax.config import FlattenConfig
-    from omniflatten_jax.flatten import Stream, chunk_layout
+    from omniflatten_jax.config.token_layout import TokenLayout
     from omniflatten_jax.inference.duplex import legal_ids
-    from omniflatten_jax.vocab import TokenLayout
+    from omniflatten_jax.tokens.chunk_layout import chunk_layout
+    from omniflatten_jax.tokens.sequence import Stream
 
     layout = TokenLayout("bytes", 256, 64)
     model = Transformer(CFG, layout.vocab_size)
@@ -86,7 +87,7 @@ def test_duplex_decoding_runs_on_gpu_in_bf16():
     flatten = FlattenConfig(speech_chunk=10, text_chunk=2)
     chunk = chunk_layout("duplex_3", flatten)
     user = layout.speech_ids(np.random.default_rng(0).integers(0, 64, (2, 50)))
-    from omniflatten_jax.placement import PlacedModel
+    from omniflatten_jax.model.placement import PlacedModel
 
     placed = PlacedModel.create(model, params, devices=jax.devices()[:1])
     flat = DuplexDecoder(placed, layout, chunk, flatten, batch=2, context_chunks=5).run(user)

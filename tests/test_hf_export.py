@@ -12,10 +12,10 @@ import torch
 import transformers
 
 from omniflatten_jax import checkpoint
+from omniflatten_jax.config.token_layout import LayoutMismatchError, TokenLayout
 from omniflatten_jax.export import hf_config
 from omniflatten_jax.export.from_hf import import_hf
 from omniflatten_jax.model import transformer
-from omniflatten_jax.vocab import LayoutMismatchError, TokenLayout
 
 HF_TOL = 1e-4  # JAX vs PyTorch, fp32 (different kernels and summation orders)
 ROUND_TRIP_TOL = 1e-5  # HF -> ours -> HF: the same numbers moved twice

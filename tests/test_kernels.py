@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from omniflatten_jax import sharding
 from omniflatten_jax.config import ConfigError, ModelConfig
+from omniflatten_jax.distributed import sharding
 from omniflatten_jax.model import Transformer
 from omniflatten_jax.model.packed_attention import packed_attention, reference
 from omniflatten_jax.training.step import loss_and_metrics

@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from omniflatten_jax import sharding
 from omniflatten_jax.config import PRESETS, MeshConfig, ModelConfig
+from omniflatten_jax.distributed import sharding
 from omniflatten_jax.model import Transformer
 from omniflatten_jax.model.packed_attention import resolve
-from omniflatten_jax.training.loss import masked_cross_entropy
+from tests.reference_loss import masked_cross_entropy
 
 CFG = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                   num_kv_heads=2, head_dim=16, rope_theta=10_000.0)

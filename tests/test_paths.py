@@ -3,7 +3,7 @@ into a workdir replaces what was there (`copy_tree`, the stages' kept FDB sample
 
 import os
 
-from omniflatten_jax import paths
+from omniflatten_jax.distributed import paths
 
 
 def test_urls_keep_their_scheme_and_local_paths_become_absolute(tmp_path, monkeypatch):

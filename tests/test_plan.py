@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from experiments import plan
-from omniflatten_jax import accelerators
-from omniflatten_jax.batch import FIELD_DTYPES
+from omniflatten_jax.distributed import accelerators
+from omniflatten_jax.tokens.batches import FIELD_DTYPES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_libtpu = pytest.mark.skipif(plan.libtpu_path() is None,

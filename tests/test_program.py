@@ -3,8 +3,8 @@
 import jax
 import pytest
 
-from omniflatten_jax import sharding
 from omniflatten_jax.config import override
+from omniflatten_jax.distributed import sharding
 from omniflatten_jax.training.program import TrainProgram
 from tests.helpers import small_config
 

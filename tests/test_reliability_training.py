@@ -94,14 +94,14 @@ def test_a_held_stage_lock_stops_a_second_run_and_a_stale_one_is_taken_over(tmp_
     import socket
     import subprocess
 
-    from omniflatten_jax import workdir_lock
+    from omniflatten_jax.distributed import locks
 
     stage = tmp_path / "alignment"
-    with workdir_lock.hold(str(stage)):
+    with locks.hold(str(stage)):
         holder = json.loads((stage / ".lock").read_text())
         assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
-        with pytest.raises(workdir_lock.WorkdirLockedError, match=rf"pid {os.getpid()} on"):
-            with workdir_lock.hold(str(stage)):
+        with pytest.raises(locks.WorkdirLockedError, match=rf"pid {os.getpid()} on"):
+            with locks.hold(str(stage)):
                 pass
     assert not (stage / ".lock").exists()  # released
     # A holder that died (kill -9 leaves its lock behind), or whose pid was reused.
@@ -109,7 +109,7 @@ def test_a_held_stage_lock_stops_a_second_run_and_a_stale_one_is_taken_over(tmp_
     gone.wait()
     for dead in ({"pid": gone.pid}, {"pid": os.getpid(), "started_ticks": "1"}):
         (stage / ".lock").write_text(json.dumps(dict(dead, host=socket.gethostname())))
-        with workdir_lock.hold(str(stage)):
+        with locks.hold(str(stage)):
             assert json.loads((stage / ".lock").read_text())["pid"] == os.getpid()
 
 
@@ -120,8 +120,8 @@ def test_errors_end_in_one_line_before_any_work(tmp_path):
     from helpers import SMALL_MODEL
     from test_training import ROOT
 
+    from omniflatten_jax.config.token_layout import TokenLayout
     from omniflatten_jax.model import transformer
-    from omniflatten_jax.vocab import TokenLayout
 
     layout = TokenLayout("bytes", 256, 32)
     other = checkpoint.save_params(  # two layers; the embedded config's model has four

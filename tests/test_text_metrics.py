@@ -1,7 +1,7 @@
 import pytest
 
 from omniflatten_jax.evaluation.text_metrics import cer, edit_distance, wer
-from omniflatten_jax.transcripts import normalize_transcript
+from omniflatten_jax.tokens.transcripts import normalize_transcript
 
 
 @pytest.mark.parametrize("ref, hyp, distance", [

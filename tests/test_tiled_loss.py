@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from helpers import SMALL_MODEL
 
-from omniflatten_jax.flatten import Stream
 from omniflatten_jax.model import Transformer
+from omniflatten_jax.tokens.sequence import Stream
 from omniflatten_jax.training.loss import chunked_token_losses, token_losses
 from omniflatten_jax.training.step import loss_and_metrics
 
@@ -66,7 +66,7 @@ def test_chunked_loss_and_every_gradient_equal_the_full_logits(tied):
 
 
 def test_utilisation_reports_per_chip_rate_and_mfu_on_known_chips():
-    from omniflatten_jax.accelerators import utilisation
+    from omniflatten_jax.distributed.accelerators import utilisation
 
     h200 = utilisation(93_000.0, 6 * 494e6, "NVIDIA H200", 1)
     assert h200["tokens_per_s_per_chip"] == 93_000.0

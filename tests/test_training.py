@@ -20,7 +20,7 @@ from omniflatten_jax import checkpoint
 from omniflatten_jax.config import override
 from omniflatten_jax.evaluation.alignment import transcribe
 from omniflatten_jax.evaluation.text_metrics import cer
-from omniflatten_jax.stages import plan_stage
+from omniflatten_jax.stage_plan import plan_stage
 from omniflatten_jax.training.metrics import read_metrics
 from omniflatten_jax.training.runner import train_stage
 

@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 from data_pipelines.builders import recipe as recipes
 from data_pipelines.corpus import InputFileError
 from data_pipelines.runners import Runner
-from omniflatten_jax.vocab import TokenLayout
+from omniflatten_jax.config.token_layout import TokenLayout
 
 log = logging.getLogger(__name__)
 

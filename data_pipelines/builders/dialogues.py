@@ -38,11 +38,12 @@ from data_pipelines.synth.conversation import (
 )
 from data_pipelines.synth.dialogues import Rejected, TextDialogue, clean_dialogue
 from data_pipelines.synth.espeak import Synthesizer
-from omniflatten_jax.chunking import TextOverflowError
 from omniflatten_jax.config import DialogueConfig
+from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.speech.tokenizer import SpeechTokenizer
-from omniflatten_jax.stages import StagePlan
-from omniflatten_jax.vocab import TokenLayout
+from omniflatten_jax.stage_plan import StagePlan
+from omniflatten_jax.tokens.dialogue_chunks import TextOverflowError
+from omniflatten_jax.tokens.text_tokenizers import text_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def problem(example: dict, ctx: DialogueContext) -> str | None:
 def token_frames(text: str, ids: list[int], turn: SimulatedTurn, layout: TokenLayout,
                  frame_rate: float) -> np.ndarray:
     """The frame at which each text token's word starts (tokens before any word: the first)."""
-    tok = layout.tokenizer()
+    tok = text_tokenizer(layout)
     # Character offset at which each token starts, from the decoded prefix lengths.
     byte_starts = np.cumsum([0] + [len(tok.token_bytes(i)) for i in ids[:-1]])
     char_of_byte = np.zeros(len(text.encode("utf-8")) + 1, np.int64)
@@ -137,7 +138,7 @@ def tokenize(conv: Conversation, ctx: DialogueContext) -> dict:
     n = len(user)
     assistant = np.full(n, layout.special("<silent_speech>"), np.int32)
     roles, starts, ends, lengths, text_ids, frames = [], [], [], [], [], []
-    text_tok = layout.tokenizer()
+    text_tok = text_tokenizer(layout)
     kinds, event_starts, event_ends = [], [], []
     for event in conv.events:
         start = min(int(np.floor(event.start_s * rate)), n)

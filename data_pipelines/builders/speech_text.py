@@ -24,11 +24,12 @@ from etils import epath
 from data_pipelines.builders import common, recipe
 from data_pipelines.corpus import SPLITS, BadInputError, Item, start_afresh_if_synthesised
 from omniflatten_jax.config import DataConfig
+from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.speech.activity import speech_problem
 from omniflatten_jax.speech.audio import AudioError
 from omniflatten_jax.speech.tokenizer import SpeechTokenizer
-from omniflatten_jax.transcripts import normalize_transcript
-from omniflatten_jax.vocab import TokenLayout
+from omniflatten_jax.tokens.text_tokenizers import text_tokenizer
+from omniflatten_jax.tokens.transcripts import normalize_transcript
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def tokenized(item: Item, text: str, wave: np.ndarray, tts_wave: np.ndarray,
               ctx: BuildContext, keep_audio: bool) -> dict:
     """The stored example: text and speech ids (checked to fit a row), audio if kept."""
     rate = ctx.tokenizer.sample_rate
-    text_ids = np.asarray(ctx.layout.tokenizer().encode(text), np.int32)
+    text_ids = np.asarray(text_tokenizer(ctx.layout).encode(text), np.int32)
     speech_ids = ctx.layout.speech_ids(ctx.tokenizer.encode(wave, rate))
     tts_ids = ctx.layout.speech_ids(ctx.tokenizer.encode(tts_wave, rate))
     longest = MARKERS + len(text_ids) + max(len(speech_ids), len(tts_ids))

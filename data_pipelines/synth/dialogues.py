@@ -36,7 +36,7 @@ from data_pipelines.corpus import (
 )
 from data_pipelines.synth.chatterbot import load_conversations
 from omniflatten_jax.config import DialogueConfig
-from omniflatten_jax.transcripts import normalize_transcript
+from omniflatten_jax.tokens.transcripts import normalize_transcript
 
 TextDialogue = list[tuple[str, str]]  # (role, text), in order
 ROLES = ("user", "assistant")

@@ -21,7 +21,7 @@ from omniflatten_jax.config import (
     TrainConfig,
     preset,
 )
-from omniflatten_jax.vocab import TokenLayout
+from omniflatten_jax.config.token_layout import TokenLayout
 
 
 def config() -> ExperimentConfig:

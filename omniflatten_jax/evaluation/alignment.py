@@ -18,10 +18,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.evaluation.text_metrics import cer, wer
 from omniflatten_jax.inference.generate import greedy_generate
-from omniflatten_jax.placement import PlacedModel
-from omniflatten_jax.vocab import TokenLayout
+from omniflatten_jax.model.placement import PlacedModel
+from omniflatten_jax.tokens.text_tokenizers import text_tokenizer
 
 
 def _ids(layout: TokenLayout, *names: str) -> list[int]:
@@ -35,7 +36,7 @@ def transcribe(placed: PlacedModel, layout: TokenLayout,
     out = greedy_generate(placed, prompts, legal=layout.id_mask(text=True),
                           stop_ids=_ids(layout, "[EOT]"), max_new=max_new,
                           pad_id=layout.special("<pad>"), batch_size=batch_size)
-    tok = layout.tokenizer()
+    tok = text_tokenizer(layout)
     return [tok.decode(ids) for ids in out]
 
 

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from omniflatten_jax.batch import FIELDS, fixed_groups, padded_rows
-from omniflatten_jax.flatten import FlatSequence
-from omniflatten_jax.placement import PlacedModel
+from omniflatten_jax.model.placement import PlacedModel
+from omniflatten_jax.tokens.batches import FIELDS, fixed_groups, padded_rows
+from omniflatten_jax.tokens.sequence import FlatSequence
 from omniflatten_jax.training.step import loss_and_metrics
 
 

@@ -183,10 +183,11 @@ def _duplex_model(checkpoint_path: str, flags):
     policy: outputs of another policy are streamed again)."""
     from etils import epath
 
-    from omniflatten_jax import checkpoint, paths
+    from omniflatten_jax import checkpoint
+    from omniflatten_jax.distributed import paths
     from omniflatten_jax.inference.duplex import DuplexSettings
     from omniflatten_jax.inference.policy import policy_from_flags
-    from omniflatten_jax.placement import PlacedModel
+    from omniflatten_jax.model.placement import PlacedModel
 
     meta = checkpoint.load_meta(checkpoint_path)
     directory, step = checkpoint.resolve(checkpoint_path)

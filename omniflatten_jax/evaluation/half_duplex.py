@@ -18,12 +18,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from omniflatten_jax.config import FlattenConfig
+from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.evaluation.text_metrics import cer
-from omniflatten_jax.flatten import SpokenTurn, half_duplex_sequence
 from omniflatten_jax.inference.generate import greedy_generate
-from omniflatten_jax.placement import PlacedModel
-from omniflatten_jax.transcripts import normalize_transcript
-from omniflatten_jax.vocab import TokenLayout
+from omniflatten_jax.model.placement import PlacedModel
+from omniflatten_jax.tokens.sequence import SpokenTurn, half_duplex_sequence
+from omniflatten_jax.tokens.text_tokenizers import text_tokenizer
+from omniflatten_jax.tokens.transcripts import normalize_transcript
 
 
 def reply_prompts(dialogues: Sequence[Sequence[SpokenTurn]], layout: TokenLayout,
@@ -60,7 +61,7 @@ def evaluate_replies(placed: PlacedModel, layout: TokenLayout, cfg: FlattenConfi
     speech = greedy_generate(placed, speech_prompts, legal=layout.id_mask(speech=True),
                              stop_ids=[layout.special("[EOS]")], max_new=max_speech, pad_id=pad,
                              batch_size=batch_size)
-    tok = layout.tokenizer()
+    tok = text_tokenizer(layout)
     refs = [normalize_transcript(tok.decode(t.text_ids)) for _, t in cases]
     hyps = [normalize_transcript(tok.decode(ids)) for ids in texts]
     return {

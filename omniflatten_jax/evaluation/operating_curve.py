@@ -22,10 +22,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.evaluation import fdb_metrics as m
 from omniflatten_jax.inference.duplex import DuplexSettings, decode_dialogues
-from omniflatten_jax.placement import PlacedModel
-from omniflatten_jax.vocab import TokenLayout
+from omniflatten_jax.model.placement import PlacedModel
 
 WORD_S = 0.3  # eSpeak's voices speak about 3 words a second
 TASKS = ("pause_handling", "backchannel", "smooth_turn_taking", "user_interruption")

@@ -31,10 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omniflatten_jax.batch import fixed_groups
-from omniflatten_jax.flatten import ChunkLayout, FlatSequence, Stream
-from omniflatten_jax.placement import PlacedModel
-from omniflatten_jax.vocab import TokenLayout
+from omniflatten_jax.config.token_layout import TokenLayout
+from omniflatten_jax.model.placement import PlacedModel
+from omniflatten_jax.tokens.batches import fixed_groups
+from omniflatten_jax.tokens.chunk_layout import ChunkLayout
+from omniflatten_jax.tokens.sequence import FlatSequence, Stream
 
 KINDS = ("reply", "pause", "user_backchannel", "interruption")
 BEFORE_S, AFTER_S = 1.0, 2.0  # the traces' span around each event

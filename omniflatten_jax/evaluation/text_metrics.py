@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from omniflatten_jax.transcripts import normalize_transcript
+from omniflatten_jax.tokens.transcripts import normalize_transcript
 
 
 def edit_distance(ref: Sequence, hyp: Sequence) -> int:

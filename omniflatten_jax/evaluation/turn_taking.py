@@ -39,9 +39,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from omniflatten_jax.config import SimulationConfig
+from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.inference.duplex import DuplexSettings, decode_dialogues
-from omniflatten_jax.placement import PlacedModel
-from omniflatten_jax.vocab import TokenLayout
+from omniflatten_jax.model.placement import PlacedModel
 
 KS = (1, 5, 10, 25)
 TIMEOUT_MS = 1500.0

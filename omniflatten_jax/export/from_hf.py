@@ -30,14 +30,15 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import safe_open
 
-from omniflatten_jax import checkpoint, paths
+from omniflatten_jax import checkpoint
 from omniflatten_jax.command_errors import add_verbose_flag, one_line_errors
+from omniflatten_jax.config.token_layout import LAYOUT_FILENAME, LayoutMismatchError, TokenLayout
+from omniflatten_jax.distributed import paths
 from omniflatten_jax.export import hf_config, weight_map
 from omniflatten_jax.export.staging import check_destination, staged_folder
 from omniflatten_jax.export.to_hf import DESCRIPTION_FILE, SPEECH_TOKENIZER_FILE
 from omniflatten_jax.finite import check_finite
 from omniflatten_jax.model import transformer
-from omniflatten_jax.vocab import LAYOUT_FILENAME, LayoutMismatchError, TokenLayout
 
 NEW_ROWS_RULE = "mean of the checkpoint rows + N(0, (0.1 * per-dim std)^2), seeded"
 IGNORED = ("rotary_emb.inv_freq",)  # buffers some old checkpoints carry

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from omniflatten_jax.config import ModelConfig
-from omniflatten_jax.vocab import TokenLayout
+from omniflatten_jax.config.token_layout import TokenLayout
 
 
 def model_config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 from etils import epath
 
-from omniflatten_jax import paths
+from omniflatten_jax.distributed import paths
 
 
 def check_destination(out: str, overwrite: bool) -> epath.Path:

@@ -30,9 +30,9 @@ from safetensors.flax import save_file
 
 from omniflatten_jax import checkpoint
 from omniflatten_jax.command_errors import add_verbose_flag, one_line_errors
+from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.export import hf_config, weight_map
 from omniflatten_jax.export.staging import check_destination, staged_folder
-from omniflatten_jax.vocab import TokenLayout
 
 SPEECH_TOKENIZER_FILE = "speech_tokenizer.npz"
 DESCRIPTION_FILE = "omniflatten.json"  # the checkpoint's metadata (`CheckpointMeta.to_json`)

@@ -30,11 +30,10 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from omniflatten_jax.batch import fixed_groups
 from omniflatten_jax.checkpoint import CheckpointMeta
-from omniflatten_jax.chunking import pad_to_chunks
 from omniflatten_jax.config import PARAM_PLACEMENTS, DecodingPolicy, FlattenConfig
-from omniflatten_jax.flatten import CHUNKED_STAGES, ChunkLayout, Stream, chunk_layout
+from omniflatten_jax.config.stages import CHUNKED_STAGES
+from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.inference.engine import (
     NO_STOP,
     PlacedRows,
@@ -43,9 +42,12 @@ from omniflatten_jax.inference.engine import (
     prefill,
 )
 from omniflatten_jax.inference.policy import add_policy_flags, policy_from_flags, policy_rows
-from omniflatten_jax.placement import PlacedModel
-from omniflatten_jax.stages import StagePlan
-from omniflatten_jax.vocab import TokenLayout
+from omniflatten_jax.model.placement import PlacedModel
+from omniflatten_jax.stage_plan import StagePlan
+from omniflatten_jax.tokens.batches import fixed_groups
+from omniflatten_jax.tokens.chunk_layout import ChunkLayout, chunk_layout
+from omniflatten_jax.tokens.dialogue_chunks import pad_to_chunks
+from omniflatten_jax.tokens.sequence import Stream
 
 
 def legal_ids(layout: TokenLayout, stream: Stream, cfg: FlattenConfig) -> np.ndarray:
@@ -93,8 +95,9 @@ class DuplexSettings:
             raise ValueError(
                 f"{where} does not say which stage trained it (a checkpoint written before "
                 "checkpoints described themselves, or an import). Add the description with "
-                "`python -m omniflatten_jax.upgrade --checkpoint CKPT --out NEW --stage STAGE "
-                "--speech_tokenizer FILE [--settings OLD_INFERENCE_JSON]`, then use NEW.")
+                "`python -m omniflatten_jax.checkpoint.format_upgrade --checkpoint CKPT --out NEW "
+                "--stage STAGE --speech_tokenizer FILE [--settings OLD_INFERENCE_JSON]`, then use "
+                "NEW.")
         if meta.stage not in CHUNKED_STAGES or meta.context_chunks is None:
             raise ValueError(f"{where} is a checkpoint of the {meta.stage} stage; the duplex "
                              f"decoder runs a duplex stage: one of {CHUNKED_STAGES}")
@@ -232,7 +235,8 @@ class DuplexDecoder:
         """Whole user channels ``[B, n_chunks * speech_chunk]`` -> the flattened sequences."""
         if user_speech.shape[1] % self.width:
             raise ValueError(f"the user channel ({user_speech.shape[1]} frames) is not whole "
-                             f"chunks of {self.width}: pad it with `chunking.pad_to_chunks`")
+                             f"chunks of {self.width}: pad it with "
+                             "`tokens.dialogue_chunks.pad_to_chunks`")
         rows = []
         for lo in range(0, user_speech.shape[1], self.width):
             user = user_speech[:, lo:lo + self.width]

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omniflatten_jax.model import DecodeCache, Params, Transformer
-from omniflatten_jax.placement import PlacedModel
+from omniflatten_jax.model.placement import PlacedModel
 
 NO_STOP = -1  # a stop id that matches nothing: generate exactly len(pattern) tokens
 

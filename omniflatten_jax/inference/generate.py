@@ -12,7 +12,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from omniflatten_jax.batch import fixed_groups
 from omniflatten_jax.inference.engine import (
     PlacedRows,
     Sampling,
@@ -20,7 +19,8 @@ from omniflatten_jax.inference.engine import (
     place_state,
     row_policy,
 )
-from omniflatten_jax.placement import PlacedModel
+from omniflatten_jax.model.placement import PlacedModel
+from omniflatten_jax.tokens.batches import fixed_groups
 
 BUCKET = 16  # prompt lengths are rounded up to this, to bound the number of compilations
 

@@ -13,9 +13,10 @@ import argparse
 import dataclasses
 
 from omniflatten_jax.config import DecodingPolicy, override
-from omniflatten_jax.flatten import ChunkLayout, Stream
+from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.inference.engine import RowPolicy, Sampling, row_policy
-from omniflatten_jax.vocab import TokenLayout
+from omniflatten_jax.tokens.chunk_layout import ChunkLayout
+from omniflatten_jax.tokens.sequence import Stream
 
 SILENCE = {Stream.USER_TEXT: "<silent_text>", Stream.ASSISTANT_TEXT: "<silent_text>",
            Stream.USER_SPEECH: "<silent_speech>", Stream.ASSISTANT_SPEECH: "<silent_speech>"}

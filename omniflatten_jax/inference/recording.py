@@ -36,13 +36,14 @@ import soundfile
 import soxr
 
 from omniflatten_jax.config import to_dict
-from omniflatten_jax.flatten import Stream
+from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.inference.duplex import DuplexDecoder, DuplexSettings
 from omniflatten_jax.inference.timeline import Timeline
-from omniflatten_jax.placement import PlacedModel
+from omniflatten_jax.model.placement import PlacedModel
 from omniflatten_jax.speech.audio import AudioError
 from omniflatten_jax.speech.tokenizer import SpeechDecoder, SpeechTokenizer
-from omniflatten_jax.vocab import TokenLayout
+from omniflatten_jax.tokens.sequence import Stream
+from omniflatten_jax.tokens.text_tokenizers import text_tokenizer
 
 MIN_SECONDS = 0.1  # shorter input is an error, as everywhere audio is loaded
 READ_SECONDS = 5.0  # input read from the file this much at a time
@@ -159,7 +160,7 @@ class UserSpeech:
 def user_chunks(user: UserSpeech, layout: TokenLayout, width: int
                 ) -> Iterator[tuple[np.ndarray, int]]:
     """``(ids [width], frames of the recording in them)`` chunk by chunk; the last chunk is
-    completed with <silent_speech>, as `chunking.pad_to_chunks` does."""
+    completed with <silent_speech>, as `tokens.dialogue_chunks.pad_to_chunks` does."""
     pending = np.zeros(0, np.int32)
     for codes in user.codes():
         pending = np.concatenate([pending, layout.speech_ids(codes).astype(np.int32)])
@@ -302,7 +303,7 @@ class TextTurns:
         self.key, self.layout, self.on_turn = key, layout, on_turn
         self.chunk_seconds = chunk_seconds
         self.silent, self.eot = layout.special("<silent_text>"), layout.special("[EOT]")
-        self.tokenizer = layout.tokenizer()
+        self.tokenizer = text_tokenizer(layout)
         self.txt = open(os.path.join(out_dir, f"{key}.txt"), "w", encoding="utf-8")
         self.json = JsonList(os.path.join(out_dir, f"{key}.json"))
         self.ids, self.first = array.array("i"), None

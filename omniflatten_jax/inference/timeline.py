@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from omniflatten_jax.flatten import Stream
+from omniflatten_jax.tokens.sequence import Stream
 
 COLUMNS = 1200  # the figure's width in pixels (12 in at 100 dpi)
 MAX_LABELS = 40  # text turns labelled per stream; beyond, the figure says how many there were

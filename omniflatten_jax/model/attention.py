@@ -9,9 +9,9 @@ import jax
 from flax import nnx
 
 from omniflatten_jax.config import ModelConfig
+from omniflatten_jax.distributed.sharding import constrain
 from omniflatten_jax.model.layers import Einsum, apply_rope
 from omniflatten_jax.model.packed_attention import packed_attention
-from omniflatten_jax.sharding import constrain
 
 
 class LayerCache(NamedTuple):

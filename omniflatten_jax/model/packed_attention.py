@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
-from omniflatten_jax import sharding
 from omniflatten_jax.config import ATTENTION_IMPLS
+from omniflatten_jax.distributed import sharding
 
 KERNEL_BLOCK = 128  # rows are padded to a multiple of this for the Pallas kernels
 

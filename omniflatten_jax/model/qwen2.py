@@ -12,10 +12,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from omniflatten_jax.config import ModelConfig
+from omniflatten_jax.distributed.sharding import constrain
 from omniflatten_jax.model.attention import Attention, LayerCache
 from omniflatten_jax.model.layer_stack import run_layers
 from omniflatten_jax.model.layers import Einsum, RMSNorm, param
-from omniflatten_jax.sharding import constrain
 
 
 class MLP(nnx.Module):

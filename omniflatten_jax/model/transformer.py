@@ -15,8 +15,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
-from omniflatten_jax import sharding
 from omniflatten_jax.config import ModelConfig
+from omniflatten_jax.distributed import sharding
 from omniflatten_jax.model.attention import LayerCache
 from omniflatten_jax.model.qwen2 import Qwen2
 

@@ -13,13 +13,6 @@ def token_losses(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return jax.nn.logsumexp(logits, axis=-1) - target_logit
 
 
-def masked_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array
-                         ) -> tuple[jax.Array, jax.Array]:
-    """Mean cross-entropy over positions where `mask` is true, and the number of such positions."""
-    count = jnp.sum(mask)
-    return jnp.sum(token_losses(logits, targets) * mask) / jnp.maximum(count, 1), count
-
-
 def chunked_token_losses(hidden: jax.Array, head: jax.Array, targets: jax.Array,
                          chunk: int) -> jax.Array:
     """`token_losses` of ``hidden [B, T, E] @ head [E, V]`` without the full logits.

@@ -13,7 +13,7 @@ import time
 
 from etils import epath
 
-from omniflatten_jax import paths
+from omniflatten_jax.distributed import paths
 
 
 class MetricsWriter:

@@ -18,10 +18,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from omniflatten_jax import checkpoint, sharding
-from omniflatten_jax.batch import FIELD_DTYPES, FIELDS
+from omniflatten_jax import checkpoint
 from omniflatten_jax.config import ExperimentConfig, TrainConfig
+from omniflatten_jax.distributed import sharding
 from omniflatten_jax.model import Transformer, transformer
+from omniflatten_jax.tokens.batches import FIELD_DTYPES, FIELDS
 from omniflatten_jax.training.guard import init_guard
 from omniflatten_jax.training.optimizer import make_optimizer
 from omniflatten_jax.training.step import TurnWeight, guarded_train_step

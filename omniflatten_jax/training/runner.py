@@ -28,12 +28,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from omniflatten_jax import accelerators, checkpoint, finite, hosts, paths, sharding
+from omniflatten_jax import checkpoint, finite
+from omniflatten_jax.checkpoint.checkpointer import TrainCheckpointer
 from omniflatten_jax.config import ExperimentConfig
-from omniflatten_jax.placement import PlacedModel
-from omniflatten_jax.stages import StagePlan, train_section
+from omniflatten_jax.distributed import accelerators, hosts, paths, sharding
+from omniflatten_jax.model.placement import PlacedModel
+from omniflatten_jax.stage_plan import StagePlan, train_section
 from omniflatten_jax.training import guard as numerics
-from omniflatten_jax.training.checkpointer import TrainCheckpointer
 from omniflatten_jax.training.metrics import MetricsWriter, format_duration
 from omniflatten_jax.training.optimizer import learning_rate
 from omniflatten_jax.training.preemption import Preempted, PreemptionWatch

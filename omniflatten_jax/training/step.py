@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from omniflatten_jax.flatten import Stream
 from omniflatten_jax.model import Params, Transformer
+from omniflatten_jax.tokens.sequence import Stream
 from omniflatten_jax.training.guard import Guard, apply_if_finite
 from omniflatten_jax.training.loss import chunked_token_losses, token_losses
 

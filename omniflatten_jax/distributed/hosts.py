@@ -40,14 +40,6 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
-def barrier(name: str) -> None:
-    """Every host waits here until all have arrived (a no-op on one process)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
 def digest(data: bytes | str) -> np.ndarray:
     """A value's sha256 as 8 int32 words: what hosts exchange to compare large values."""
     raw = data.encode() if isinstance(data, str) else data

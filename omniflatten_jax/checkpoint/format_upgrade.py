@@ -1,6 +1,6 @@
 """Adds the stage description to a checkpoint written before checkpoints described themselves.
 
-    python -m omniflatten_jax.upgrade --checkpoint OLD --out NEW \\
+    python -m omniflatten_jax.checkpoint.format_upgrade --checkpoint OLD --out NEW \\
         (--settings OLD_STAGE/inference.json | --stage duplex_3 --speech_tokenizer FILE \\
          [--context_chunks N] [--set flatten.FIELD=VALUE ...])
 
@@ -20,8 +20,9 @@ import sys
 
 from omniflatten_jax import checkpoint
 from omniflatten_jax.config import FlattenConfig, from_dict, override
-from omniflatten_jax.flatten import CHUNKED_STAGES, chunk_layout
+from omniflatten_jax.config.stages import CHUNKED_STAGES
 from omniflatten_jax.speech import load_speech_tokenizer
+from omniflatten_jax.tokens.chunk_layout import chunk_layout
 
 
 def upgrade(path: str, out: str, *, stage: str, flatten: FlattenConfig, speech_tokenizer: str,
@@ -48,7 +49,7 @@ def upgrade(path: str, out: str, *, stage: str, flatten: FlattenConfig, speech_t
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m omniflatten_jax.upgrade",
+    parser = argparse.ArgumentParser(prog="python -m omniflatten_jax.checkpoint.format_upgrade",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="the old checkpoint (folder or step)")
     parser.add_argument("--out", required=True, help="a new checkpoints folder to write")

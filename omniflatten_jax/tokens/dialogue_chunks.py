@@ -1,7 +1,7 @@
 """The ragged step: one dialogue's time-aligned streams -> dense per-chunk arrays.
 
 This runs once per example in numpy (in the data pipeline); everything after it
-(`flatten.ChunkLayout.flatten` / `unflatten`) is dense and shape-static.
+(`tokens.chunk_layout.ChunkLayout.flatten` / `unflatten`) is dense and shape-static.
 
 Decisions (README.md, "Decisions"; the configurable ones live in `FlattenConfig`):
 
@@ -23,8 +23,8 @@ import dataclasses
 import numpy as np
 
 from omniflatten_jax.config import FlattenConfig
-from omniflatten_jax.flatten import Stream
-from omniflatten_jax.vocab import TokenLayout
+from omniflatten_jax.config.token_layout import TokenLayout
+from omniflatten_jax.tokens.sequence import Stream
 
 
 class TextOverflowError(ValueError):

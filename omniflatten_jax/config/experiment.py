@@ -1,4 +1,4 @@
-"""Frozen configuration dataclasses: the one source of truth for shapes and choices.
+"""The experiment's sections: one frozen dataclass per part of a run, and the `--set` override.
 
 Every config is a frozen dataclass that round-trips through a plain dict (``to_dict`` /
 ``from_dict``) so that it can be written next to checkpoints and exports and read back.
@@ -9,22 +9,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from omniflatten_jax.config_rules import ConfigError, from_dict, to_dict  # noqa: F401
-from omniflatten_jax.config_rules import finite as _finite
-from omniflatten_jax.config_rules import require as _require
-from omniflatten_jax.decoding_config import SPEAK_RULES, DecodingPolicy  # noqa: F401
-
-# The model's section lives in its own module; imported here, where every section is found.
-from omniflatten_jax.model_config import (  # noqa: F401
-    ATTENTION_IMPLS,
-    PRESETS,
-    QWEN2_LOSS_CHUNK,
-    REMAT_POLICIES,
-    ModelConfig,
-    Preset,
-    preset,
-)
-from omniflatten_jax.vocab import TokenLayout
+from omniflatten_jax.config.decoding import DecodingPolicy
+from omniflatten_jax.config.model import ModelConfig
+from omniflatten_jax.config.rules import ConfigError
+from omniflatten_jax.config.rules import finite as _finite
+from omniflatten_jax.config.rules import require as _require
+from omniflatten_jax.config.stages import CURRICULA
+from omniflatten_jax.config.token_layout import TokenLayout
 
 # Where evaluation and decoding keep the parameters (`placement.PlacedModel`).
 ParamPlacement = Literal["sharded", "replicated"]
@@ -327,7 +318,7 @@ class ExperimentConfig:
     dialogue: DialogueConfig = DialogueConfig()
     # The dialogue stages (half_duplex, duplex_*) train with these steps, batch and row length.
     dialogue_train: TrainConfig = TrainConfig(steps=1000, seq_len=512)
-    # "v1": alignment -> half_duplex -> duplex_4 -> duplex_3 -> duplex_2; "v2" skips duplex_4.
+    # A name in `config.stages.CURRICULA`: "v1" every stage, "v2" skips duplex_4.
     curriculum: str = "v1"
     # How duplex stages decode: every field but the onset threshold, which each stage chooses
     # on its validation split (`eval.policy_onsets`) and stores in its checkpoints.
@@ -342,11 +333,6 @@ class ExperimentConfig:
     def stages(self) -> tuple[str, ...]:
         return CURRICULA[self.curriculum]
 
-
-CURRICULA = {
-    "v1": ("alignment", "half_duplex", "duplex_4", "duplex_3", "duplex_2"),
-    "v2": ("alignment", "half_duplex", "duplex_3", "duplex_2"),
-}
 
 
 def _parse(text: str, current: Any) -> Any:

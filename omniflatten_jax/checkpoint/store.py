@@ -32,9 +32,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from omniflatten_jax import checksum, finite, orbax_noise, paths
+from omniflatten_jax import finite
+from omniflatten_jax.checkpoint import checksums, orbax_echoes
 from omniflatten_jax.config import DecodingPolicy, FlattenConfig, ModelConfig, from_dict, to_dict
-from omniflatten_jax.vocab import TokenLayout
+from omniflatten_jax.config.token_layout import TokenLayout
+from omniflatten_jax.distributed import paths
 
 FORMAT = 3  # 1 (no "format" key): model, layout, lineage; 2: + stage; 3: + data fingerprint
 
@@ -171,16 +173,16 @@ def save_params(directory: str | os.PathLike, step: int, params, meta: Checkpoin
 
 def described_items(params, meta: CheckpointMeta, speech_tokenizer: bytes | None,
                      opt_state=None) -> dict:
-    """The items of a step; ``checksums`` (`omniflatten_jax.checksum`) lets restoring prove
-    the arrays are those written."""
+    """The items of a step; ``checksums`` (`checkpoint.checksums`) lets restoring prove the
+    arrays are those written."""
     if (speech_tokenizer is None) != (meta.speech_tokenizer_sha256 is None) or (
             speech_tokenizer is not None and sha256(speech_tokenizer)
             != meta.speech_tokenizer_sha256):
         raise ValueError("the speech tokenizer given does not match the metadata's hash")
-    sums = {"params": checksum.tree_checksums(params)}
+    sums = {"params": checksums.tree_checksums(params)}
     items = dict(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta.to_json()))
     if opt_state is not None:
-        sums["opt_state"] = checksum.tree_checksums(opt_state)
+        sums["opt_state"] = checksums.tree_checksums(opt_state)
         items["opt_state"] = ocp.args.StandardSave(opt_state)
     items["checksums"] = ocp.args.JsonSave(sums)
     if speech_tokenizer is not None:
@@ -196,8 +198,9 @@ def load_speech_tokenizer_bytes(path: str | os.PathLike) -> bytes:
     if meta.speech_tokenizer_sha256 is None:
         raise FileNotFoundError(
             f"{where} carries no speech tokenizer: it is an import, or it was written before "
-            "checkpoints stored theirs. Add it with `python -m omniflatten_jax.upgrade "
-            "--checkpoint ... --stage ... --speech_tokenizer FILE --out NEW` (see its --help).")
+            "checkpoints stored theirs. Add it with "
+            "`python -m omniflatten_jax.checkpoint.format_upgrade --checkpoint ... --stage ... "
+            "--speech_tokenizer FILE --out NEW` (see its --help).")
     with ocp.CheckpointManager(directory) as manager:
         restored = manager.restore(step, args=ocp.args.Composite(
             speech_tokenizer=ocp.args.StandardRestore()))
@@ -264,7 +267,7 @@ def restore_items(manager, step: int, where: str, **items) -> dict:
     if arrays and (epath.Path(where) / "checksums").exists():
         items["checksums"] = ocp.args.JsonRestore()
     restored = {}
-    orbax_noise.quiet_background_failures()
+    orbax_echoes.quiet_background_failures()
     for name, arg in items.items():  # one at a time, so that an error names its item
         try:
             _probe_ocdbt(paths.join(where, name))
@@ -281,7 +284,7 @@ def restore_items(manager, step: int, where: str, **items) -> dict:
                 "moved away), or a copy") from e
     sums = restored.get("checksums")
     for item in arrays if sums else ():
-        bad = checksum.mismatches(restored[item], sums.get(item, {}))
+        bad = checksums.mismatches(restored[item], sums.get(item, {}))
         if bad:
             raise CorruptCheckpointError(
                 f"{where}: {item}{bad[0]}"

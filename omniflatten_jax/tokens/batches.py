@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from omniflatten_jax.flatten import FlatSequence, Stream
+from omniflatten_jax.tokens.sequence import FlatSequence, Stream
 
 T = TypeVar("T")
 

@@ -22,7 +22,7 @@ import time
 
 from etils import epath
 
-from omniflatten_jax import hosts, paths
+from omniflatten_jax.distributed import hosts, paths
 
 log = logging.getLogger(__name__)
 

@@ -13,14 +13,15 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from omniflatten_jax import orbax_noise, paths
 from omniflatten_jax.checkpoint import (
     CheckpointMeta,
     CheckpointMismatchError,
     check_complete,
     described_items,
+    orbax_echoes,
     restore_items,
 )
+from omniflatten_jax.distributed import paths
 
 
 class CheckpointSaveError(OSError):
@@ -45,7 +46,7 @@ class TrainCheckpointer:
         self.directory = paths.absolute(directory)
         self.speech_tokenizer = speech_tokenizer
         self._pending: int | None = None  # the last step handed to Orbax to write
-        orbax_noise.quiet_background_failures()
+        orbax_echoes.quiet_background_failures()
         self._manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=True, create=True))
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from omniflatten_jax.config_rules import finite as _finite
-from omniflatten_jax.config_rules import require as _require
+from omniflatten_jax.config.rules import finite as _finite
+from omniflatten_jax.config.rules import require as _require
 
 SPEAK_RULES = ("threshold", "token")
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import dataclasses
 
 from omniflatten_jax.config import ExperimentConfig, FlattenConfig, TrainConfig
-from omniflatten_jax.flatten import CHUNKED_STAGES, ChunkLayout, chunk_layout
-
-ALIGNMENT = "alignment"
-HALF_DUPLEX = "half_duplex"
-DIALOGUE_STAGES = (HALF_DUPLEX,) + CHUNKED_STAGES
-STAGES = (ALIGNMENT,) + DIALOGUE_STAGES
+from omniflatten_jax.config.stages import (
+    ALIGNMENT,
+    CHUNKED_STAGES,
+    STAGES,
+)
+from omniflatten_jax.tokens.chunk_layout import ChunkLayout, chunk_layout
 
 
 def train_section(stage: str) -> str:

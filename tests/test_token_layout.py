@@ -2,11 +2,12 @@ import numpy as np
 import pytest
 
 from omniflatten_jax.config import PRESETS
-from omniflatten_jax.vocab import LayoutMismatchError, TokenLayout
+from omniflatten_jax.config.token_layout import LayoutMismatchError, TokenLayout
+from omniflatten_jax.tokens.text_tokenizers import text_tokenizer
 
 
 def test_qwen2_tokenizer_gives_qwen2_ids():
-    tok = TokenLayout("qwen2", 151_936, 4096).tokenizer()
+    tok = text_tokenizer(TokenLayout("qwen2", 151_936, 4096))
     assert tok.encode("Hello, world") == [9707, 11, 1879]
     assert tok.encode("你好，世界") == [108386, 3837, 99489]
     assert tok.decode([108386, 3837, 99489]) == "你好，世界"
@@ -15,7 +16,7 @@ def test_qwen2_tokenizer_gives_qwen2_ids():
 
 
 def test_byte_tokenizer_round_trips_any_text():
-    tok = TokenLayout("bytes", 256, 16).tokenizer()
+    tok = text_tokenizer(TokenLayout("bytes", 256, 16))
     for text in ("hello", "你好，世界", ""):
         assert tok.decode(tok.encode(text)) == text
 
@@ -47,3 +48,13 @@ def test_layout_json_round_trip_and_mismatch(tmp_path):
 def test_layout_rejects_text_range_smaller_than_tokenizer():
     with pytest.raises(ValueError, match="smaller than"):
         TokenLayout("qwen2", 1000, 16)
+
+
+def test_every_tokenizer_a_layout_may_name_loads_and_fits_its_vocab_size():
+    from omniflatten_jax.config.token_layout import TEXT_TOKENIZER_VOCAB
+    from omniflatten_jax.tokens.text_tokenizers import TEXT_TOKENIZERS
+
+    assert set(TEXT_TOKENIZERS) == set(TEXT_TOKENIZER_VOCAB)
+    for name, size in TEXT_TOKENIZER_VOCAB.items():
+        ids = text_tokenizer(TokenLayout(name, size, 16)).encode("hello 你好")
+        assert ids and max(ids) < size

@@ -43,7 +43,8 @@ def chip(device_kind: str) -> Chip:
         return CHIPS[device_kind]
     except KeyError:
         raise ValueError(f"no memory/FLOP figures for device kind {device_kind!r}; known: "
-                         f"{sorted(CHIPS)} (add it to omniflatten_jax/accelerators.py)") from None
+                         f"{sorted(CHIPS)} (add it to "
+                         "omniflatten_jax/distributed/accelerators.py)") from None
 
 
 def peak_flops(device_kind: str) -> float:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from omniflatten_jax.config_rules import ConfigError
-from omniflatten_jax.config_rules import require as _require
-from omniflatten_jax.vocab import TokenLayout
+from omniflatten_jax.config.rules import ConfigError
+from omniflatten_jax.config.rules import require as _require
+from omniflatten_jax.config.token_layout import TokenLayout
 
 AttentionImpl = Literal["auto", "xla", "cudnn", "splash", "pallas_gpu"]
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "pallas_gpu")

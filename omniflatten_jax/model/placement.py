@@ -21,8 +21,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from omniflatten_jax import sharding
 from omniflatten_jax.config import PARAM_PLACEMENTS, MeshConfig, ParamPlacement
+from omniflatten_jax.distributed import sharding
 from omniflatten_jax.model import DecodeCache, Params, Transformer, transformer
 from omniflatten_jax.model.attention import LayerCache
 
