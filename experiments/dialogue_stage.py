@@ -247,11 +247,13 @@ def turn_taking(cfg: ExperimentConfig, plan: StagePlan, settings: DuplexSettings
     """Every test dialogue decoded live; the metrics of the model and of the data itself."""
     start = time.perf_counter()
     cases = [(np.asarray(r["user_speech"]), record_events(r)) for r in records]
+    grace = cfg.dialogue.simulation.backchannel_margin_s  # what the data was simulated with
     result = evaluate_turn_taking(placed, cfg.layout, settings, cases, frame_rate=frame_rate,
-                                  batch_size=cfg.eval.batch_size)
+                                  backchannel_grace_s=grace, batch_size=cfg.eval.batch_size)
     data = turn_taking_metrics([(r["assistant_speech"], found) for r, (_, found)
                                 in zip(records, cases)],
-                               cfg.layout.special("<silent_speech>"), frame_rate)
+                               cfg.layout.special("<silent_speech>"), frame_rate,
+                               backchannel_grace_s=grace)
     result["dialogues"] = len(records)
     log.info("%s turn-taking on %d test dialogues, decoded live in %.0f s:\n%s", plan.name,
              len(records), time.perf_counter() - start, format_table(result, data))

@@ -33,7 +33,8 @@ def test_assistant_turn_taking_known_answers():
                  (speech((S, 22), (A, 5)), [("assistant", 10)]),
                  (speech((S, 50), (A, 5)), [("assistant", 10)]),
                  (speech((S, 60)), [("assistant", 10)])]
-    r = turn_taking_metrics(dialogues, silent_id=S, frame_rate=25)["assistant"]
+    r = turn_taking_metrics(dialogues, silent_id=S, frame_rate=25,
+                            backchannel_grace_s=0.5)["assistant"]
     assert r["events"] == 5
     assert r["acc@1"] == pytest.approx(1 / 5)
     assert r["acc@5"] == pytest.approx(2 / 5)
@@ -50,7 +51,7 @@ def test_interruption_known_answers_and_timeout_edge():
     dialogues = [(speech((A, 22), (S, 10)), [("interruption", 20)]),
                  (speech((A, 58), (S, 10)), [("interruption", 20)]),
                  (speech((A, 57), (S, 10)), [("interruption", 20)])]
-    r = turn_taking_metrics(dialogues, silent_id=S, frame_rate=25)
+    r = turn_taking_metrics(dialogues, silent_id=S, frame_rate=25, backchannel_grace_s=0.5)
     assert r["frame_ms"] == 40 and r["timeout_ms"] == 1500
     i = r["interruption"]
     assert i["acc@5"] == pytest.approx(1 / 3) and i["acc@25"] == pytest.approx(1 / 3)
@@ -66,7 +67,7 @@ def test_already_counts_models_in_the_target_state_before_the_event():
     r = turn_taking_metrics([(speech((S, 8), (A, 10)), [("assistant", 10)]),
                              (speech((A, 15), (S, 10)), [("interruption", 20)]),
                              (speech((A, 20), (S, 10)), [("interruption", 20)])],
-                            silent_id=S, frame_rate=25)
+                            silent_id=S, frame_rate=25, backchannel_grace_s=0.5)
     assert r["assistant"]["acc@1"] == 1 and r["assistant"]["already"] == 1
     assert r["interruption"]["acc@1"] == 1 and r["interruption"]["already"] == pytest.approx(1 / 2)
     # Scored over the interruptions where the model was speaking, the one already silent
@@ -74,7 +75,7 @@ def test_already_counts_models_in_the_target_state_before_the_event():
     speaking = r["interruption_speaking"]
     assert speaking["events"] == 1 and speaking["acc@1"] == 1 and speaking["already"] == 0
     mute = turn_taking_metrics([(speech((S, 30)), [("interruption", 20)])], silent_id=S,
-                               frame_rate=25)
+                               frame_rate=25, backchannel_grace_s=0.5)
     assert mute["interruption"]["acc@25"] == 1  # silent already: a pass, as the paper reads
     assert mute["interruption_speaking"]["events"] == 0  # ... but nothing to stop
     assert mute["interruption_speaking"]["acc@25"] is None
@@ -90,10 +91,26 @@ def test_pauses_and_backchannels_are_sat_through_or_not():
     breaks_in = np.array([S] * 15 + [T] * 85)  # speaks inside the pause
     stops = np.array([S] * 20 + [T] * 30 + [S] * 50)  # stops 5 frames after the backchannel
     r = turn_taking_metrics([(quiet_then_talking, spans), (breaks_in, spans), (stops, spans)],
-                            S, 25.0)
+                            S, 25.0, backchannel_grace_s=0.5)
     assert r["pause"] == {"events": 3, "held": pytest.approx(2 / 3), "already": 0.0}
     # The backchannel: kept talking through it and 0.5 s after (only the first two).
     assert r["user_backchannel"]["held"] == pytest.approx(2 / 3)
     assert r["user_backchannel"]["already"] == 0.0
     assert r["assistant"]["events"] == 0  # spans are not turn changes
     assert "pause" in format_table(r)
+
+
+def test_the_backchannel_grace_is_the_runs_simulation_margin():
+    """The simulator leaves the assistant `backchannel_margin_s` to go on after a user
+    backchannel; the score must use the same setting, not the class default: a model that
+    stops 0.4 s after "mm-hm" holds under a 0.2 s margin and fails under the default 0.5 s."""
+    from omniflatten_jax.config import SimulationConfig
+
+    S, T = 0, 7
+    spans = [("user_backchannel", 40, 45)]
+    stops = [(np.array([T] * 55 + [S] * 45), spans)]  # 10 frames (0.4 s) after its end
+    default = SimulationConfig().backchannel_margin_s
+    assert default == 0.5
+    short = turn_taking_metrics(stops, S, 25.0, backchannel_grace_s=0.2)["user_backchannel"]
+    long = turn_taking_metrics(stops, S, 25.0, backchannel_grace_s=default)["user_backchannel"]
+    assert (short["held"], long["held"]) == (1.0, 0.0)

@@ -28,8 +28,11 @@ tests both; the simulator makes them, `conversation.py`):
   was speaking on the frame before the pause began.
 * ``user_backchannel``: the user says "mm-hm" while the assistant speaks; ``held`` = the share
   where the model kept speaking (no <silent_speech>) from the backchannel's start until
-  `BACKCHANNEL_GRACE_MS` after its end; ``already`` = the share where it was silent on the
-  frame before (there was nothing to keep going).
+  ``backchannel_grace_s`` after its end; ``already`` = the share where it was silent on the
+  frame before (there was nothing to keep going). The grace is the simulator's
+  ``dialogue.simulation.backchannel_margin_s`` of the run (the recorded assistant always goes
+  on at least that long), passed by the caller: a setting that changes the data changes the
+  score.
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from omniflatten_jax.config import SimulationConfig
 from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.inference.duplex import DuplexSettings, decode_dialogues
 from omniflatten_jax.model.placement import PlacedModel
@@ -46,9 +48,6 @@ from omniflatten_jax.model.placement import PlacedModel
 KS = (1, 5, 10, 25)
 TIMEOUT_MS = 1500.0
 SPAN_KINDS = ("pause", "user_backchannel")
-# A model that stops just after "mm-hm" took it as a turn; the simulator leaves the assistant
-# at least this long to go on (`SimulationConfig.backchannel_margin_s`).
-BACKCHANNEL_GRACE_MS = 1000.0 * SimulationConfig.backchannel_margin_s
 
 
 def delay(mask: np.ndarray, start: int) -> int | None:
@@ -76,9 +75,11 @@ def span_events(kinds: Sequence[str], starts: Sequence[int], ends: Sequence[int]
     return [(k, int(s), int(e)) for k, s, e in zip(kinds, starts, ends) if k in SPAN_KINDS]
 
 
-def span_metrics(dialogues, silent_id: int, frame_rate: float) -> dict:
-    """``held`` and ``already`` per span kind (module docstring)."""
-    grace = int(round(BACKCHANNEL_GRACE_MS * frame_rate / 1000.0))
+def span_metrics(dialogues, silent_id: int, frame_rate: float, backchannel_grace_s: float
+                 ) -> dict:
+    """``held`` and ``already`` per span kind (module docstring). A model that stops within
+    `backchannel_grace_s` after "mm-hm" took it as a turn."""
+    grace = int(round(backchannel_grace_s * frame_rate))
     held = {k: [] for k in SPAN_KINDS}
     already = {k: 0 for k in SPAN_KINDS}
     for speech, found in dialogues:
@@ -98,10 +99,11 @@ def span_metrics(dialogues, silent_id: int, frame_rate: float) -> dict:
 
 
 def turn_taking_metrics(dialogues: Sequence[tuple[np.ndarray, list[tuple]]],
-                        silent_id: int, frame_rate: float, ks: Sequence[int] = KS,
-                        timeout_ms: float = TIMEOUT_MS) -> dict:
+                        silent_id: int, frame_rate: float, *, backchannel_grace_s: float,
+                        ks: Sequence[int] = KS, timeout_ms: float = TIMEOUT_MS) -> dict:
     """`dialogues`: (generated assistant speech ids per frame, events) pairs: `events`'
-    (kind, frame) turn changes and `span_events`' (kind, start, end) spans."""
+    (kind, frame) turn changes and `span_events`' (kind, start, end) spans.
+    `backchannel_grace_s`: the run's ``dialogue.simulation.backchannel_margin_s``."""
     frame_ms = 1000.0 / frame_rate
     delays: dict[str, list[float | None]] = {"assistant": [], "interruption": [],
                                              "interruption_speaking": []}
@@ -131,7 +133,7 @@ def turn_taking_metrics(dialogues: Sequence[tuple[np.ndarray, list[tuple]]],
             "already": already[kind] / len(ds) if ds else None,
         }
     return {"frame_ms": frame_ms, "timeout_ms": timeout_ms, **result,
-            **span_metrics(dialogues, silent_id, frame_rate)}
+            **span_metrics(dialogues, silent_id, frame_rate, backchannel_grace_s)}
 
 
 TurnTakingCase = tuple[np.ndarray, list[tuple]]  # (user speech per frame, events and spans)
@@ -139,7 +141,7 @@ TurnTakingCase = tuple[np.ndarray, list[tuple]]  # (user speech per frame, event
 
 def evaluate_turn_taking(placed: PlacedModel, layout: TokenLayout, settings: DuplexSettings,
                          cases: Sequence[TurnTakingCase], *, frame_rate: float,
-                         batch_size: int = 8) -> dict:
+                         backchannel_grace_s: float, batch_size: int = 8) -> dict:
     """Decodes each held-out dialogue live (user channel fed as recorded, chunk by chunk;
     everything else generated under ``settings.policy``) and scores the generated assistant
     speech."""
@@ -148,7 +150,8 @@ def evaluate_turn_taking(placed: PlacedModel, layout: TokenLayout, settings: Dup
     generated = [s["assistant_speech"].reshape(-1)[:len(user)]
                  for s, (user, _) in zip(streams, cases)]
     return turn_taking_metrics([(g, found) for g, (_, found) in zip(generated, cases)],
-                               layout.special("<silent_speech>"), frame_rate)
+                               layout.special("<silent_speech>"), frame_rate,
+                               backchannel_grace_s=backchannel_grace_s)
 
 
 PAPER = {  # OmniFlatten v2 (arXiv 2410.17799v2): Acc@1/5/10/25 in %, average response in ms
