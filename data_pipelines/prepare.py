@@ -16,7 +16,7 @@ dataset while the others wait; then every host reads what it wrote (the workdir 
 storage) and the hosts compare the dataset's fingerprint, which checkpoints also record. A
 launcher may run the step of its own first, on one machine:
 
-    python -m data_pipelines.prepare --workdir=DIR [--config=NAME --data=... --set=...]
+    python experiments/prepare.py --workdir=DIR [--config=NAME --data=... --set=...]
         [--runner=direct|auto|local|dataflow|flink|spark] [-- BEAM PIPELINE OPTIONS]
 """
 
@@ -40,7 +40,7 @@ from etils import epath
 from data_pipelines import inputs as data_inputs
 from data_pipelines.builders import speech_text
 from data_pipelines.corpus import speech_text_items, split_of, start_afresh_if_synthesised
-from data_pipelines.runners import RUNNERS, Runner
+from data_pipelines.runners import Runner
 from omniflatten_jax.config import DialogueConfig, ExperimentConfig, to_dict
 from omniflatten_jax.config.stages import ALIGNMENT
 from omniflatten_jax.distributed import hosts, paths
@@ -345,46 +345,3 @@ def prepare_dialogues(cfg: ExperimentConfig, workdir: str,
     keys = _on_process_0("the dialogue dataset", build)
     return _read_prepared(data_dir, dialogue_builder.NAME, lambda: config_name(keys),
                           speech_tokenizer_file(cfg, data_root, keys.split(",")[0]), cfg.layout)
-
-
-def main(argv) -> None:
-    """``python -m data_pipelines.prepare``: the prepare step a launcher runs before training."""
-    from absl import app
-
-    from experiments import cli
-
-    beam_args = [a for a in argv[1:] if a != "--"]
-    if beam_args and cli.FLAGS.runner in ("local", "auto"):
-        raise app.UsageError(f"unexpected arguments: {beam_args} (Beam pipeline options, after "
-                             "--, need a Beam runner)")
-    runner = Runner(cli.FLAGS.runner, tuple(beam_args))
-    cli.start()
-    with cli.errors_in_one_line((hosts.HostMismatchError, FileNotFoundError, ValueError,
-                                 ImportError)):
-        cfg = cli.build_config()
-        stage = cli.FLAGS.stage
-        for name, prepare in [(s, f) for s, f in (("alignment", prepare_speech_text),
-                                                  ("dialogue", prepare_dialogues))
-                              if stage in (s, "all")]:
-            prepared = prepare(cfg, cli.FLAGS.workdir, runner)
-            log.info("%s dataset %s in %s (fingerprint %s)", name, prepared.config_name,
-                     prepared.data_dir, prepared.fingerprint[:12])
-
-
-if __name__ == "__main__":
-    import sys
-
-    from absl import app, flags
-
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from experiments import cli
-
-    cli.define_flags()
-    flags.DEFINE_enum("stage", "all", ("alignment", "dialogue", "all"),
-                      "which datasets: the alignment stage's, the dialogue stages', or both")
-    flags.DEFINE_enum("runner", "direct", RUNNERS,
-                      "where to build: local (this process), direct (Apache Beam's DirectRunner: "
-                      "a worker process per core), a cluster runner (dataflow, flink, spark), or "
-                      "auto (local for small corpora, else direct: what run.py does); Beam "
-                      "pipeline options follow a --, e.g. -- --direct_num_workers=8")
-    app.run(main)

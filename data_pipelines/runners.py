@@ -4,7 +4,7 @@
 no worker start-up). The Beam runners run the same recipe as a pipeline (`beam_build`):
 ``direct`` on this machine, one worker process per core by default; ``dataflow``, ``flink``
 and ``spark`` on a cluster, configured by Beam's own pipeline options, passed through
-unchanged (``python -m data_pipelines.prepare ... -- --project=... --region=...``). ``auto``
+unchanged (``python experiments/prepare.py ... -- --project=... --region=...``). ``auto``
 (what `run.py` uses when it finds no dataset) is ``local`` for a corpus under
 `AUTO_BEAM_MIN_ENTRIES` entries, where starting Beam's workers costs more than they save, and
 ``direct`` above it (docs/benchmarks.md has the figures).

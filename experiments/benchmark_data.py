@@ -16,20 +16,23 @@ import os
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import cli  # noqa: E402
 
-flags.DEFINE_integer("batch", None, "global rows per batch (default: the alignment plan's)")
-flags.DEFINE_integer("batches", 40, "timed batches after the first")
-flags.DEFINE_list("workers", ["0", "1"], "Grain worker process counts to time")
-cli.define_flags()
 FLAGS = flags.FLAGS
 
 
-def main(argv) -> None:
+def define_flags() -> None:
+    flags.DEFINE_integer("batch", None, "global rows per batch (default: the alignment plan's)")
+    flags.DEFINE_integer("batches", 40, "timed batches after the first")
+    flags.DEFINE_list("workers", ["0", "1"], "Grain worker process counts to time")
+    cli.define_experiment_flags()
+
+
+def main() -> None:
     import numpy as np
 
     from data_pipelines.builders.speech_text import data_source
@@ -65,4 +68,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, define_flags)

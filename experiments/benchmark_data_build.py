@@ -26,18 +26,23 @@ import sys
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import cli  # noqa: E402
 
-flags.DEFINE_integer("workers", 2, "DirectRunner worker processes")
-flags.DEFINE_list("runners", ["local", "direct"], "runners to compare")
-flags.DEFINE_integer("audio_files", 0, "if > 0: first write this many utterances of the "
-                     "embedded corpus as 16 kHz FLAC files with a manifest, and build from "
-                     "them (what a user's corpus is: audio read from files, not synthesised)")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_integer("workers", 2, "DirectRunner worker processes")
+    flags.DEFINE_list("runners", ["local", "direct"], "runners to compare")
+    flags.DEFINE_integer("audio_files", 0, "if > 0: first write this many utterances of the "
+                         "embedded corpus as 16 kHz FLAC files with a manifest, and build from "
+                         "them (what a user's corpus is: audio read from files, not synthesised)")
+    cli.define_experiment_flags()
+
 
 PAPER_HOURS = {"speech-text": 100_000, "dialogues": 2_000}
 
@@ -89,7 +94,7 @@ def write_audio_files(root: str, count: int) -> str:
     return manifest
 
 
-def main(argv) -> None:
+def main() -> None:
     from data_pipelines.builders import dialogues, speech_text
     from data_pipelines.corpus import speech_text_items
     from data_pipelines.inputs import speech_text_inputs
@@ -152,5 +157,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    cli.define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

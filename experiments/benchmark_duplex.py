@@ -19,22 +19,26 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from experiments import cli  # noqa: E402  (after the path: run as a script)
 from omniflatten_jax.config import PARAM_PLACEMENTS  # noqa: E402  (after the path)
 from omniflatten_jax.config.stages import CHUNKED_STAGES  # noqa: E402
 
-flags.DEFINE_string("config", "embedded", "a named configuration (experiments/configs)")
-flags.DEFINE_string("checkpoint", None, "a checkpoint to decode with (default: random init)")
-flags.DEFINE_enum("stage", "duplex_3", CHUNKED_STAGES, "whose plan (chunk layout, context)")
-flags.DEFINE_integer("chunks", 60, "chunks to decode and time")
-flags.DEFINE_integer("batch", 1, "dialogues decoded together")
-flags.DEFINE_enum("params", "sharded", PARAM_PLACEMENTS, "sharded over the devices, or "
-                  "replicated on each")
-flags.DEFINE_multi_string("set", [], "configuration overrides, e.g. --set=model.dtype=float32")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("config", "embedded", "a named configuration (experiments/configs)")
+    flags.DEFINE_string("checkpoint", None, "a checkpoint to decode with (default: random init)")
+    flags.DEFINE_enum("stage", "duplex_3", CHUNKED_STAGES, "whose plan (chunk layout, context)")
+    flags.DEFINE_integer("chunks", 60, "chunks to decode and time")
+    flags.DEFINE_integer("batch", 1, "dialogues decoded together")
+    flags.DEFINE_enum("params", "sharded", PARAM_PLACEMENTS, "sharded over the devices, or "
+                      "replicated on each")
+    flags.DEFINE_multi_string("set", [], "configuration overrides, e.g. --set=model.dtype=float32")
 
 
 def measure(cfg, stage: str, n_chunks: int, batch: int, checkpoint: str | None,
@@ -42,23 +46,22 @@ def measure(cfg, stage: str, n_chunks: int, batch: int, checkpoint: str | None,
     import jax
     import numpy as np
 
-    from omniflatten_jax import checkpoint as ckpt
-    from omniflatten_jax.inference.duplex import DuplexDecoder, DuplexSettings
+    from omniflatten_jax.inference.duplex import DuplexModel, DuplexSettings, load_duplex
+    from omniflatten_jax.inference.session import DuplexSession
     from omniflatten_jax.model import transformer
     from omniflatten_jax.model.placement import PlacedModel
     from omniflatten_jax.stage_plan import plan_stage
 
     if checkpoint:
-        placed = PlacedModel.restore(checkpoint, cfg.mesh, params, layout=cfg.layout)
-        settings = DuplexSettings.of_checkpoint(ckpt.load_meta(checkpoint), checkpoint)
+        duplex = load_duplex(checkpoint, placement=params, mesh=cfg.mesh, layout=cfg.layout)
     else:
         model = transformer(cfg.model, cfg.layout.vocab_size)
         placed = PlacedModel.create(model, model.init(jax.random.key(0)), cfg.mesh, params)
-        settings = DuplexSettings.of_plan(plan_stage(cfg, stage))
-    model, chunk = placed.model, settings.chunk
-    decoder = DuplexDecoder(placed, cfg.layout, chunk, settings.flatten, batch=batch,
-                            context_chunks=settings.context_chunks, policy=settings.policy)
+        duplex = DuplexModel(placed, cfg.layout, DuplexSettings.of_plan(plan_stage(cfg, stage)))
+    placed, model, chunk = duplex.placed, duplex.placed.model, duplex.chunk
+    decoder = DuplexSession(duplex, batch)
     compile_s = decoder.compile()
+    decoder.start(range(batch))
     rng = np.random.default_rng(0)
     width = chunk.streams[0][1]
     for _ in range(n_chunks):
@@ -80,14 +83,12 @@ def measure(cfg, stage: str, n_chunks: int, batch: int, checkpoint: str | None,
     }
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main() -> None:
     from experiments.configs import get_config
 
     cfg = get_config(FLAGS.config, FLAGS.set)
     if FLAGS.chunks < 1:
-        raise app.UsageError("--chunks must be >= 1")
+        raise ValueError("--chunks must be >= 1")
     r = measure(cfg, FLAGS.stage, FLAGS.chunks, FLAGS.batch, FLAGS.checkpoint, FLAGS.params)
     print(f"{FLAGS.config} ({r['params'] / 1e6:.1f}M params, {r['dtype']}, {r['placement']} "
           f"over {r['devices']} devices) on {r['device']} "
@@ -102,4 +103,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, define_flags)

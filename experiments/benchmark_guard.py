@@ -14,16 +14,21 @@ import statistics
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-flags.DEFINE_string("config", "embedded", "a named configuration (experiments/configs)")
-flags.DEFINE_integer("steps", 20, "timed steps of each, after one compiling step")
+from experiments import cli  # noqa: E402  (after the path: run as a script)
+
 FLAGS = flags.FLAGS
 
 
-def main(argv):
+def define_flags() -> None:
+    flags.DEFINE_string("config", "embedded", "a named configuration (experiments/configs)")
+    flags.DEFINE_integer("steps", 20, "timed steps of each, after one compiling step")
+
+
+def main() -> None:
     import jax
     import numpy as np
 
@@ -72,4 +77,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, define_flags)

@@ -20,26 +20,29 @@ import dataclasses
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-flags.DEFINE_string("config", "embedded", "a named configuration (experiments/configs)")
-flags.DEFINE_string("stage", "alignment", "whose planned batch and row length to time")
-flags.DEFINE_integer("batch", None, "rows per step (default: the stage plan's batch)")
-flags.DEFINE_integer("seq_len", None, "tokens per row, packed into 4 segments (default: the "
-                     "stage plan's row length)")
-flags.DEFINE_integer("steps", 10, "timed steps after the compiling ones")
-flags.DEFINE_integer("warmup", 2, "untimed steps (compilation)")
-flags.DEFINE_list("attention", None, "backends to time (default: xla, plus splash on TPU, "
-                  "pallas_gpu and cudnn on GPU)")
-flags.DEFINE_multi_string("set", [], "configuration overrides, e.g. --set=model.remat=none")
+from experiments import cli  # noqa: E402  (after the path: run as a script)
+
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def define_flags() -> None:
+    flags.DEFINE_string("config", "embedded", "a named configuration (experiments/configs)")
+    flags.DEFINE_string("stage", "alignment", "whose planned batch and row length to time")
+    flags.DEFINE_integer("batch", None, "rows per step (default: the stage plan's batch)")
+    flags.DEFINE_integer("seq_len", None, "tokens per row, packed into 4 segments (default: the "
+                         "stage plan's row length)")
+    flags.DEFINE_integer("steps", 10, "timed steps after the compiling ones")
+    flags.DEFINE_integer("warmup", 2, "untimed steps (compilation)")
+    flags.DEFINE_list("attention", None, "backends to time (default: xla, plus splash on TPU, "
+                      "pallas_gpu and cudnn on GPU)")
+    flags.DEFINE_multi_string("set", [], "configuration overrides, e.g. --set=model.remat=none")
+
+
+def main() -> None:
     import jax
 
     from experiments.configs import get_config
@@ -75,4 +78,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, define_flags)

@@ -39,28 +39,33 @@ import tempfile
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-flags.DEFINE_string("config", None, "a named configuration (default: qwen2_0_5b on an "
-                    "accelerator, embedded on CPU)")
-flags.DEFINE_integer("batch", None, "rows per step (default: 8 on an accelerator, 2 on CPU)")
-flags.DEFINE_integer("seq_len", None, "tokens per row (default: 4096 on an accelerator, 256 "
-                     "on CPU)")
-flags.DEFINE_integer("segments", 4, "packed sequences per row")
-flags.DEFINE_integer("steps", 10, "timed steps per side")
-flags.DEFINE_integer("warmup", 2, "untimed steps per side (compilation)")
-flags.DEFINE_string("torch_attention", "sdpa", "transformers attn_implementation: sdpa, eager, "
-                    "flex_attention, flash_attention_2 (if installed)")
-flags.DEFINE_bool("torch_compile", True, "torch.compile the transformers model")
-flags.DEFINE_string("remat", "none", "our remat policy (theirs checkpoints nothing)")
-flags.DEFINE_multi_string("set", [], "configuration overrides of our side, e.g. "
-                          "--set=model.attention_impl=cudnn")
-flags.DEFINE_enum("side", "both", ["both", "ours", "torch"], "internal: run one side in this "
-                  "process and print its figures as JSON")
-flags.DEFINE_string("weights", None, "internal: the .npz of initial weights the sides share")
+from experiments import cli  # noqa: E402  (after the path: run as a script)
+
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("config", None, "a named configuration (default: qwen2_0_5b on an "
+                        "accelerator, embedded on CPU)")
+    flags.DEFINE_integer("batch", None, "rows per step (default: 8 on an accelerator, 2 on CPU)")
+    flags.DEFINE_integer("seq_len", None, "tokens per row (default: 4096 on an accelerator, 256 "
+                         "on CPU)")
+    flags.DEFINE_integer("segments", 4, "packed sequences per row")
+    flags.DEFINE_integer("steps", 10, "timed steps per side")
+    flags.DEFINE_integer("warmup", 2, "untimed steps per side (compilation)")
+    flags.DEFINE_string("torch_attention", "sdpa", "transformers attn_implementation: sdpa, eager, "
+                        "flex_attention, flash_attention_2 (if installed)")
+    flags.DEFINE_bool("torch_compile", True, "torch.compile the transformers model")
+    flags.DEFINE_string("remat", "none", "our remat policy (theirs checkpoints nothing)")
+    flags.DEFINE_multi_string("set", [], "configuration overrides of our side, e.g. "
+                              "--set=model.attention_impl=cudnn")
+    flags.DEFINE_enum("side", "both", ["both", "ours", "torch"], "internal: run one side in this "
+                      "process and print its figures as JSON")
+    flags.DEFINE_string("weights", None, "internal: the .npz of initial weights the sides share")
 
 
 def run_torch(cfg, tensors: dict, rows, warmup: int, steps: int, attention: str,
@@ -162,9 +167,7 @@ def run_side(side: str, weights: str, resolved: list[str]) -> dict:
     return json.loads(lines[-1])
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main() -> None:
     import jax
 
     from experiments.configs import get_config
@@ -222,4 +225,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, define_flags)

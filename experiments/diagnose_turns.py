@@ -13,14 +13,30 @@ per-silence AUCs, the figures a lever table quotes) into `--out`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 import numpy as np
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from experiments import cli  # noqa: E402  (after the path: run as a script)
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    from omniflatten_jax.config.stages import CHUNKED_STAGES
+
+    flags.DEFINE_string("workdir", "./workdir", "the workdir whose duplex stages to diagnose")
+    flags.DEFINE_string("out", None, "where the pictures and diagnosis.json go", required=True)
+    flags.DEFINE_list("stages", list(CHUNKED_STAGES), "the stages to diagnose")
+    flags.DEFINE_enum("split", "validation", ("validation", "test"), "which held-out split")
+    flags.DEFINE_string("config", "embedded", "a named configuration (experiments/configs)")
+    flags.DEFINE_multi_string("set", [], "configuration overrides")
+
 
 REPLY_WINDOW_S = 0.6  # a reply gap is read at most this long (the simulator replies in 0.1-0.5 s)
 
@@ -159,39 +175,31 @@ def plot(results: list[dict], frame_rate: float, out: str) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> None:
+def main() -> None:
     from data_pipelines.builders.dialogues import data_source
     from data_pipelines.prepare import prepare_dialogues
     from experiments.configs import get_config
     from omniflatten_jax.speech import load_speech_tokenizer
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", default="./workdir")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--stages", default="duplex_4,duplex_3,duplex_2")
-    parser.add_argument("--split", default="validation", choices=("validation", "test"))
-    parser.add_argument("--config", default="embedded")
-    parser.add_argument("--set", action="append", default=[], help="config overrides")
-    args = parser.parse_args(argv)
-    cfg = get_config(args.config, args.set)
-    prepared = prepare_dialogues(cfg, args.workdir)
-    source = data_source(prepared.data_dir, prepared.config_name, args.split, cfg.layout)
+    cfg = get_config(FLAGS.config, FLAGS.set)
+    prepared = prepare_dialogues(cfg, FLAGS.workdir)
+    source = data_source(prepared.data_dir, prepared.config_name, FLAGS.split, cfg.layout)
     records = [source[i] for i in range(len(source))]
     frame_rate = load_speech_tokenizer(prepared.tokenizer_path).frame_rate
-    os.makedirs(args.out, exist_ok=True)
-    results = [diagnose(cfg, stage, args.workdir, records, frame_rate)
-               for stage in args.stages.split(",")]
-    plot(results, frame_rate, args.out)
+    os.makedirs(FLAGS.out, exist_ok=True)
+    results = [diagnose(cfg, stage, FLAGS.workdir, records, frame_rate)
+               for stage in FLAGS.stages]
+    plot(results, frame_rate, FLAGS.out)
     summary = [{k: v for k, v in r.items() if k not in ("model", "data")} for r in results]
-    with open(os.path.join(args.out, "diagnosis.json"), "w") as f:
-        json.dump({"split": args.split, "workdir": args.workdir, "stages": summary}, f,
+    with open(os.path.join(FLAGS.out, "diagnosis.json"), "w") as f:
+        json.dump({"split": FLAGS.split, "workdir": FLAGS.workdir, "stages": summary}, f,
                   indent=1)
     for r in summary:
-        print(f"{r['stage']}: {r['dialogues']} {args.split} dialogues; event AUC (reply gap vs "
+        print(f"{r['stage']}: {r['dialogues']} {FLAGS.split} dialogues; event AUC (reply gap vs "
               f"pause, peak P(speak)) {r['event_auc']}; per-silence AUC {r['onset_auc']}; "
               f"peak P(speak) {r['peak_p_speak']}; reply-gap frames {r['reply_frames']}")
-    print(f"wrote {args.out}/speak_probability.png, onset.png, diagnosis.json")
+    print(f"wrote {FLAGS.out}/speak_probability.png, onset.png, diagnosis.json")
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, define_flags)

@@ -31,6 +31,7 @@ from data_pipelines.prepare import prepare_dialogues
 from data_pipelines.synth.conversation import EVENT_KINDS
 from omniflatten_jax import checkpoint
 from omniflatten_jax.config import ExperimentConfig, to_dict
+from omniflatten_jax.config.stages import HALF_DUPLEX
 from omniflatten_jax.distributed import hosts, paths
 from omniflatten_jax.evaluation.cross_entropy import stream_cross_entropy
 from omniflatten_jax.evaluation.half_duplex import evaluate_replies
@@ -50,7 +51,7 @@ from omniflatten_jax.evaluation.turn_taking import (
     span_events,
     turn_taking_metrics,
 )
-from omniflatten_jax.inference.duplex import DuplexSettings
+from omniflatten_jax.inference.duplex import DuplexModel, DuplexSettings
 from omniflatten_jax.model.placement import PlacedModel
 from omniflatten_jax.speech import load_speech_tokenizer
 from omniflatten_jax.stage_plan import StagePlan, plan_stage
@@ -64,7 +65,7 @@ log = logging.getLogger(__name__)
 ONSET_LADDER = (0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.85, 0.95)
 
 
-class MissingPredecessor(RuntimeError):
+class MissingPredecessor(ValueError):
     """A stage was asked for before the stage it starts from."""
 
 
@@ -134,7 +135,7 @@ def run(cfg: ExperimentConfig, plan: StagePlan, workdir: str,
                   "lineage": list(result.meta.lineage)}
     log.info("%s test cross-entropy (nats/token): overall %.3f  %s", stage, ce["overall"],
              "  ".join(f"{k} {v:.3f}" for k, v in ce["per_stream"].items()))
-    if plan.kind == "half_duplex":
+    if plan.kind == HALF_DUPLEX:
         evaluation["replies"] = replies(cfg, plan, placed, records)
     if plan.kind == "duplex":
         tokenizer = load_speech_tokenizer(prepared.tokenizer_path)
@@ -144,12 +145,12 @@ def run(cfg: ExperimentConfig, plan: StagePlan, workdir: str,
         if hosts.is_primary():
             checkpoint.store_decoding(
                 paths.join(stage_dir, "checkpoints", str(result.step)), chosen["policy"])
-        settings = DuplexSettings.of_plan(plan, chosen["policy"])
+        model = DuplexModel(placed, cfg.layout, DuplexSettings.of_plan(plan, chosen["policy"]),
+                            tokenizer, stage=plan.name)
         evaluation["decoding"] = {**chosen, "policy": to_dict(chosen["policy"])}
-        evaluation |= turn_taking(cfg, plan, settings, placed, records, tokenizer.frame_rate)
+        evaluation |= turn_taking(cfg, plan, model, records)
         if cfg.eval.fdb_samples_per_task:
-            evaluation |= full_duplex_bench(cfg, plan, settings, placed, records, tokenizer,
-                                            stage_dir)
+            evaluation |= full_duplex_bench(cfg, plan, model, records, stage_dir)
     if hosts.is_primary():
         eval_path.write_text(json.dumps(evaluation, indent=2))
     return evaluation
@@ -191,8 +192,9 @@ def choose_policy(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedModel, r
     points = []
     for memory in cfg.eval.policy_memories or (cfg.decoding.onset_memory,):
         base = dataclasses.replace(cfg.decoding, onset_memory=memory)
-        points += onset_grid(cfg, DuplexSettings.of_plan(plan, base), placed, clips,
-                             tokenizer.frame_rate)
+        model = DuplexModel(placed, cfg.layout, DuplexSettings.of_plan(plan, base), tokenizer,
+                            stage=plan.name)
+        points += onset_grid(cfg, model, clips, tokenizer.frame_rate)
     best = choose(points)
     policy = dataclasses.replace(cfg.decoding, onset_threshold=points[best]["onset_threshold"],
                                  onset_memory=points[best]["onset_memory"])
@@ -218,22 +220,21 @@ def choose_policy(cfg: ExperimentConfig, plan: StagePlan, placed: PlacedModel, r
             "points": points, "data": data}
 
 
-def onset_grid(cfg: ExperimentConfig, settings: DuplexSettings, placed: PlacedModel, clips,
-               frame_rate: float) -> list[dict]:
-    """The sweep over `eval.policy_onsets` under ``settings.policy``; where the best point lies
+def onset_grid(cfg: ExperimentConfig, model: DuplexModel, clips, frame_rate: float
+               ) -> list[dict]:
+    """The sweep over `eval.policy_onsets` under the model's policy; where the best point lies
     at an end of that grid, the grid grows along `ONSET_LADDER` until a new end does no
     better."""
-    onsets = sorted(cfg.eval.policy_onsets or (settings.policy.onset_threshold,))
-    points = sweep(placed, cfg.layout, settings, clips, onsets, frame_rate,
-                   batch_size=cfg.eval.batch_size)
+    onsets = sorted(cfg.eval.policy_onsets or (model.settings.policy.onset_threshold,))
+    points = sweep(model, clips, onsets, frame_rate, batch_size=cfg.eval.batch_size)
     best = choose(points)
     while len(onsets) > 1 and best in (0, len(points) - 1):
         beyond = [t for t in ONSET_LADDER if (t < onsets[0] if best == 0 else t > onsets[-1])]
         if not beyond:
             break
         onset = max(beyond) if best == 0 else min(beyond)
-        points = sorted(points + sweep(placed, cfg.layout, settings, clips, [onset],
-                                       frame_rate, batch_size=cfg.eval.batch_size),
+        points = sorted(points + sweep(model, clips, [onset], frame_rate,
+                                       batch_size=cfg.eval.batch_size),
                         key=lambda p: p["onset_threshold"])
         before, best = best + (onset < onsets[0]), choose(points)  # the old best, and the new
         onsets = sorted(onsets + [onset])
@@ -242,14 +243,14 @@ def onset_grid(cfg: ExperimentConfig, settings: DuplexSettings, placed: PlacedMo
     return points
 
 
-def turn_taking(cfg: ExperimentConfig, plan: StagePlan, settings: DuplexSettings,
-                placed: PlacedModel, records, frame_rate: float) -> dict:
+def turn_taking(cfg: ExperimentConfig, plan: StagePlan, model: DuplexModel, records) -> dict:
     """Every test dialogue decoded live; the metrics of the model and of the data itself."""
     start = time.perf_counter()
+    frame_rate = model.speech.frame_rate
     cases = [(np.asarray(r["user_speech"]), record_events(r)) for r in records]
     grace = cfg.dialogue.simulation.backchannel_margin_s  # what the data was simulated with
-    result = evaluate_turn_taking(placed, cfg.layout, settings, cases, frame_rate=frame_rate,
-                                  backchannel_grace_s=grace, batch_size=cfg.eval.batch_size)
+    result = evaluate_turn_taking(model, cases, frame_rate=frame_rate, backchannel_grace_s=grace,
+                                  batch_size=cfg.eval.batch_size)
     data = turn_taking_metrics([(r["assistant_speech"], found) for r, (_, found)
                                 in zip(records, cases)],
                                cfg.layout.special("<silent_speech>"), frame_rate,
@@ -260,8 +261,8 @@ def turn_taking(cfg: ExperimentConfig, plan: StagePlan, settings: DuplexSettings
     return {"turn_taking": result, "turn_taking_data": data}
 
 
-def full_duplex_bench(cfg: ExperimentConfig, plan: StagePlan, settings: DuplexSettings,
-                      placed: PlacedModel, records, tokenizer, stage_dir: str) -> dict:
+def full_duplex_bench(cfg: ExperimentConfig, plan: StagePlan, model: DuplexModel, records,
+                      stage_dir: str) -> dict:
     """Held-out dialogues as FDB v1 samples, streamed through the model as the duplex command
     streams a recording and scored by the FDB harness (`evaluation.fdb`). Every host decodes
     (the model may be sharded over them) into a folder of its own; process 0 keeps the
@@ -274,6 +275,7 @@ def full_duplex_bench(cfg: ExperimentConfig, plan: StagePlan, settings: DuplexSe
     from omniflatten_jax.evaluation.fdb_score import format_table as fdb_table
 
     start = time.perf_counter()
+    tokenizer = model.speech
     with tempfile.TemporaryDirectory() as root:
         counts = write_samples([r for r in records if np.asarray(r["user_audio"]).size], root,
                                tokenizer.sample_rate, tokenizer.frame_rate,
@@ -281,9 +283,8 @@ def full_duplex_bench(cfg: ExperimentConfig, plan: StagePlan, settings: DuplexSe
                                resynthesis=(tokenizer, cfg.layout))
         if not any(counts.values()):
             return {}
-        model = streamer(placed, cfg.layout, settings, tokenizer, plan.name)
         for task_dir in task_dirs(root):
-            stream_samples(model, task_dir)
+            stream_samples(streamer(model), task_dir)
         result = score_root(root)
         target = paths.join(stage_dir, "fdb")
         if hosts.is_primary():

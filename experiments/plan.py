@@ -38,11 +38,12 @@ import re
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from experiments import cli  # noqa: E402  (after the path: run as a script)
 from experiments.tpu_topology import (  # noqa: E402
     LIBTPU_DIR,
     Topology,
@@ -363,22 +364,16 @@ def define_flags() -> None:
     flags.DEFINE_bool("one", False, "internal: compile once in this process, print JSON lines")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        topology = parse_topology(FLAGS.topology, FLAGS.slices)
-        if FLAGS.one:
-            compile_one(FLAGS.config, topology, FLAGS.stage, FLAGS.per_chip_batch,
-                        FLAGS.seq_len, FLAGS.set, emit=lambda s: print(s, flush=True))
-            return
-        result = plan(FLAGS.config, topology, FLAGS.stage, FLAGS.per_chip_batch, FLAGS.seq_len,
-                      FLAGS.set, FLAGS.max_batch, FLAGS.max_compiles)
-    except ValueError as e:  # a topology, config, stage or batch that does not work out
-        raise app.UsageError(str(e)) from None
+def main() -> None:
+    topology = parse_topology(FLAGS.topology, FLAGS.slices)
+    if FLAGS.one:
+        compile_one(FLAGS.config, topology, FLAGS.stage, FLAGS.per_chip_batch, FLAGS.seq_len,
+                    FLAGS.set, emit=lambda s: print(s, flush=True))
+        return
+    result = plan(FLAGS.config, topology, FLAGS.stage, FLAGS.per_chip_batch, FLAGS.seq_len,
+                  FLAGS.set, FLAGS.max_batch, FLAGS.max_compiles)
     print(json.dumps(result, indent=1) if FLAGS.json else report(result))
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

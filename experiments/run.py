@@ -13,67 +13,48 @@ import os
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments import cli  # noqa: E402
-from omniflatten_jax import stage_plan  # noqa: E402  (after the path: run as a script)
+from experiments import cli  # noqa: E402  (after the path: run as a script)
+from omniflatten_jax import stage_plan  # noqa: E402
 
-STAGES = stage_plan.STAGES + ("all", "smoke")
-
-flags.DEFINE_enum("stage", "alignment", STAGES, "what to run")
-flags.DEFINE_integer("steps", None, "training steps (overrides the configuration)")
-flags.DEFINE_string("init_from", None, "a checkpoint to start from (e.g. from export.from_hf); "
-                    "a dialogue stage defaults to the previous stage's final checkpoint")
-cli.define_flags()
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_enum("stage", "alignment", stage_plan.STAGES + ("all", "smoke"), "what to run")
+    flags.DEFINE_integer("steps", None, "training steps (overrides the configuration)")
+    flags.DEFINE_string("init_from", None, "a checkpoint to start from (e.g. from "
+                        "experiments/from_hf.py); a dialogue stage defaults to the previous "
+                        "stage's final checkpoint")
+    cli.define_experiment_flags()
 
 
 def build_config():
     overrides = []
     if FLAGS.steps is not None:
         if FLAGS.stage == "all":
-            raise app.UsageError("--steps is per stage; with --stage=all use "
-                                 "--set=train.steps=N --set=dialogue_train.steps=M")
+            raise ValueError("--steps is per stage; with --stage=all use "
+                             "--set=train.steps=N --set=dialogue_train.steps=M")
         overrides.append(f"{stage_plan.train_section(FLAGS.stage)}.steps={FLAGS.steps}")
     return cli.build_config(overrides)
 
 
-def expected_errors() -> tuple[type[BaseException], ...]:
-    """Errors whose message names the input and the fix: reported in one line."""
-    from data_pipelines.corpus import BadInputError, InputFileError
-    from omniflatten_jax.checkpoint import CheckpointMismatchError, CorruptCheckpointError
-    from omniflatten_jax.checkpoint.checkpointer import CheckpointSaveError
-    from omniflatten_jax.config import ConfigError
-    from omniflatten_jax.config.token_layout import LayoutMismatchError
-    from omniflatten_jax.distributed.hosts import HostMismatchError
-    from omniflatten_jax.distributed.locks import WorkdirLockedError
-    from omniflatten_jax.evaluation.operating_curve import MuteModelError
-    from omniflatten_jax.finite import NonFiniteError
-
-    return (CheckpointMismatchError, CorruptCheckpointError, NonFiniteError, HostMismatchError,
-            LayoutMismatchError, WorkdirLockedError, CheckpointSaveError, BadInputError,
-            InputFileError, FileNotFoundError, PermissionError, ConfigError, MuteModelError,
-            StageFailed)
-
-
-class StageFailed(RuntimeError):
+class StageFailed(ValueError):
     """An expected error of one stage, its message prefixed with the stage's name."""
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main() -> None:
     cli.start()
     start = time.perf_counter()
-    with cli.errors_in_one_line(expected_errors()):
-        if FLAGS.stage == "smoke":
-            from experiments import smoke
+    if FLAGS.stage == "smoke":
+        from experiments import smoke
 
-            smoke.run(FLAGS.workdir, FLAGS.steps or 60)
-        else:
-            run_stages(build_config())
+        smoke.run(FLAGS.workdir, FLAGS.steps or 60)
+    else:
+        run_stages(build_config())
     logging.getLogger(__name__).info("done in %.0f s", time.perf_counter() - start)
 
 
@@ -89,14 +70,10 @@ def check_init_from(cfg, path: str) -> None:
 
 def run_stages(cfg) -> None:
     from experiments import alignment_stage, dialogue_stage
-    from omniflatten_jax.command_errors import one_line
     from omniflatten_jax.distributed import locks, paths
     from omniflatten_jax.training.preemption import EXIT_CODE, Preempted
-    try:
-        plans = (stage_plan.plan_curriculum(cfg) if FLAGS.stage == "all"
-                 else (stage_plan.plan_stage(cfg, FLAGS.stage),))
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
+    plans = (stage_plan.plan_curriculum(cfg) if FLAGS.stage == "all"
+             else (stage_plan.plan_stage(cfg, FLAGS.stage),))
     log = logging.getLogger(__name__)
     for plan in plans:
         start = time.perf_counter()
@@ -108,10 +85,10 @@ def run_stages(cfg) -> None:
                 if init_from:  # said before preparing data, not after
                     check_init_from(cfg, init_from)
                 runner.run(cfg, plan, FLAGS.workdir, init_from)
-        except dialogue_stage.MissingPredecessor as e:
-            raise app.UsageError(str(e)) from None
-        except expected_errors() as e:
-            message = one_line(e)
+        except dialogue_stage.MissingPredecessor:
+            raise  # says which stage to run first: no stage prefix
+        except cli.EXPECTED as e:
+            message = cli.one_line(e)
             raise StageFailed(message if message.startswith(f"{plan.name}:")
                               else f"{plan.name}: {message}") from e
         except Preempted as e:
@@ -121,4 +98,4 @@ def run_stages(cfg) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, define_flags, traceback_folder=cli.workdir_logs)

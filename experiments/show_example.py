@@ -8,11 +8,26 @@ numbers, `.` is <silent_speech>, `_` is <silent_text>, and text tokens print as 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
+from absl import flags
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from experiments import cli  # noqa: E402  (after the path: run as a script)
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    from omniflatten_jax.config.stages import CHUNKED_STAGES
+
+    flags.DEFINE_enum("stage", "duplex_3", CHUNKED_STAGES, "the duplex stage whose layout")
+    flags.DEFINE_string("workdir", "./workdir", "the workdir whose dialogue data to read")
+    flags.DEFINE_string("config", "embedded", "a named configuration (experiments/configs)")
+    flags.DEFINE_integer("index", 0, "which test dialogue")
+    flags.DEFINE_multi_string("set", [], "configuration overrides")
 
 
 def describe(tokens, layout, tok) -> str:
@@ -32,20 +47,12 @@ def describe(tokens, layout, tok) -> str:
     return " ".join(out)
 
 
-def main(argv=None):
+def main() -> None:
     from experiments.configs import get_config
-    from omniflatten_jax.config.stages import CHUNKED_STAGES
     from omniflatten_jax.stage_plan import plan_stage
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stage", default="duplex_3", choices=CHUNKED_STAGES)
-    parser.add_argument("--workdir", default="./workdir")
-    parser.add_argument("--config", default="embedded")
-    parser.add_argument("--index", type=int, default=0, help="which test dialogue")
-    parser.add_argument("--set", action="append", default=[], help="config overrides")
-    args = parser.parse_args(argv)
-    cfg = get_config(args.config, args.set)
-    plan = plan_stage(cfg, args.stage)
+    cfg = get_config(FLAGS.config, FLAGS.set)
+    plan = plan_stage(cfg, FLAGS.stage)
 
     from data_pipelines.builders.dialogues import data_source
     from data_pipelines.dialogue_examples import duplex_windows
@@ -53,15 +60,15 @@ def main(argv=None):
     from omniflatten_jax.speech import load_speech_tokenizer
     from omniflatten_jax.tokens.text_tokenizers import text_tokenizer
 
-    prepared = prepare_dialogues(cfg, args.workdir)
-    record = data_source(prepared.data_dir, prepared.config_name, "test", cfg.layout)[args.index]
+    prepared = prepare_dialogues(cfg, FLAGS.workdir)
+    record = data_source(prepared.data_dir, prepared.config_name, "test", cfg.layout)[FLAGS.index]
     layout, tok = cfg.layout, text_tokenizer(cfg.layout)
     chunk = plan.chunk
     frame_rate = load_speech_tokenizer(prepared.tokenizer_path).frame_rate
     # The whole dialogue as one window (training cuts it into plan.context_chunks windows).
     flat = duplex_windows(record, layout, plan, per_window=10**9)[0]
     streams = chunk.unflatten(flat.tokens)
-    print(f"{record['id'].decode()} ({args.stage}; turn changes: "
+    print(f"{record['id'].decode()} ({FLAGS.stage}; turn changes: "
           f"{record['boundaries'].decode()}); one row per chunk of {plan.flatten.speech_chunk} "
           f"speech frames ({1000 * plan.flatten.speech_chunk / frame_rate:.0f} ms); training "
           f"windows of {plan.context_chunks} chunks")
@@ -73,4 +80,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, define_flags)

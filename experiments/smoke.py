@@ -122,6 +122,6 @@ def run(workdir: str, steps: int) -> dict[str, float]:
         shutil.rmtree(os.path.join(ckpt_dir, str(steps)))  # a smoke run retrains; replace it
     step_dir = checkpoint.save_params(ckpt_dir, steps, params, meta)
     print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f}; checkpoint {step_dir}\n"
-          f"export it: python -m omniflatten_jax.export.to_hf --checkpoint {ckpt_dir} "
+          f"export it: python experiments/to_hf.py --checkpoint {ckpt_dir} "
           f"--out {os.path.join(os.path.abspath(workdir), 'smoke', 'hf')}")
     return {"first_loss": losses[0], "last_loss": losses[-1], "cache_diff": cache_diff}

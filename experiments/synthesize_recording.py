@@ -1,7 +1,7 @@
 """A user recording to try the duplex command on, spoken by eSpeak NG.
 
     python experiments/synthesize_recording.py --out=user.ogg
-    python -m omniflatten_jax.inference.duplex --checkpoint=workdir/duplex_3/checkpoints \\
+    python experiments/duplex.py --checkpoint=workdir/duplex_3/checkpoints \\
         --input=user.ogg --out_dir=out/
 
 Each sentence is followed by a pause (the assistant's chance to answer); the file is written
@@ -15,24 +15,27 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-flags.DEFINE_string("out", "user.ogg", "the file to write")
-flags.DEFINE_list("sentences", ["hello there", "what is your favourite book",
-                                "tell me a joke about computers please"], "what the user says")
-flags.DEFINE_string("voice", "en+m7", "an eSpeak NG voice")
-flags.DEFINE_integer("rate", 160, "words per minute")
-flags.DEFINE_list("pauses", ["3.0"], "seconds of silence after each sentence (one value: "
-                  "the same after every sentence)")
-flags.DEFINE_integer("sample_rate", 48_000, "of the written file")
+from experiments import cli  # noqa: E402  (after the path: run as a script)
+
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def define_flags() -> None:
+    flags.DEFINE_string("out", "user.ogg", "the file to write")
+    flags.DEFINE_list("sentences", ["hello there", "what is your favourite book",
+                                    "tell me a joke about computers please"], "what the user says")
+    flags.DEFINE_string("voice", "en+m7", "an eSpeak NG voice")
+    flags.DEFINE_integer("rate", 160, "words per minute")
+    flags.DEFINE_list("pauses", ["3.0"], "seconds of silence after each sentence (one value: "
+                      "the same after every sentence)")
+    flags.DEFINE_integer("sample_rate", 48_000, "of the written file")
+
+
+def main() -> None:
     import numpy as np
     import soundfile
 
@@ -43,7 +46,7 @@ def main(argv):
     if len(pauses) == 1:
         pauses *= len(FLAGS.sentences)
     if len(pauses) != len(FLAGS.sentences):
-        raise app.UsageError(f"{len(FLAGS.sentences)} sentences but {len(pauses)} pauses")
+        raise ValueError(f"{len(FLAGS.sentences)} sentences but {len(pauses)} pauses")
     synth, rate = Synthesizer(), FLAGS.sample_rate
     parts = [np.zeros(rate // 2, np.float32)]
     for sentence, pause in zip(FLAGS.sentences, pauses):
@@ -57,4 +60,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, define_flags)

@@ -1,6 +1,9 @@
 """Small configurations shared by the data and training tests."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 from omniflatten_jax.config import (
     DataConfig,
@@ -28,3 +31,14 @@ def small_config(source: str, **train) -> ExperimentConfig:
         optimizer=OptimizerConfig(peak_lr=3e-3, warmup_steps=2),
         mesh=MeshConfig(),  # all devices on the fsdp axis
         eval=EvalConfig(max_examples=4, tts_max_examples=2, batch_size=4))
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_command(name: str, *args, timeout: float = 600) -> subprocess.CompletedProcess:
+    """A command of the commands room run as a user runs it: ``python experiments/NAME.py``
+    from the repository root."""
+    return subprocess.run([sys.executable, os.path.join("experiments", f"{name}.py"),
+                           *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=timeout)

@@ -23,8 +23,9 @@ def evaluate(placement: str) -> dict:
     from omniflatten_jax.config import FlattenConfig
     from omniflatten_jax.config.token_layout import TokenLayout
     from omniflatten_jax.evaluation.cross_entropy import stream_cross_entropy
-    from omniflatten_jax.inference.duplex import DuplexSettings, decode_dialogues
+    from omniflatten_jax.inference.duplex import DuplexModel, DuplexSettings
     from omniflatten_jax.inference.generate import greedy_generate
+    from omniflatten_jax.inference.session import decode_dialogues
     from omniflatten_jax.model import transformer
     from omniflatten_jax.model.placement import PlacedModel
     from omniflatten_jax.tokens.chunk_layout import chunk_layout
@@ -46,7 +47,7 @@ def evaluate(placement: str) -> dict:
     ce = stream_cross_entropy(placed, examples, 32, layout.special("<pad>"), batch_size=4)
     flatten = FlattenConfig(speech_chunk=4, text_chunk=2)
     settings = DuplexSettings(chunk_layout("duplex_3", flatten), flatten, context_chunks=3)
-    streams = decode_dialogues(placed, layout, settings, speech, batch_size=4)
+    streams = decode_dialogues(DuplexModel(placed, layout, settings), speech, batch_size=4)
     return {"devices": jax.device_count(), "processes": jax.process_count(),
             "fdb_sample": stream_a_sample(placed, layout, settings),
             "embed_devices": len(placed.params["embed"].sharding.device_set),
@@ -66,6 +67,7 @@ def stream_a_sample(placed, layout, settings) -> dict:
 
     from omniflatten_jax.config import MelConfig
     from omniflatten_jax.evaluation.fdb import streamer
+    from omniflatten_jax.inference.duplex import DuplexModel
     from omniflatten_jax.speech.kmeans import KMeansMelTokenizer
 
     rate = 16_000
@@ -77,7 +79,7 @@ def stream_a_sample(placed, layout, settings) -> dict:
         folder = pathlib.Path(folder)
         soundfile.write(folder / "input.wav", wave, rate)
         (folder / "out").mkdir()
-        streamer(placed, layout, settings, tokenizer, "duplex_3")(
+        streamer(DuplexModel(placed, layout, settings, tokenizer, stage="duplex_3"))(
             str(folder / "input.wav"), str(folder / "out"))
         output, _ = soundfile.read(folder / "out" / "output.wav")
         return {"output_wav": hashlib.sha256((folder / "out" / "output.wav").read_bytes())

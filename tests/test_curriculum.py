@@ -16,7 +16,7 @@ from omniflatten_jax.stage_plan import plan_stage
 from omniflatten_jax.tokens.chunk_layout import chunk_layout
 from omniflatten_jax.training.runner import train_stage
 from tests.conftest import SENTENCES
-from tests.helpers import small_config
+from tests.helpers import run_command, small_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("alignment", "half_duplex", "duplex_4", "duplex_3", "duplex_2")
@@ -123,16 +123,11 @@ def test_all_stages_hand_over_and_resume(spoken_corpus, dialogue_file, tmp_path,
 
     utt = Synthesizer().speak("hello there how are you", Voice("en+m3"))
     save_audio(copy.parent / "user.wav", utt.audio, utt.sample_rate)
-    duplex = subprocess.run(
-        [sys.executable, "-m", "omniflatten_jax.inference.duplex", "--checkpoint", str(copy),
-         "--input", str(copy.parent / "user.wav"), "--out_dir", str(copy.parent / "out")],
-        capture_output=True, text=True, cwd=ROOT, timeout=600)
+    duplex = run_command("duplex", "--checkpoint", copy, "--input", copy.parent / "user.wav",
+                         "--out_dir", copy.parent / "out")
     assert duplex.returncode == 0, duplex.stderr[-4000:]
     assert (copy.parent / "out" / "output.wav").is_file()
-    export = subprocess.run(
-        [sys.executable, "-m", "omniflatten_jax.export.to_hf", "--checkpoint", str(copy),
-         "--out", str(copy.parent / "hf")], capture_output=True, text=True, cwd=ROOT,
-        timeout=600)
+    export = run_command("to_hf", "--checkpoint", copy, "--out", copy.parent / "hf")
     assert export.returncode == 0, export.stderr[-4000:]
     hf = copy.parent / "hf"
     assert (hf / "speech_tokenizer.npz").read_bytes() == tokenizer

@@ -4,8 +4,6 @@ decode with; flags change single fields of it; the operating curve scores FDB's 
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,14 +12,14 @@ import soundfile
 from omniflatten_jax import checkpoint
 from omniflatten_jax.config import ConfigError, DecodingPolicy, to_dict
 from omniflatten_jax.evaluation import operating_curve as oc
+from tests.helpers import run_command
 from tests.test_duplex_cli import ROOT, stage_dir  # noqa: F401  (the module's fixture)
 
 MUTE = DecodingPolicy(onset_threshold=1.0)  # P(speak) never reaches 1: never starts
 
 
-def run_module(module, *args):
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=600)
+def run_module(name, *args):
+    return run_command(name, *args)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +50,7 @@ def recording(tmp_path_factory):
 def test_the_duplex_command_decodes_with_the_stored_policy(mute_checkpoint, recording,
                                                           tmp_path):
     out = tmp_path / "stored"
-    result = run_module("omniflatten_jax.inference.duplex", "--checkpoint",
+    result = run_module("duplex", "--checkpoint",
                         str(mute_checkpoint), "--input", str(recording), "--out_dir", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "events.json").read_text())
@@ -61,7 +59,7 @@ def test_the_duplex_command_decodes_with_the_stored_policy(mute_checkpoint, reco
     assert not np.any(soundfile.read(out / "output.wav")[0])
     # A flag changes one field of it, and the same weights speak.
     out = tmp_path / "flag"
-    result = run_module("omniflatten_jax.inference.duplex", "--checkpoint",
+    result = run_module("duplex", "--checkpoint",
                         str(mute_checkpoint), "--input", str(recording), "--out_dir", str(out),
                         "--decoding", "onset_threshold=0.5", "--temperature", "0.7")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -70,7 +68,7 @@ def test_the_duplex_command_decodes_with_the_stored_policy(mute_checkpoint, reco
         onset_threshold=0.5, text_temperature=0.7, speech_temperature=0.7))
     assert report["events"][0]["event"] == "took_turn"
     assert np.any(soundfile.read(out / "output.wav")[0])
-    bad = run_module("omniflatten_jax.inference.duplex", "--checkpoint", str(mute_checkpoint),
+    bad = run_module("duplex", "--checkpoint", str(mute_checkpoint),
                      "--input", str(recording), "--out_dir", str(tmp_path / "bad"),
                      "--decoding", "onset_threshold=2")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
@@ -84,7 +82,7 @@ def test_the_fdb_harness_decodes_with_the_stored_policy(mute_checkpoint, recordi
     shutil.copy(recording, sample / "input.wav")
     (sample / "pause.json").write_text(json.dumps([{"text": "[PAUSE]",
                                                     "timestamp": [0.5, 1.0]}]))
-    result = run_module("omniflatten_jax.evaluation.fdb", "--checkpoint", str(mute_checkpoint),
+    result = run_module("fdb", "--checkpoint", str(mute_checkpoint),
                         "--root", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     source = json.loads((sample / "output_source.json").read_text())
@@ -92,7 +90,7 @@ def test_the_fdb_harness_decodes_with_the_stored_policy(mute_checkpoint, recordi
     assert not np.any(soundfile.read(sample / "output.wav")[0])
     assert "onset 1, stop 0.5" in result.stderr  # the log says how it decoded
     # Another policy is another model's output: streamed again, not kept.
-    again = run_module("omniflatten_jax.evaluation.fdb", "--checkpoint", str(mute_checkpoint),
+    again = run_module("fdb", "--checkpoint", str(mute_checkpoint),
                        "--root", str(tmp_path), "--decoding", "onset_threshold=0.5")
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((sample / "output_source.json").read_text())["decoding"][

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -16,7 +14,7 @@ from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.model import transformer
 from omniflatten_jax.speech.audio import resample
 from omniflatten_jax.speech.kmeans import KMeansMelTokenizer
-from tests.helpers import SMALL_MODEL
+from tests.helpers import SMALL_MODEL, run_command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYOUT = TokenLayout("bytes", 256, 32)
@@ -51,8 +49,7 @@ def stage_dir(tmp_path_factory):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "omniflatten_jax.inference.duplex", *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    return run_command("duplex", *args)
 
 
 def test_a_recording_streams_through_the_model(stage_dir, tmp_path):
@@ -116,12 +113,9 @@ def test_a_checkpoint_from_before_stage_descriptions_says_how_to_upgrade(stage_d
     result = run_cli("--checkpoint", str(old), "--input", str(tmp_path / "user.wav"),
                      "--out_dir", str(tmp_path / "out"))
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "python -m omniflatten_jax.checkpoint.format_upgrade" in result.stderr
-    upgrade = subprocess.run(
-        [sys.executable, "-m", "omniflatten_jax.checkpoint.format_upgrade", "--checkpoint",
-         str(old), "--out", str(tmp_path / "new"), "--settings",
-         str(stage_dir / "old" / "inference.json")],
-        capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert "python experiments/upgrade_checkpoint.py" in result.stderr
+    upgrade = run_command("upgrade_checkpoint", "--checkpoint", old, "--out", tmp_path / "new",
+                          "--settings", stage_dir / "old" / "inference.json")
     assert upgrade.returncode == 0, upgrade.stderr[-3000:]
     meta = checkpoint.load_meta(tmp_path / "new")
     assert (meta.stage, meta.flatten, meta.context_chunks) == ("duplex_3", FLATTEN, 4)

@@ -11,8 +11,9 @@ import pytest
 from omniflatten_jax.config import DecodingPolicy, FlattenConfig
 from omniflatten_jax.config.stages import CHUNKED_STAGES
 from omniflatten_jax.config.token_layout import TokenLayout
-from omniflatten_jax.inference.duplex import DuplexDecoder, legal_ids
+from omniflatten_jax.inference.duplex import DuplexModel, DuplexSettings, legal_ids
 from omniflatten_jax.inference.policy import SILENCE
+from omniflatten_jax.inference.session import DuplexSession
 from omniflatten_jax.model import transformer
 from omniflatten_jax.model.placement import PlacedModel
 from omniflatten_jax.tokens.chunk_layout import chunk_layout
@@ -36,6 +37,13 @@ def placed(placement="sharded"):
     """The parameters placed once, over all 8 fake devices (FSDP, or replicated)."""
     model, params = model_and_params()
     return PlacedModel.create(model, params, placement=placement)
+
+
+def session(chunk, batch, context_chunks, keep_chunks=None, policy=DecodingPolicy(),
+            placement="sharded"):
+    model = DuplexModel(placed(placement), LAYOUT,
+                        DuplexSettings(chunk, CFG, context_chunks, policy))
+    return DuplexSession(model, batch, keep_chunks=keep_chunks)
 
 
 def user_channel(batch, n_chunks, seed=0):
@@ -90,7 +98,7 @@ def test_cached_decoding_equals_recomputing(stage):
     model, params = model_and_params()
     chunk = chunk_layout(stage, CFG)
     user = user_channel(2, 3)
-    decoder = DuplexDecoder(placed(), LAYOUT, chunk, CFG, batch=2, context_chunks=3)
+    decoder = session(chunk, 2, 3)
     np.testing.assert_array_equal(decoder.run(user), recompute_greedy(model, params, chunk, user))
 
 
@@ -108,8 +116,7 @@ def test_speak_decisions_equal_the_reference(policy):
     model, params = model_and_params()
     chunk = chunk_layout("duplex_2", CFG)
     user = user_channel(3, 6, seed=7)
-    decoder = DuplexDecoder(placed(), LAYOUT, chunk, CFG, batch=3, context_chunks=3,
-                            keep_chunks=1, policy=policy)
+    decoder = session(chunk, 3, 3, keep_chunks=1, policy=policy)
     got = decoder.run(user)
     np.testing.assert_array_equal(got, recompute_greedy(model, params, chunk, user, 3, 1,
                                                         policy))
@@ -125,8 +132,7 @@ def test_sampled_tokens_are_legal_at_every_position(stage):
     chunk = chunk_layout(stage, CFG)
     n_chunks = 4
     user = user_channel(3, n_chunks, seed=1)
-    decoder = DuplexDecoder(placed(), LAYOUT, chunk, CFG, batch=3, context_chunks=n_chunks,
-                            policy=SAMPLED)
+    decoder = session(chunk, 3, n_chunks, policy=SAMPLED)
     flat = decoder.run(user)
     streams = chunk.stream_ids(n_chunks)
     np.testing.assert_array_equal(flat[:, streams == Stream.USER_SPEECH], user)
@@ -134,10 +140,9 @@ def test_sampled_tokens_are_legal_at_every_position(stage):
         legal = legal_ids(LAYOUT, stream, CFG)
         assert legal[flat[:, streams == stream]].all(), stream
     # Sampling really samples (and is seeded): another seed gives other tokens.
-    again = DuplexDecoder(placed(), LAYOUT, chunk, CFG, batch=3, context_chunks=n_chunks,
-                          policy=SAMPLED).run(user)
-    other = DuplexDecoder(placed(), LAYOUT, chunk, CFG, batch=3, context_chunks=n_chunks,
-                          policy=dataclasses.replace(SAMPLED, seed=4)).run(user)
+    again = session(chunk, 3, n_chunks, policy=SAMPLED).run(user)
+    other = session(chunk, 3, n_chunks,
+                    policy=dataclasses.replace(SAMPLED, seed=4)).run(user)
     np.testing.assert_array_equal(again, flat)
     assert not np.array_equal(other, flat)
 
@@ -147,8 +152,7 @@ def test_sliding_context_equals_recomputing_over_the_window(keep):
     model, params = model_and_params()
     chunk = chunk_layout("duplex_3", CFG)
     user = user_channel(2, 7, seed=2)
-    decoder = DuplexDecoder(placed(), LAYOUT, chunk, CFG, batch=2, context_chunks=3,
-                            keep_chunks=keep)
+    decoder = session(chunk, 2, 3, keep_chunks=keep)
     got = decoder.run(user)
     assert decoder.slides == {0: 2, 1: 2, 2: 4}[keep]  # at chunks 3,6 | 3,5 | 3,4,5,6
     np.testing.assert_array_equal(got, recompute_greedy(model, params, chunk, user, 3, keep))
@@ -156,8 +160,7 @@ def test_sliding_context_equals_recomputing_over_the_window(keep):
 
 def test_decoder_refuses_a_partial_chunk():
     model, params = model_and_params()
-    decoder = DuplexDecoder(placed(), LAYOUT, chunk_layout("duplex_2", CFG), CFG,
-                            batch=1, context_chunks=2)
+    decoder = session(chunk_layout("duplex_2", CFG), 1, 2)
     with pytest.raises(ValueError, match="not whole chunks"):
         decoder.run(user_channel(1, 2)[:, :-1])
 
@@ -173,7 +176,7 @@ def test_chunk_loop_makes_no_implicit_transfer(placement):
     assert embed.sharding.is_fully_replicated == (placement == "replicated")
     chunk = chunk_layout("duplex_3", CFG)
     user = user_channel(2, 7, seed=5)
-    decoder = DuplexDecoder(p, LAYOUT, chunk, CFG, batch=2, context_chunks=3, keep_chunks=1)
+    decoder = session(chunk, 2, 3, keep_chunks=1, placement=placement)
     decoder.compile()
     with jax.transfer_guard("disallow"):
         with pytest.raises(Exception, match="[Dd]isallowed"):  # the guard is live here
@@ -181,3 +184,39 @@ def test_chunk_loop_makes_no_implicit_transfer(placement):
         got = decoder.run(user)
     assert decoder.slides == 2
     np.testing.assert_array_equal(got, recompute_greedy(model, params, chunk, user, 3, 1))
+
+
+def test_rows_are_conversations_that_start_and_end_on_their_own():
+    """Row 0 holds one conversation for 7 chunks (sliding twice); row 1 holds another for 2
+    chunks, sits one out, then starts a third that slides at its own time. Each equals the
+    reference decoding of that conversation alone, and a row's sampled draws depend on its
+    own seed only."""
+    model, params = model_and_params()
+    chunk = chunk_layout("duplex_3", CFG)
+    a, b, c = (user_channel(1, 7, seed=s) for s in (11, 12, 13))
+    width = CFG.speech_chunk
+    decoder = session(chunk, 2, 3, keep_chunks=1)
+    decoder.start([0, 1])
+    got = {0: [], 1: [], 2: []}
+    for i in range(7):
+        if i == 2:
+            decoder.end(1)
+        if i == 3:
+            decoder.start(1)
+        conversation = 2 if i >= 3 else 1
+        user = np.concatenate([a[:, i * width:(i + 1) * width],
+                               (c if conversation == 2 else b)[:, (i - 3 * (conversation == 2))
+                                                                * width:][:, :width]])
+        out = decoder.step(user)
+        got[0].append(np.concatenate([user[0], out[0]]))
+        if i != 2:
+            got[conversation].append(np.concatenate([user[1], out[1]]))
+    reference = functools.partial(recompute_greedy, model, params, chunk, context=3, keep=1)
+    np.testing.assert_array_equal(np.concatenate(got[0]), reference(a)[0])
+    np.testing.assert_array_equal(np.concatenate(got[1]), reference(b[:, :2 * width])[0])
+    np.testing.assert_array_equal(np.concatenate(got[2]), reference(c[:, :4 * width])[0])
+    # Sampled: a conversation's draws are its seed's, whichever row and neighbours it has.
+    sampled = session(chunk, 2, 4, policy=SAMPLED)
+    pair = sampled.run(np.concatenate([a[:, :3 * width], b[:, :3 * width]]), seeds=[5, 6])
+    alone = session(chunk, 1, 4, policy=SAMPLED).run(b[:, :3 * width], seeds=[6])
+    np.testing.assert_array_equal(pair[1], alone[0])

@@ -4,8 +4,6 @@ duplex checkpoint by the command, output.wav beside each input.wav, fdb.json and
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -18,7 +16,7 @@ from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.model import transformer
 from omniflatten_jax.speech.audio import resample
 from omniflatten_jax.speech.kmeans import KMeansMelTokenizer
-from tests.helpers import SMALL_MODEL
+from tests.helpers import SMALL_MODEL, run_command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYOUT = TokenLayout("bytes", 256, 32)
@@ -70,9 +68,7 @@ def test_the_harness_streams_and_scores_every_task(checkpoint_dir, tmp_path):
         write_sample(root / "synthetic_user_interruption" / str(n), clip, "interrupt.json",
                      [{"context": "", "interrupt": "x", "timestamp": [0.3, end]}])
         write_sample(root / "icc_backchannel" / str(n), clip)
-    harness = [sys.executable, "-m", "omniflatten_jax.evaluation.fdb",
-               "--checkpoint", str(checkpoint_dir), "--root", str(root)]
-    run = subprocess.run(harness, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    run = run_command("fdb", "--checkpoint", checkpoint_dir, "--root", root, timeout=900)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "candor_turn_taking: streamed 2/2 samples" in run.stderr  # progress
     for folder in root.glob("*/*"):
@@ -99,8 +95,8 @@ def test_the_harness_streams_and_scores_every_task(checkpoint_dir, tmp_path):
     # it is the same output.wav (the same checkpoint and input).
     first = {p: p.read_bytes() for p in root.glob("candor_turn_taking/*/output.wav")}
     (root / "candor_turn_taking" / "1" / "output.wav").unlink()
-    again = subprocess.run(harness + ["--task", "smooth_turn_taking"], capture_output=True,
-                           text=True, cwd=ROOT, timeout=900)
+    again = run_command("fdb", "--checkpoint", checkpoint_dir, "--root", root, "--task",
+                        "smooth_turn_taking", timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "candor_turn_taking: 1 of 2 samples already streamed" in again.stderr
     assert "candor_turn_taking: streamed 1/1 samples" in again.stderr
@@ -108,9 +104,8 @@ def test_the_harness_streams_and_scores_every_task(checkpoint_dir, tmp_path):
     # Another checkpoint's outputs are not this one's: every sample is streamed again.
     other = tmp_path / "other"
     shutil.copytree(checkpoint_dir, other)
-    run = subprocess.run(harness[:4] + [str(other), "--root", str(root), "--task",
-                                         "smooth_turn_taking"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=900)
+    run = run_command("fdb", "--checkpoint", other, "--root", root, "--task",
+                      "smooth_turn_taking", timeout=900)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "candor_turn_taking: streamed 2/2 samples" in run.stderr
     assert json.loads((root / "candor_turn_taking" / "1" / "output_source.json").read_text())[

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from omniflatten_jax.config import ModelConfig
-from omniflatten_jax.inference.duplex import DuplexDecoder
+from omniflatten_jax.inference.duplex import DuplexModel, DuplexSettings
+from omniflatten_jax.inference.session import DuplexSession
 from omniflatten_jax.model import Transformer
 from omniflatten_jax.model.packed_attention import resolve
 from omniflatten_jax.training.step import loss_and_metrics
@@ -90,7 +91,8 @@ def test_duplex_decoding_runs_on_gpu_in_bf16():
     from omniflatten_jax.model.placement import PlacedModel
 
     placed = PlacedModel.create(model, params, devices=jax.devices()[:1])
-    flat = DuplexDecoder(placed, layout, chunk, flatten, batch=2, context_chunks=5).run(user)
+    model = DuplexModel(placed, layout, DuplexSettings(chunk, flatten, context_chunks=5))
+    flat = DuplexSession(model, 2).run(user)
     streams = chunk.stream_ids(5)
     np.testing.assert_array_equal(flat[:, streams == Stream.USER_SPEECH], user)
     for stream, _ in chunk.streams[1:]:

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -16,14 +14,15 @@ from omniflatten_jax.config.token_layout import LayoutMismatchError, TokenLayout
 from omniflatten_jax.export import hf_config
 from omniflatten_jax.export.from_hf import import_hf
 from omniflatten_jax.model import transformer
+from tests.helpers import run_command
 
 HF_TOL = 1e-4  # JAX vs PyTorch, fp32 (different kernels and summation orders)
 ROUND_TRIP_TOL = 1e-5  # HF -> ours -> HF: the same numbers moved twice
 TEXT_VOCAB = 256
 
 
-def run_cli(module, *args):
-    result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True)
+def run_cli(name, *args):
+    result = run_command(name, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -43,9 +42,9 @@ def converted(request, tmp_path_factory):
             if name.endswith("bias") or "norm" in name:
                 p.add_(0.1 * torch.randn_like(p))
     hf_model.save_pretrained(root / "hf")
-    run_cli("omniflatten_jax.export.from_hf", "--hf_dir", str(root / "hf"), "--out",
+    run_cli("from_hf", "--hf_dir", str(root / "hf"), "--out",
             str(root / "ckpt"), "--num_speech_codes", "64", "--text_tokenizer", "bytes")
-    run_cli("omniflatten_jax.export.to_hf", "--checkpoint", str(root / "ckpt"), "--out",
+    run_cli("to_hf", "--checkpoint", str(root / "ckpt"), "--out",
             str(root / "export"))
     params, meta, _ = checkpoint.load_params(root / "ckpt")
     return root, hf_model, params, meta

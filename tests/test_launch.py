@@ -148,7 +148,7 @@ def test_tpu_vm_dry_run_v5p_64(sandbox):
     assert gcloud_tpu(prepare) == ("ssh", "0")
     words = shlex.split(option(prepare, "command"))
     assert "JAX_PLATFORMS=cpu" in words
-    i = words.index("data_pipelines.prepare")
+    i = words.index("experiments/prepare.py")
     assert words[i + 1:] == ["--stage=all", "--config=qwen2_0_5b", "--workdir=gs://bucket/omni"]
     # Training on every worker, one command for all.
     assert gcloud_tpu(train) == ("ssh", "all")
@@ -156,7 +156,7 @@ def test_tpu_vm_dry_run_v5p_64(sandbox):
     i = words.index("experiments/run.py")
     assert words[i + 1:] == ["--stage=all", "--config=qwen2_0_5b", "--workdir=gs://bucket/omni",
                              "--distributed"]
-    assert sum("data_pipelines.prepare" in " ".join(c) for c in cmds) == 1
+    assert sum("experiments/prepare.py" in " ".join(c) for c in cmds) == 1
 
 
 def test_tpu_vm_env_settings_and_phases(sandbox):
@@ -169,7 +169,7 @@ def test_tpu_vm_env_settings_and_phases(sandbox):
     prepare, train = commands(proc.stdout)
     assert "--zone=europe-west4-b" in train and gcloud_tpu(train) == ("ssh", "all")
     words = shlex.split(option(prepare, "command"))
-    assert words[words.index("data_pipelines.prepare") + 1:] == [
+    assert words[words.index("experiments/prepare.py") + 1:] == [
         "--stage=dialogue", "--config=qwen2_1_5b", "--workdir=gs://b/w",
         "--set=train.batch_size=64"]
     words = shlex.split(option(train, "command"))
@@ -191,7 +191,7 @@ def test_tpu_vm_multislice(sandbox):
     for train in trains:
         assert gcloud_tpu(train) == ("ssh", "all")
         assert "--set=mesh.slices=2" in shlex.split(option(train, "command"))
-    prepares = [c for c in cmds if "data_pipelines.prepare" in " ".join(c)]
+    prepares = [c for c in cmds if "experiments/prepare.py" in " ".join(c)]
     assert len(prepares) == 1 and prepares[0][5] == "omni-0"
     installs = [c for c in cmds if f"jax[tpu]=={JAX}" in " ".join(c)]
     assert [c[5] for c in installs] == ["omni-0", "omni-1"]
@@ -239,8 +239,8 @@ def test_slurm_dry_run_4_nodes_x_8_gpus(sandbox):
     # prepare: one task
     assert prepare[:3] == ["srun", "--nodes=1", "--ntasks=1"]
     assert "--export=ALL,JAX_PLATFORMS=cpu" in prepare
-    i = prepare.index("data_pipelines.prepare")
-    assert prepare[i - 2:] == [f"{venv}/bin/python", "-m", "data_pipelines.prepare",
+    i = prepare.index("experiments/prepare.py")
+    assert prepare[i - 1:] == [f"{venv}/bin/python", "experiments/prepare.py",
                                "--stage=alignment", "--config=qwen2_1_5b",
                                "--workdir=/lustre/omni"]
     # train: one process per node owning its 8 GPUs
@@ -360,7 +360,7 @@ def test_jobset_v5p_64(sandbox):
     assert slice_["dependsOn"] == [{"name": "prepare", "status": "Complete"}]
     lines = script_lines(prepare)
     assert "google.com/tpu" not in str(container(prepare))
-    assert lines[-1] == ("exec /app/.venv/bin/python -m data_pipelines.prepare --stage=all "
+    assert lines[-1] == ("exec /app/.venv/bin/python experiments/prepare.py --stage=all "
                          "--config=qwen2_0_5b --workdir=gs://bucket/omni")
     # slice: v5p-64 = 32 chips = 8 hosts x 4 chips
     job = slice_["template"]["spec"]

@@ -12,6 +12,7 @@ from omniflatten_jax.config import PRESETS, MeshConfig, ModelConfig
 from omniflatten_jax.distributed import sharding
 from omniflatten_jax.model import Transformer
 from omniflatten_jax.model.packed_attention import resolve
+from omniflatten_jax.model.transformer import reset_rows
 from tests.reference_loss import masked_cross_entropy
 
 CFG = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
@@ -55,7 +56,7 @@ def test_kv_cache_matches_full_forward():
     for lo, hi in ((0, 7), (7, 17), (17, 18), (18, 19), (19, 23)):
         logits, cache = extend(params, cache, seq[:, lo:hi])
         pieces.append(logits)
-    assert int(cache.length) == 23
+    assert cache.length.tolist() == [23, 23]
     np.testing.assert_allclose(jnp.concatenate(pieces, 1), full, atol=CACHE_TOL, rtol=0)
 
 
@@ -159,3 +160,30 @@ def test_left_padded_prompts_decode_like_unpadded_ones():
     np.testing.assert_allclose(logits[0, 4:], full_short[0, :5], atol=CACHE_TOL, rtol=0)
     np.testing.assert_allclose(step[0, 0], full_short[0, 5], atol=CACHE_TOL, rtol=0)
     np.testing.assert_allclose(step[1, 0], full_long[0, 9], atol=CACHE_TOL, rtol=0)
+
+
+def test_rows_advance_and_restart_on_their_own():
+    """Row 1 restarts (`reset_rows`) and sits out a call (``rows``) while row 0 goes on; each
+    row's logits equal the full forward pass over its own sequence."""
+    model, params = model_and_params()
+    a, b = tokens((1, 14), 8), tokens((1, 9), 9)
+    extend = jax.jit(model.extend)
+    cache = model.init_cache(2, 24)
+    _, cache = extend(params, cache, jnp.concatenate([a[:, :5], tokens((1, 5), 10)]))
+    cache = reset_rows(cache, jnp.asarray([False, True]))
+    only_a = jnp.asarray([True, False])
+    out_a, cache = extend(params, cache, jnp.concatenate([a[:, 5:9], b[:, :4]]), rows=only_a)
+    assert cache.length.tolist() == [9, 0]  # row 1 took nothing
+    both, cache = extend(params, cache, jnp.concatenate([a[:, 9:14], b[:, :5]]))
+    last, cache = extend(params, cache, jnp.concatenate([a[:, 13:14], b[:, 5:6]]))
+    full_a, full_b = model.logits(params, a), model.logits(params, b)
+    np.testing.assert_allclose(out_a[0], full_a[0, 5:9], atol=CACHE_TOL, rtol=0)
+    np.testing.assert_allclose(both[0], full_a[0, 9:14], atol=CACHE_TOL, rtol=0)
+    np.testing.assert_allclose(both[1], full_b[0, :5], atol=CACHE_TOL, rtol=0)
+    np.testing.assert_allclose(last[1, 0], full_b[0, 5], atol=CACHE_TOL, rtol=0)
+    assert cache.next_position.tolist() == [15, 6]
+    # A row that sits out a call longer than its free slots keeps every slot as it was.
+    full = extend(params, model.init_cache(2, 8), tokens((2, 7), 11))[1]
+    _, after = extend(params, full, tokens((2, 5), 12), rows=jnp.asarray([False, False]))
+    for old, new in zip(jax.tree.leaves(full), jax.tree.leaves(after)):
+        np.testing.assert_array_equal(old, new)

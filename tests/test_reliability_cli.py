@@ -1,7 +1,7 @@
 """Nothing lost, nothing silently wrong (issue #11): the duplex command and the Hugging Face
 export/import refuse bad weights and bad folders in one line, before any slow work, write
 their outputs whole or not at all, and the duplex command's memory does not grow with the
-recording. Real commands (subprocesses or their `main`) on real tiny checkpoints."""
+recording. Real commands (as a user runs them) on real tiny checkpoints."""
 
 import json
 import os
@@ -17,13 +17,13 @@ import soundfile
 from safetensors.numpy import load_file, save_file
 
 from omniflatten_jax import checkpoint
-from omniflatten_jax.export import from_hf, staging, to_hf
-from omniflatten_jax.inference import duplex
-from omniflatten_jax.inference.duplex import LatencyStats
+from omniflatten_jax.export import staging, to_hf
 from omniflatten_jax.inference.recording import AssistantAudio
+from omniflatten_jax.inference.session import LatencyStats
 from omniflatten_jax.inference.timeline import Envelope
 from omniflatten_jax.speech import load_speech_tokenizer
 from omniflatten_jax.speech.audio import resample
+from tests.helpers import run_command
 from tests.test_duplex_cli import LAYOUT, ROOT, stage_dir  # noqa: F401  (the shared fixture)
 
 RATE = 16_000
@@ -66,19 +66,19 @@ def hf_folders(stage_dir, tmp_path_factory):  # noqa: F811
     return root
 
 
-def run_module(module, *args):
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=600)
-
-
-def main_error(main, args, capsys) -> str:
-    """Runs a command's `main` expecting a failure: exit status 1 and one line on stderr."""
-    with pytest.raises(SystemExit) as exit_:
-        main(args)
-    err = capsys.readouterr().err
-    assert exit_.value.code == 1 and "Traceback" not in err, err
+def command_error(name, args) -> str:
+    """Runs a command expecting a failure: exit status 1 and one line on stderr."""
+    result = run_command(name, *args)
+    err = result.stderr
+    assert result.returncode == 1 and "Traceback" not in err, err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     return err
+
+
+def command_ok(name, args) -> str:
+    result = run_command(name, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
 
 
 def leftovers(folder) -> list[str]:
@@ -88,7 +88,7 @@ def leftovers(folder) -> list[str]:
 # --- 1: non-finite weights --------------------------------------------------------------
 
 def test_to_hf_refuses_a_diverged_checkpoint_in_one_line(nan_checkpoint, tmp_path):
-    result = run_module("omniflatten_jax.export.to_hf", "--checkpoint", str(nan_checkpoint),
+    result = run_command("to_hf", "--checkpoint", str(nan_checkpoint),
                         "--out", str(tmp_path / "hf"))
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1 and "NaN" in result.stderr
@@ -97,54 +97,52 @@ def test_to_hf_refuses_a_diverged_checkpoint_in_one_line(nan_checkpoint, tmp_pat
     assert not (tmp_path / "hf").exists() and not leftovers(tmp_path)
 
 
-def test_duplex_refuses_a_diverged_checkpoint(nan_checkpoint, recording, tmp_path, capsys):
-    err = main_error(duplex.main, ["--checkpoint", str(nan_checkpoint), "--input",
-                                   str(recording), "--out_dir", str(tmp_path / "out")], capsys)
+def test_duplex_refuses_a_diverged_checkpoint(nan_checkpoint, recording, tmp_path):
+    err = command_error("duplex", ["--checkpoint", str(nan_checkpoint), "--input",
+                                   str(recording), "--out_dir", str(tmp_path / "out")])
     assert f"checkpoint {nan_checkpoint}/1 holds NaN" in err
     assert not os.listdir(tmp_path / "out")  # no NUL-byte text, no output at all
 
 
-def test_from_hf_refuses_non_finite_weights(hf_folders, tmp_path, capsys):
-    err = main_error(from_hf.main, ["--hf_dir", str(hf_folders / "bad"), "--out",
-                                    str(tmp_path / "ckpt")], capsys)
+def test_from_hf_refuses_non_finite_weights(hf_folders, tmp_path):
+    err = command_error("from_hf", ["--hf_dir", str(hf_folders / "bad"), "--out",
+                                    str(tmp_path / "ckpt")])
     assert f"{hf_folders / 'bad'} (Hugging Face weights) holds NaN" in err
     assert "mlp" in err and not (tmp_path / "ckpt").exists() and not leftovers(tmp_path)
 
 
 # --- 2: whole folders or none; --overwrite ---------------------------------------------------
 
-def test_from_hf_into_an_existing_folder_refuses_or_replaces(hf_folders, tmp_path, capsys):
+def test_from_hf_into_an_existing_folder_refuses_or_replaces(hf_folders, tmp_path):
     out = tmp_path / "ckpt"
-    from_hf.main(["--hf_dir", str(hf_folders / "a"), "--out", str(out)])
+    command_ok("from_hf", ["--hf_dir", str(hf_folders / "a"), "--out", str(out)])
     first = np.asarray(checkpoint.load_params(out)[0]["layers"][0]["mlp"]["up"]["kernel"])
-    capsys.readouterr()
-    err = main_error(from_hf.main, ["--hf_dir", str(hf_folders / "b"), "--out", str(out)],
-                     capsys)
+    err = command_error("from_hf", ["--hf_dir", str(hf_folders / "b"), "--out", str(out)])
     assert f"--out {out} is not empty" in err and "--overwrite" in err
     kept = checkpoint.load_params(out)[0]["layers"][0]["mlp"]["up"]["kernel"]
     np.testing.assert_array_equal(np.asarray(kept), first)
     # The folder is checked before the weights are read: bad weights, same refusal.
-    err = main_error(from_hf.main, ["--hf_dir", str(hf_folders / "bad"), "--out", str(out)],
-                     capsys)
+    err = command_error("from_hf", ["--hf_dir", str(hf_folders / "bad"), "--out", str(out)])
     assert "is not empty" in err
-    from_hf.main(["--hf_dir", str(hf_folders / "b"), "--out", str(out), "--overwrite"])
-    assert f"wrote {out}/0" in capsys.readouterr().out
+    wrote = command_ok("from_hf", ["--hf_dir", str(hf_folders / "b"), "--out", str(out),
+                                   "--overwrite"])
+    assert f"wrote {out}/0" in wrote
     replaced = checkpoint.load_params(out)[0]["layers"][0]["mlp"]["up"]["kernel"]
     np.testing.assert_allclose(np.asarray(replaced), 2 * first, rtol=1e-6)
     assert os.listdir(out) == ["0"] and not leftovers(tmp_path)
 
 
 def test_to_hf_into_an_existing_folder_refuses_or_replaces(stage_dir, nan_checkpoint,  # noqa: F811
-                                                           tmp_path, capsys):
+                                                           tmp_path):
     out = tmp_path / "hf"
     out.mkdir()
     (out / "stale.bin").write_bytes(b"an older export")
     for ckpt in (stage_dir / "checkpoints", nan_checkpoint):  # the folder is checked first
-        err = main_error(to_hf.main, ["--checkpoint", str(ckpt), "--out", str(out)], capsys)
+        err = command_error("to_hf", ["--checkpoint", str(ckpt), "--out", str(out)])
         assert f"--out {out} is not empty" in err and "--overwrite" in err
     assert os.listdir(out) == ["stale.bin"]
-    to_hf.main(["--checkpoint", str(stage_dir / "checkpoints"), "--out", str(out),
-                "--overwrite"])
+    command_ok("to_hf", ["--checkpoint", str(stage_dir / "checkpoints"), "--out", str(out),
+                         "--overwrite"])
     assert {"config.json", "model.safetensors", "speech_tokenizer.npz"} <= set(os.listdir(out))
     assert "stale.bin" not in os.listdir(out) and not leftovers(tmp_path)
 
@@ -163,39 +161,36 @@ def test_a_failed_write_leaves_the_old_folder_and_no_partial_one(tmp_path):
 
 # --- 3 and 6: cheap checks first, one line each ------------------------------------------------
 
-def test_duplex_checks_the_out_dir_and_input_before_the_checkpoint(recording, tmp_path, capsys):
+def test_duplex_checks_the_out_dir_and_input_before_the_checkpoint(recording, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     missing = str(tmp_path / "no_checkpoint")
-    err = main_error(duplex.main, ["--checkpoint", missing, "--input", str(recording),
-                                   "--out_dir", str(blocker / "out")], capsys)
+    err = command_error("duplex", ["--checkpoint", missing, "--input", str(recording),
+                                   "--out_dir", str(blocker / "out")])
     assert f"--out_dir {blocker / 'out'} cannot be written" in err and "choose" in err
-    err = main_error(duplex.main, ["--checkpoint", missing, "--input", str(blocker),
-                                   "--out_dir", str(tmp_path / "out")], capsys)
+    err = command_error("duplex", ["--checkpoint", missing, "--input", str(blocker),
+                                   "--out_dir", str(tmp_path / "out")])
     assert f"{blocker}: cannot be read as audio" in err and "wav, flac" in err
-    err = main_error(duplex.main, ["--checkpoint", missing, "--input", str(recording),
-                                   "--out_dir", str(tmp_path / "out")], capsys)
+    err = command_error("duplex", ["--checkpoint", missing, "--input", str(recording),
+                                   "--out_dir", str(tmp_path / "out")])
     assert f"checkpoint {missing} does not exist" in err
 
 
 def test_errors_are_one_line_and_verbose_shows_the_traceback(stage_dir, recording,  # noqa: F811
-                                                             tmp_path, capsys):
+                                                             tmp_path):
     damaged = tmp_path / "damaged"
     shutil.copytree(stage_dir / "checkpoints", damaged)
     (damaged / "1" / "meta" / "metadata").write_text("not json")
     args = ["--checkpoint", str(damaged), "--input", str(recording), "--out_dir",
             str(tmp_path / "out")]
-    assert str(damaged / "1" / "meta") in main_error(duplex.main, args, capsys)
-    with pytest.raises(SystemExit):
-        duplex.main(args + ["--verbose"])
-    err = capsys.readouterr().err
+    assert str(damaged / "1" / "meta") in command_error("duplex", args)
+    err = run_command("duplex", *args, "--verbose").stderr
     assert "Traceback (most recent call last)" in err, err
     assert err.strip().splitlines()[-1].startswith("error: ") and "cannot be read" in err
-    err = main_error(to_hf.main, ["--checkpoint", str(tmp_path / "none"), "--out",
-                                  str(tmp_path / "hf")], capsys)
+    err = command_error("to_hf", ["--checkpoint", str(tmp_path / "none"), "--out",
+                                  str(tmp_path / "hf")])
     assert f"checkpoint {tmp_path / 'none'} does not exist" in err
-    err = main_error(from_hf.main, ["--hf_dir", str(tmp_path), "--out", str(tmp_path / "c")],
-                     capsys)
+    err = command_error("from_hf", ["--hf_dir", str(tmp_path), "--out", str(tmp_path / "c")])
     assert f"{tmp_path}/config.json not found" in err
 
 
@@ -204,8 +199,8 @@ def test_errors_are_one_line_and_verbose_shows_the_traceback(stage_dir, recordin
 def peak_rss_mb(args, log) -> float:
     """Runs the duplex command; returns its own peak resident memory (this child's only)."""
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "omniflatten_jax.inference.duplex",
-                                 *args], stdout=out, stderr=out, cwd=ROOT)
+        proc = subprocess.Popen([sys.executable, "experiments/duplex.py", *args], stdout=out,
+                                stderr=out, cwd=ROOT)
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     assert proc.returncode == 0, open(log).read()[-3000:]

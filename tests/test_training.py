@@ -23,6 +23,7 @@ from omniflatten_jax.evaluation.text_metrics import cer
 from omniflatten_jax.stage_plan import plan_stage
 from omniflatten_jax.training.metrics import read_metrics
 from omniflatten_jax.training.runner import train_stage
+from tests.helpers import run_command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,9 +82,9 @@ def test_cli_runs_the_stage_then_reports_it_complete(spoken_corpus, tmp_path):
     assert "alignment is complete" in again and "step 1/6" not in again
     # The trained checkpoint exports to a folder that transformers loads.
     transformers = pytest.importorskip("transformers")
-    subprocess.run([sys.executable, "-m", "omniflatten_jax.export.to_hf", "--checkpoint",
-                    str(stage / "checkpoints"), "--out", str(tmp_path / "hf")], check=True,
-                   capture_output=True)
+    export = run_command("to_hf", "--checkpoint", stage / "checkpoints", "--out",
+                         tmp_path / "hf")
+    assert export.returncode == 0, export.stderr[-3000:]
     model, info = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf",
                                                                     output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]

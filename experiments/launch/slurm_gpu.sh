@@ -20,7 +20,7 @@
 # What it does, in the batch step (on the first node):
 #   1. install, once: a venv on shared storage (VENV, default build/venv-cuda12 in the repo) with
 #      the project and jax[cuda12] pinned to setup.cfg's JAX; skipped while its stamp matches
-#   2. prepare, once: `srun --nodes=1 --ntasks=1` of `python -m data_pipelines.prepare`
+#   2. prepare, once: `srun --nodes=1 --ntasks=1` of `python experiments/prepare.py`
 #      (CPU work: JAX_PLATFORMS=cpu)
 #   3. train: `srun` of experiments/run.py --distributed on every task, with explicit
 #      --coordinator_address=FIRST_NODE:PORT --num_processes=$SLURM_NTASKS
@@ -175,7 +175,7 @@ fi
 # 2. The data, once, by one task.
 note "prepare: once, one task on one node"
 run srun --nodes=1 --ntasks=1 --chdir="$REPO_DIR" --export=ALL,JAX_PLATFORMS=cpu \
-  "$python_exe" -m data_pipelines.prepare "${prepare_args[@]}"
+  "$python_exe" experiments/prepare.py "${prepare_args[@]}"
 
 # 3. Training on every task.
 note "train: $NTASKS processes; JAX_LOCAL_DEVICE_IDS=$local_ids; exit code 143 (preempted," \

@@ -158,8 +158,8 @@ for phase in ${PHASES//,/ }; do
       for node in "${nodes[@]}"; do ssh_all "$node" all "$cmd"; done ;;
     prepare)
       note "prepare: once, on worker 0 of ${nodes[0]}; training reads what it writes"
-      ssh_all "${nodes[0]}" 0 "cd $code && JAX_PLATFORMS=cpu $venv/bin/python -m \
-data_pipelines.prepare $(quote_all "${prepare_args[@]}")" ;;
+      ssh_all "${nodes[0]}" 0 "cd $code && JAX_PLATFORMS=cpu $venv/bin/python \
+experiments/prepare.py $(quote_all "${prepare_args[@]}")" ;;
     train)
       note "train: every worker of every slice ($((SLICES * TPU_HOSTS)) processes) at once;" \
         "exit code 143 = preempted after a checkpoint: rerun with --phases=train to resume"

@@ -1,6 +1,6 @@
 """Adds the stage description to a checkpoint written before checkpoints described themselves.
 
-    python -m omniflatten_jax.checkpoint.format_upgrade --checkpoint OLD --out NEW \\
+    python experiments/upgrade_checkpoint.py --checkpoint OLD --out NEW \\
         (--settings OLD_STAGE/inference.json | --stage duplex_3 --speech_tokenizer FILE \\
          [--context_chunks N] [--set flatten.FIELD=VALUE ...])
 
@@ -13,13 +13,8 @@ a new params-only checkpoint at the same step, which carries the description and
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
-
 from omniflatten_jax import checkpoint
-from omniflatten_jax.config import FlattenConfig, from_dict, override
+from omniflatten_jax.config import FlattenConfig
 from omniflatten_jax.config.stages import CHUNKED_STAGES
 from omniflatten_jax.speech import load_speech_tokenizer
 from omniflatten_jax.tokens.chunk_layout import chunk_layout
@@ -46,42 +41,3 @@ def upgrade(path: str, out: str, *, stage: str, flatten: FlattenConfig, speech_t
         speech_tokenizer_sha256=checkpoint.sha256(data))
     _, step = checkpoint.resolve(path)
     return checkpoint.save_params(out, step, params, described, data)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m omniflatten_jax.checkpoint.format_upgrade",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="the old checkpoint (folder or step)")
-    parser.add_argument("--out", required=True, help="a new checkpoints folder to write")
-    parser.add_argument("--settings", help="the old stage's inference.json")
-    parser.add_argument("--stage", help="alignment, half_duplex, duplex_4, duplex_3, duplex_2")
-    parser.add_argument("--speech_tokenizer", help="the tokenizer file the stage trained with")
-    parser.add_argument("--context_chunks", type=int, help="duplex: the training window")
-    parser.add_argument("--set", action="append", default=[],
-                        help="flatten settings, e.g. --set=flatten.text_chunk=8")
-    args = parser.parse_args(argv)
-    try:
-        settings = {}
-        if args.settings:
-            with open(args.settings) as f:
-                settings = json.load(f)
-        flatten = from_dict(FlattenConfig, settings.get("flatten", {}))
-        for assignment in args.set:
-            if not assignment.startswith("flatten."):
-                raise ValueError(f"--set takes flatten.FIELD=VALUE, not {assignment!r}")
-            flatten = override(flatten, assignment[len("flatten."):])
-        stage = args.stage or settings.get("stage")
-        tokenizer = args.speech_tokenizer or settings.get("speech_tokenizer")
-        if not stage or not tokenizer:
-            raise ValueError("give --stage and --speech_tokenizer (or --settings)")
-        step_dir = upgrade(args.checkpoint, args.out, stage=stage, flatten=flatten,
-                           speech_tokenizer=tokenizer,
-                           context_chunks=args.context_chunks or settings.get("context_chunks"))
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
-    print(f"wrote {step_dir}: {stage}, speech tokenizer stored "
-          f"({os.path.basename(tokenizer)})")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -199,7 +199,7 @@ def load_speech_tokenizer_bytes(path: str | os.PathLike) -> bytes:
         raise FileNotFoundError(
             f"{where} carries no speech tokenizer: it is an import, or it was written before "
             "checkpoints stored theirs. Add it with "
-            "`python -m omniflatten_jax.checkpoint.format_upgrade --checkpoint ... --stage ... "
+            "`python experiments/upgrade_checkpoint.py --checkpoint ... --stage ... "
             "--speech_tokenizer FILE --out NEW` (see its --help).")
     with ocp.CheckpointManager(directory) as manager:
         restored = manager.restore(step, args=ocp.args.Composite(

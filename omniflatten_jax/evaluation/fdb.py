@@ -1,7 +1,4 @@
-"""The Full-Duplex-Bench v1 harness, offline:
-
-    python -m omniflatten_jax.evaluation.fdb --checkpoint CKPT --root DIR [--task T ...]
-        [--words pocketsphinx|output.json] [--scored_only]
+"""The Full-Duplex-Bench v1 harness, offline (the command: ``experiments/fdb.py``).
 
 For every sample folder under `DIR` (a task folder of numbered samples, or a folder of task
 folders: FDB's own release, or the folders `data_pipelines.fdb_samples` writes), streams
@@ -33,14 +30,11 @@ from omniflatten_jax.config import to_dict
 from omniflatten_jax.evaluation.fdb_score import (
     REFERENCE_ROWS,
     TASKS,
-    WORD_SOURCES,
-    format_table,
-    not_scored,
     samples_of,
     score_task,
-    table_row,
     task_of,
 )
+from omniflatten_jax.inference.duplex import DuplexModel
 
 OUT_FILE = "fdb.json"
 SOURCE_FILE = "output_source.json"  # beside output.wav: the checkpoint that wrote it
@@ -131,91 +125,23 @@ def score_root(root: str, tasks=TASKS, words: str = "pocketsphinx") -> dict:
                           "labels) need a hosted model"}
 
 
-def main(argv=None) -> None:
-    import argparse
-
-    from omniflatten_jax.command_errors import add_verbose_flag, one_line_errors
-    from omniflatten_jax.inference.policy import add_policy_flags
-
-    parser = argparse.ArgumentParser(prog="python -m omniflatten_jax.evaluation.fdb",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", help="a duplex stage's checkpoint (omit with "
-                        "--scored_only)")
-    parser.add_argument("--root", required=True, help="FDB sample folders (task folders, or "
-                        "one task folder)")
-    parser.add_argument("--task", action="append", choices=TASKS, help="only these tasks")
-    parser.add_argument("--words", choices=WORD_SOURCES, default="pocketsphinx",
-                        help="word times: PocketSphinx (offline), or each sample's output.json "
-                        "as an external recogniser wrote it")
-    parser.add_argument("--scored_only", action="store_true",
-                        help="score the output.wav files already there (no decoding)")
-    add_policy_flags(parser)
-    add_verbose_flag(parser)
-    args = parser.parse_args(argv)
-    log.addHandler(logging.StreamHandler())  # our progress only, not every library's INFO
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    with one_line_errors(args.verbose):
-        tasks = tuple(args.task or TASKS)
-        if not args.scored_only:
-            if not args.checkpoint:
-                raise ValueError("--checkpoint is needed to decode (or give --scored_only)")
-            model, source = _duplex_model(args.checkpoint, args)
-            for task_dir in task_dirs(args.root):
-                if task_of(task_dir) in tasks:
-                    stream_samples(model, task_dir, source)
-        start = time.perf_counter()
-        result = score_root(args.root, tasks, args.words)
-        log.info("scored in %.0f s (words: %s; segments: Silero VAD)",
-                 time.perf_counter() - start, args.words)
-        with open(os.path.join(args.root, OUT_FILE), "w") as f:
-            json.dump(result, f, indent=1)
-    rows = {"ours": table_row(result["model"])}
-    rows |= {row: table_row(result[row]) for row in REFERENCE_ROWS if result[row]}
-    print(format_table(rows, not_scored(result["model"])))
-    print(f"wrote {os.path.join(args.root, OUT_FILE)}; {result['not_scored']}: not scored")
-
-
-def _duplex_model(checkpoint_path: str, flags):
-    """`model(input_path, out_dir)`: the duplex command's streaming, with the checkpoint read
-    once, under its stored decoding policy as the flags change it; and what names that
-    model's outputs (its step folder, its parameters' checksums where it has them, and the
-    policy: outputs of another policy are streamed again)."""
+def output_source(model: DuplexModel) -> dict:
+    """What names a model's outputs: its step folder, its parameters' checksums where it has
+    them, and the policy (outputs of another policy are streamed again)."""
     from etils import epath
 
-    from omniflatten_jax import checkpoint
-    from omniflatten_jax.distributed import paths
-    from omniflatten_jax.inference.duplex import DuplexSettings
-    from omniflatten_jax.inference.policy import policy_from_flags
-    from omniflatten_jax.model.placement import PlacedModel
-
-    meta = checkpoint.load_meta(checkpoint_path)
-    directory, step = checkpoint.resolve(checkpoint_path)
-    where = paths.join(directory, str(step))
-    settings = DuplexSettings.of_checkpoint(meta, where)
-    settings = settings.with_policy(policy_from_flags(settings.policy, flags))
-    log.info("decoding %s with %s%s", where, settings.policy.describe(),
-             "" if meta.decoding else " (the checkpoint stores no policy: the default)")
-    tokenizer = checkpoint.load_speech_tokenizer(where)
-    sums = epath.Path(where) / "checksums" / "metadata"
-    source = {"checkpoint": where, "params_checksums":
-              hashlib.sha256(sums.read_bytes()).hexdigest() if sums.exists() else None,
-              "decoding": to_dict(settings.policy)}
-    return streamer(PlacedModel.restore(where), meta.layout, settings, tokenizer,
-                    meta.stage), source
+    sums = epath.Path(model.where) / "checksums" / "metadata"
+    return {"checkpoint": model.where, "params_checksums":
+            hashlib.sha256(sums.read_bytes()).hexdigest() if sums.exists() else None,
+            "decoding": to_dict(model.settings.policy)}
 
 
-def streamer(placed, layout, settings, tokenizer, name: str):
+def streamer(model: DuplexModel):
     """`model(input_path, out_dir)` for `stream_samples`: the duplex command's streaming of
-    one recording (the decoder compiles once: `PlacedModel.jit` keeps the calls)."""
+    one recording (the session compiles once: `PlacedModel.jit` keeps the calls)."""
     from omniflatten_jax.inference.recording import stream_recording
 
-    def model(input_path: str, out_dir: str) -> None:
-        stream_recording(placed, layout, settings, tokenizer, tokenizer, input_path, out_dir,
-                         title=f"{name} on {input_path}")
+    def stream(input_path: str, out_dir: str) -> None:
+        stream_recording(model, input_path, out_dir, title=f"{model.stage} on {input_path}")
 
-    return model
-
-
-if __name__ == "__main__":
-    main()
+    return stream

@@ -22,10 +22,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.evaluation import fdb_metrics as m
-from omniflatten_jax.inference.duplex import DuplexSettings, decode_dialogues
-from omniflatten_jax.model.placement import PlacedModel
+from omniflatten_jax.inference.duplex import DuplexModel
+from omniflatten_jax.inference.session import decode_dialogues
 
 WORD_S = 0.3  # eSpeak's voices speak about 3 words a second
 TASKS = ("pause_handling", "backchannel", "smooth_turn_taking", "user_interruption")
@@ -127,24 +126,24 @@ def choose(points: Sequence[dict]) -> int:
     return min(range(len(points)), key=key)
 
 
-def sweep(placed: PlacedModel, layout: TokenLayout, settings: DuplexSettings,
-          clips: Sequence[Clip], onsets: Sequence[float], frame_rate: float, *,
-          batch_size: int = 16) -> list[dict]:
-    """`score` of the clips decoded live under ``settings.policy`` with each onset threshold
+def sweep(model: DuplexModel, clips: Sequence[Clip], onsets: Sequence[float],
+          frame_rate: float, *, batch_size: int = 16) -> list[dict]:
+    """`score` of the clips decoded live under the model's policy with each onset threshold
     (one compile: the thresholds and the memory are data)."""
-    silent = layout.special("<silent_speech>")
+    silent = model.layout.special("<silent_speech>")
+    base = model.settings.policy
     # Decoded longest first: a batch runs to its longest clip, so alike lengths share batches.
     order = sorted(range(len(clips)), key=lambda i: -len(clips[i].user))
     points = []
     for onset in onsets:
-        policy = dataclasses.replace(settings.policy, onset_threshold=float(onset))
-        streams = decode_dialogues(placed, layout, settings.with_policy(policy),
-                                   [clips[i].user for i in order], batch_size=batch_size)
+        policy = dataclasses.replace(base, onset_threshold=float(onset))
+        streams = decode_dialogues(model.with_policy(policy), [clips[i].user for i in order],
+                                   batch_size=batch_size)
         speaking: list = [None] * len(clips)
         for i, s in zip(order, streams):
             speaking[i] = s["assistant_speech"].reshape(-1)[:len(clips[i].user)] != silent
         points.append({"onset_threshold": float(onset),
-                       "onset_memory": settings.policy.onset_memory,
+                       "onset_memory": base.onset_memory,
                        **score(clips, speaking, frame_rate)})
     return points
 

@@ -41,9 +41,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from omniflatten_jax.config.token_layout import TokenLayout
-from omniflatten_jax.inference.duplex import DuplexSettings, decode_dialogues
-from omniflatten_jax.model.placement import PlacedModel
+from omniflatten_jax.inference.duplex import DuplexModel
+from omniflatten_jax.inference.session import decode_dialogues
 
 KS = (1, 5, 10, 25)
 TIMEOUT_MS = 1500.0
@@ -139,18 +138,17 @@ def turn_taking_metrics(dialogues: Sequence[tuple[np.ndarray, list[tuple]]],
 TurnTakingCase = tuple[np.ndarray, list[tuple]]  # (user speech per frame, events and spans)
 
 
-def evaluate_turn_taking(placed: PlacedModel, layout: TokenLayout, settings: DuplexSettings,
-                         cases: Sequence[TurnTakingCase], *, frame_rate: float,
-                         backchannel_grace_s: float, batch_size: int = 8) -> dict:
+def evaluate_turn_taking(model: DuplexModel, cases: Sequence[TurnTakingCase], *,
+                         frame_rate: float, backchannel_grace_s: float, batch_size: int = 8
+                         ) -> dict:
     """Decodes each held-out dialogue live (user channel fed as recorded, chunk by chunk;
-    everything else generated under ``settings.policy``) and scores the generated assistant
+    everything else generated under the model's policy) and scores the generated assistant
     speech."""
-    streams = decode_dialogues(placed, layout, settings, [u for u, _ in cases],
-                               batch_size=batch_size)
+    streams = decode_dialogues(model, [u for u, _ in cases], batch_size=batch_size)
     generated = [s["assistant_speech"].reshape(-1)[:len(user)]
                  for s, (user, _) in zip(streams, cases)]
     return turn_taking_metrics([(g, found) for g, (_, found) in zip(generated, cases)],
-                               layout.special("<silent_speech>"), frame_rate,
+                               model.layout.special("<silent_speech>"), frame_rate,
                                backchannel_grace_s=backchannel_grace_s)
 
 

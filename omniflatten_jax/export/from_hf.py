@@ -1,6 +1,6 @@
 """Hugging Face Qwen2 folder -> Orbax checkpoint with the extended token layout.
 
-    python -m omniflatten_jax.export.from_hf --hf_dir Qwen2-0.5B/ --out ckpt/qwen2_0_5b
+    python experiments/from_hf.py --hf_dir Qwen2-0.5B/ --out ckpt/qwen2_0_5b
 
 The text rows keep their ids. The rows the layout adds (speech codes, special tokens, padding)
 are initialised by one rule, `extend_rows`: the mean of the checkpoint's rows plus Gaussian
@@ -19,19 +19,16 @@ written beside `--out` and renamed into place at the end (`export.staging`); a n
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import glob
 import json
 import os
-import sys
 
 import jax.numpy as jnp
 import numpy as np
 from safetensors import safe_open
 
 from omniflatten_jax import checkpoint
-from omniflatten_jax.command_errors import add_verbose_flag, one_line_errors
 from omniflatten_jax.config.token_layout import LAYOUT_FILENAME, LayoutMismatchError, TokenLayout
 from omniflatten_jax.distributed import paths
 from omniflatten_jax.export import hf_config, weight_map
@@ -155,29 +152,3 @@ def _our_description(hf_dir: str, meta: checkpoint.CheckpointMeta
                                flatten=ours.flatten, context_chunks=ours.context_chunks,
                                speech_tokenizer_sha256=ours.speech_tokenizer_sha256,
                                decoding=ours.decoding), data
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hf_dir", required=True, help="local Hugging Face Qwen2 folder")
-    parser.add_argument("--out", required=True, help="checkpoint folder to write (step 0)")
-    parser.add_argument("--num_speech_codes", type=int, default=None,
-                        help="speech codebook size (default 4096; an export's own layout wins)")
-    parser.add_argument("--text_tokenizer", choices=("qwen2", "bytes"), default=None,
-                        help="which tokenizer's ids the text rows hold (default: qwen2)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the new rows' noise")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace --out if it exists and is not empty")
-    add_verbose_flag(parser)
-    args = parser.parse_args(argv)
-    with one_line_errors(args.verbose):
-        step_dir = import_hf(args.hf_dir, args.out, args.num_speech_codes, args.text_tokenizer,
-                             args.seed, args.overwrite)
-        meta = checkpoint.load_meta(step_dir)
-    print(f"wrote {step_dir}: {transformer(meta.model, meta.layout.vocab_size).num_params:,} "
-          f"parameters, vocab {meta.layout.vocab_size} (text {meta.layout.text_vocab_size}, "
-          f"speech {meta.layout.num_speech_codes}, special {len(meta.layout.special_tokens)})")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -1,6 +1,6 @@
 """Orbax checkpoint -> Hugging Face `Qwen2ForCausalLM` folder that transformers loads as is.
 
-    python -m omniflatten_jax.export.to_hf --checkpoint workdir/alignment/checkpoints --out hf/
+    python experiments/to_hf.py --checkpoint workdir/alignment/checkpoints --out hf/
 
 Writes `config.json`, `model.safetensors`, `generation_config.json`, `token_layout.json`,
 `omniflatten.json` (the checkpoint's whole description: model config, lineage, stage, flatten
@@ -18,10 +18,8 @@ non-empty `--out` is refused unless `--overwrite` says to replace it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +27,6 @@ import numpy as np
 from safetensors.flax import save_file
 
 from omniflatten_jax import checkpoint
-from omniflatten_jax.command_errors import add_verbose_flag, one_line_errors
 from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.export import hf_config, weight_map
 from omniflatten_jax.export.staging import check_destination, staged_folder
@@ -84,24 +81,3 @@ def _write_folder(out: str, tensors: dict, meta: checkpoint.CheckpointMeta, step
     if meta.speech_tokenizer_sha256 is not None:
         with open(os.path.join(out, SPEECH_TOKENIZER_FILE), "wb") as f:
             f.write(checkpoint.load_speech_tokenizer_bytes(step_dir))
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True,
-                        help="a checkpoints folder (latest step) or one step folder inside it")
-    parser.add_argument("--out", required=True, help="Hugging Face folder to write")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace --out if it exists and is not empty")
-    add_verbose_flag(parser)
-    args = parser.parse_args(argv)
-    with one_line_errors(args.verbose):
-        out = export_hf(args.checkpoint, args.out, args.dtype, args.overwrite)
-        directory, step = checkpoint.resolve(args.checkpoint)
-    print(f"wrote {out} from {directory} step {step}; load it with "
-          f"transformers.AutoModelForCausalLM.from_pretrained({out!r})")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -7,7 +7,10 @@ from ``legal[pattern[i]]`` only, so a speech position can never emit text and vi
 drawn as its row's `RowPolicy` says: greedy or sampled, and, for a row with a silence id
 (duplex streams), speak-or-listen decided first by thresholds (`config.DecodingPolicy`).
 One jitted call per feed-and-generate, shapes static: the cache is preallocated by the caller,
-the parameters placed once (`placement.PlacedModel`), every sharding stated.
+the parameters placed once (`placement.PlacedModel`), every sharding stated. Rows are
+independent: each has its own cache cursor, turn state and random key, and a call advances
+only its ``active`` rows, so one compiled call serves conversations that start and end on
+their own (`inference.session`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 
 from omniflatten_jax.model import DecodeCache, Params, Transformer
 from omniflatten_jax.model.placement import PlacedModel
+from omniflatten_jax.model.transformer import reset_rows
 
 NO_STOP = -1  # a stop id that matches nothing: generate exactly len(pattern) tokens
 
@@ -88,7 +92,7 @@ class PlacedRows:
 
 
 def _draw(logits: jax.Array, legal: jax.Array, temperature: jax.Array, top_k: jax.Array,
-          key: jax.Array, max_top_k: int, sampled: bool) -> jax.Array:
+          keys: jax.Array, max_top_k: int, sampled: bool) -> jax.Array:
     """``logits [B, vocab]`` -> one id per row among the `legal` ids: greedy at temperature 0,
     else drawn from softmax(logits / temperature) over the `top_k` most likely (0: all)."""
     logits = jnp.where(legal, logits, -jnp.inf)
@@ -99,12 +103,12 @@ def _draw(logits: jax.Array, legal: jax.Array, temperature: jax.Array, top_k: ja
     if max_top_k:
         kth = jax.lax.top_k(scaled, max_top_k)[0][:, jnp.clip(top_k - 1, 0, max_top_k - 1)]
         scaled = jnp.where((top_k > 0) & (scaled < kth[:, None]), -jnp.inf, scaled)
-    drawn = jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+    drawn = jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
     return jnp.where(temperature > 0, drawn, greedy)
 
 
 def _decide(logits: jax.Array, legal: jax.Array, rows: RowPolicy, m: jax.Array,
-            state: TurnState, key: jax.Array, max_top_k: int, sampled: bool
+            state: TurnState, keys: jax.Array, max_top_k: int, sampled: bool
             ) -> tuple[jax.Array, TurnState]:
     """One position of legal row `m`: speak or stay silent by the thresholds, then the
     content (`_draw` over the legal ids but the silence id). Rows without a silence id draw
@@ -118,8 +122,8 @@ def _decide(logits: jax.Array, legal: jax.Array, rows: RowPolicy, m: jax.Array,
     speak = jnp.where(speaking, jnp.exp(log_quiet) <= rows.stop[m],
                       -jnp.expm1(accumulated) >= rows.onset[m])
     content = _draw(logits, legal & ~((jnp.arange(legal.shape[0]) == s) & has),
-                    rows.temperature[m], rows.top_k[m], key, max_top_k, sampled)
-    plain = _draw(logits, legal, rows.temperature[m], rows.top_k[m], key, max_top_k, sampled)
+                    rows.temperature[m], rows.top_k[m], keys, max_top_k, sampled)
+    plain = _draw(logits, legal, rows.temperature[m], rows.top_k[m], keys, max_top_k, sampled)
     token = jnp.where(has, jnp.where(speak, content, s), plain)
     now_quiet = has & (token == s)
     state = TurnState(state.speaking.at[:, m].set(has & ~now_quiet),
@@ -129,16 +133,18 @@ def _decide(logits: jax.Array, legal: jax.Array, rows: RowPolicy, m: jax.Array,
 
 def _feed_and_generate(model: Transformer, statics: tuple[int, bool, bool], params: Params,
                        cache: DecodeCache, fed: jax.Array, fed_valid: jax.Array,
-                       legal: jax.Array, pattern: jax.Array, stop: jax.Array, key: jax.Array,
-                       rows: RowPolicy, state: TurnState
-                       ) -> tuple[jax.Array, DecodeCache, TurnState]:
+                       legal: jax.Array, pattern: jax.Array, stop: jax.Array, keys: jax.Array,
+                       rows: RowPolicy, state: TurnState, active: jax.Array
+                       ) -> tuple[jax.Array, DecodeCache, TurnState, jax.Array]:
     max_top_k, sampled, decides = statics
-    logits, cache = model.extend(params, cache, fed, fed_valid)
+    logits, cache = model.extend(params, cache, fed, fed_valid, active)
     stop_fill = jnp.maximum(stop[0], 0)
+    before = state
 
     def body(i, carry):
-        cache, last, out, done, key, state = carry
-        key, sub = jax.random.split(key)
+        cache, last, out, done, keys, state = carry
+        split = jax.vmap(jax.random.split)(keys)
+        keys, sub = split[:, 0], split[:, 1]
         m = pattern[i]
         if decides:
             token, state = _decide(last, legal[m], rows, m, state, sub, max_top_k, sampled)
@@ -147,25 +153,32 @@ def _feed_and_generate(model: Transformer, statics: tuple[int, bool, bool], para
                           sampled)
         token = jnp.where(done, stop_fill, token)
         done = done | jnp.isin(token, stop)
-        logits, cache = model.extend(params, cache, token[:, None])
-        return cache, logits[:, -1], out.at[:, i].set(token), done, key, state
+        logits, cache = model.extend(params, cache, token[:, None], rows=active)
+        return cache, logits[:, -1], out.at[:, i].set(token), done, keys, state
 
     b = fed.shape[0]
     out = jnp.zeros((b, pattern.shape[0]), jnp.int32)
     done = jnp.zeros((b,), bool)
-    cache, _, out, _, _, state = jax.lax.fori_loop(
-        0, pattern.shape[0], body, (cache, logits[:, -1], out, done, key, state))
-    return out, cache, state
+    cache, _, out, _, after, state = jax.lax.fori_loop(
+        0, pattern.shape[0], body, (cache, logits[:, -1], out, done, keys, state))
+    # A row that sat out keeps its turn state and key: it resumes as if the call never was.
+    state = jax.tree.map(lambda new, old: jnp.where(
+        active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old), state, before)
+    keys = jnp.where(active, after, keys)
+    return out, cache, state, keys
 
 
 def feed_and_generate(placed: PlacedModel, cache: DecodeCache, fed: jax.Array,
                       fed_valid: jax.Array, legal: jax.Array, pattern: jax.Array,
-                      stop: jax.Array, key: jax.Array, rows: PlacedRows, state: TurnState
-                      ) -> tuple[jax.Array, DecodeCache, TurnState]:
+                      stop: jax.Array, keys: jax.Array, rows: PlacedRows, state: TurnState,
+                      active: jax.Array
+                      ) -> tuple[jax.Array, DecodeCache, TurnState, jax.Array]:
     """Appends ``fed [B, F]`` (``fed_valid`` false marks left padding), then generates
     ``[B, len(pattern)]`` tokens, token i under ``legal[pattern[i]]`` (``legal [M, vocab]``),
-    drawn as ``rows`` says for row ``pattern[i]``; `state` (`TurnState`, on the mesh:
-    `place_state`) carries the speak/listen decisions across calls and comes back updated.
+    drawn as ``rows`` says for row ``pattern[i]`` with each batch row's own key (``keys [B]``,
+    `PlacedModel.keys`); `state` (`TurnState`, on the mesh: `place_state`) carries the
+    speak/listen decisions across calls. Returns the tokens, the cache, the state and the keys,
+    all updated for the ``active [B]`` rows only: the others keep their cache, state and key.
 
     A row that emits an id in ``stop`` emits ``stop[0]`` from then on (pass ``[NO_STOP]`` to
     never stop). Generated tokens enter the cache (donated), so the next call continues the
@@ -180,10 +193,10 @@ def feed_and_generate(placed: PlacedModel, cache: DecodeCache, fed: jax.Array,
                     functools.partial(_feed_and_generate, placed.model, rows.statics),
                     rows.statics, batch, slots,
                     in_shardings=(placed.param_shardings, cache_sharding, rows_sharding,
-                                  rows_sharding, rep, rep, rep, rep, rep, rep),
-                    out_shardings=(rep, cache_sharding, rep), donate_argnums=(1,))
-    return fn(placed.params, cache, fed, fed_valid, legal, pattern, stop, key, rows.arrays,
-              state)
+                                  rows_sharding, rep, rep, rep, rep, rep, rep, rep),
+                    out_shardings=(rep, cache_sharding, rep, rep), donate_argnums=(1,))
+    return fn(placed.params, cache, fed, fed_valid, legal, pattern, stop, keys, rows.arrays,
+              state, active)
 
 
 def place_state(placed: PlacedModel, batch: int, rows: int) -> TurnState:
@@ -192,13 +205,35 @@ def place_state(placed: PlacedModel, batch: int, rows: int) -> TurnState:
                      placed.put(np.zeros((batch, rows), np.float32)))
 
 
-def prefill(placed: PlacedModel, cache: DecodeCache, tokens: jax.Array) -> DecodeCache:
-    """Appends ``tokens [B, T]`` (all real) to the cache, generating nothing."""
+def restart(placed: PlacedModel, cache: DecodeCache, rows: jax.Array,
+            tokens: jax.Array | None) -> DecodeCache:
+    """The ``rows [B]`` emptied, then given ``tokens [B, T]`` (all real; None: nothing), the
+    other rows untouched: a new conversation starts on a row (with `reset_state`), or a row's
+    context slides to its last chunks."""
     batch, slots = cache.valid.shape
     cache_sharding = placed.cache_shardings(batch, slots)
+    rep = placed.replicated
+    if tokens is None:
+        fn = placed.jit("reset_rows", reset_rows, batch, slots,
+                        in_shardings=(cache_sharding, rep), out_shardings=cache_sharding,
+                        donate_argnums=(0,))
+        return fn(cache, rows)
     model = placed.model
-    fn = placed.jit("prefill", lambda params, c, t: model.extend(params, c, t)[1], batch, slots,
-                    in_shardings=(placed.param_shardings, cache_sharding,
+
+    def refill(params, cache, rows, tokens):
+        return model.extend(params, reset_rows(cache, rows), tokens, rows=rows)[1]
+
+    fn = placed.jit("restart", refill, batch, slots, tokens.shape[1],
+                    in_shardings=(placed.param_shardings, cache_sharding, rep,
                                   placed.batch_sharding((batch, 1))),
                     out_shardings=cache_sharding, donate_argnums=(1,))
-    return fn(placed.params, cache, tokens)
+    return fn(placed.params, cache, rows, tokens)
+
+
+def reset_state(placed: PlacedModel, state: TurnState, rows: jax.Array) -> TurnState:
+    """``rows [B]`` silent with nothing accumulated; the others as they were."""
+    rep = placed.replicated
+    fn = placed.jit("reset_state", lambda s, r: TurnState(s.speaking & ~r[:, None],
+                                                          jnp.where(r[:, None], 0.0, s.quiet)),
+                    in_shardings=(rep, rep), out_shardings=rep)
+    return fn(state, rows)

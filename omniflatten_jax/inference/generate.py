@@ -36,8 +36,9 @@ def greedy_generate(placed: PlacedModel, prompts: Sequence[np.ndarray], *, legal
     legal = placed.put(legal[None])
     pattern = placed.put(np.zeros((max_new,), np.int32))  # every position: the one legal row
     stop = placed.put(np.asarray(stop_ids, np.int32))
-    key = placed.key(0)  # unused by greedy decoding
+    keys = placed.keys([0] * batch_size)  # unused by greedy decoding
     rows = PlacedRows.create(placed, row_policy([Sampling()]))  # one legal row, greedy
+    every = placed.put(np.ones((batch_size,), bool))
     results: list[np.ndarray] = []
     for group, n in fixed_groups(prompts, batch_size):
         width = -(-max(len(p) for p in group) // BUCKET) * BUCKET
@@ -47,9 +48,9 @@ def greedy_generate(placed: PlacedModel, prompts: Sequence[np.ndarray], *, legal
             tokens[i, width - len(prompt):] = prompt
             valid[i, width - len(prompt):] = True
         cache = placed.init_cache(batch_size, width + max_new)
-        out, _, _ = feed_and_generate(placed, cache, placed.put(tokens, batch=True),
-                                      placed.put(valid, batch=True), legal, pattern, stop, key,
-                                      rows, place_state(placed, batch_size, 1))
+        out, _, _, _ = feed_and_generate(placed, cache, placed.put(tokens, batch=True),
+                                         placed.put(valid, batch=True), legal, pattern, stop,
+                                         keys, rows, place_state(placed, batch_size, 1), every)
         for row in placed.get(out)[:n]:
             hits = np.flatnonzero(np.isin(row, stop_ids))
             results.append(row[:hits[0]] if len(hits) else row)

@@ -9,8 +9,8 @@ shorthands for both streams), and say which fields they changed.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+from collections.abc import Sequence
 
 from omniflatten_jax.config import DecodingPolicy, override
 from omniflatten_jax.config.token_layout import TokenLayout
@@ -37,27 +37,18 @@ def policy_rows(layout: TokenLayout, chunk: ChunkLayout, policy: DecodingPolicy)
                       stop=policy.stop_threshold, memory=policy.onset_memory)
 
 
-def add_policy_flags(parser: argparse.ArgumentParser) -> None:
-    fields = ", ".join(f.name for f in dataclasses.fields(DecodingPolicy))
-    parser.add_argument("--decoding", action="append", default=[], metavar="FIELD=VALUE",
-                        help="change one field of the checkpoint's stored decoding policy "
-                        f"(repeatable); fields: {fields}")
-    parser.add_argument("--temperature", type=float,
-                        help="both streams' temperature (0 = greedy content)")
-    parser.add_argument("--top_k", type=int, help="both streams' top-k (0 = all)")
-    parser.add_argument("--seed", type=int, help="the sampling seed")
-
-
-def policy_from_flags(stored: DecodingPolicy, args: argparse.Namespace) -> DecodingPolicy:
-    """`stored` with the fields the flags name changed (a bad field or value is an error that
-    names it)."""
+def override_policy(stored: DecodingPolicy, assignments: Sequence[str] = (), *,
+                    temperature: float | None = None, top_k: int | None = None,
+                    seed: int | None = None) -> DecodingPolicy:
+    """`stored` with ``FIELD=VALUE`` `assignments` applied, then the shorthands (both
+    streams' temperature or top-k, the seed) where given; a bad field or value is an error
+    that names it."""
     policy = stored
-    for assignment in args.decoding:
+    for assignment in assignments:
         policy = override(policy, assignment)
-    shorthands = {"temperature": ("text_temperature", "speech_temperature"),
-                  "top_k": ("text_top_k", "speech_top_k"), "seed": ("seed",)}
-    for flag, fields in shorthands.items():
-        value = getattr(args, flag)
+    shorthands = {"temperature": (temperature, ("text_temperature", "speech_temperature")),
+                  "top_k": (top_k, ("text_top_k", "speech_top_k")), "seed": (seed, ("seed",))}
+    for value, fields in shorthands.values():
         if value is not None:
             policy = dataclasses.replace(policy, **{f: value for f in fields})
     return policy

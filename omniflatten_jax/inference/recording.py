@@ -1,9 +1,10 @@
 """A recording streamed through a duplex model as if live, its outputs written as they come.
 
-`stream_recording` reads the user's audio block by block (`UserSpeech`), feeds it chunk by
-chunk to a `DuplexDecoder` (each chunk decoded before the next is fed, as a live system would,
-and timed), and hands each chunk's generated streams straight to the writers of the files the
-duplex command promises:
+`stream_recording` is the file adapter of the duplex session (`inference.session`): it reads
+the user's audio block by block (`UserSpeech`), feeds it chunk by chunk to a one-row
+`DuplexSession` (each chunk decoded before the next is fed, as a live system would, and timed),
+and hands each chunk's generated streams straight to the writers of the files the duplex
+command promises:
 
 * ``output.wav``: the assistant channel, time-synchronous with the input and of its exact
   duration (Full-Duplex-Bench's per-sample contract); silence where the assistant is silent,
@@ -18,7 +19,7 @@ duplex command promises:
 Memory does not grow with the recording: nothing holds the whole input, the whole output or
 every chunk's tokens. The input is read, resampled and tokenized a block at a time, output.wav
 and the text and event files are appended to as turns end, the latency is summarised online
-(`duplex.LatencyStats`) and the timeline keeps a fixed number of columns
+(`session.LatencyStats`) and the timeline keeps a fixed number of columns
 (`timeline.Timeline`). What is held is the decoder's context, one spoken stretch (at most
 `MAX_DECODE_FRAMES`) and one block of input.
 """
@@ -37,9 +38,9 @@ import soxr
 
 from omniflatten_jax.config import to_dict
 from omniflatten_jax.config.token_layout import TokenLayout
-from omniflatten_jax.inference.duplex import DuplexDecoder, DuplexSettings
+from omniflatten_jax.inference.duplex import DuplexModel
+from omniflatten_jax.inference.session import DuplexSession
 from omniflatten_jax.inference.timeline import Timeline
-from omniflatten_jax.model.placement import PlacedModel
 from omniflatten_jax.speech.audio import AudioError
 from omniflatten_jax.speech.tokenizer import SpeechDecoder, SpeechTokenizer
 from omniflatten_jax.tokens.sequence import Stream
@@ -333,20 +334,21 @@ class TextTurns:
         self.ids, self.first = array.array("i"), None
 
 
-def stream_recording(placed: PlacedModel, layout: TokenLayout, settings: DuplexSettings,
-                     tokenizer: SpeechTokenizer, decoder: SpeechDecoder, audio_path: str,
-                     out_dir: str, *, title: str = "") -> dict:
-    """Decodes `audio_path` (any format, rate, channel count) chunk by chunk under
-    ``settings.policy`` and writes the files (module docstring) into `out_dir`; returns the
-    summary events.json ends with."""
-    chunk = settings.chunk
+def stream_recording(model: DuplexModel, audio_path: str, out_dir: str, *, title: str = ""
+                     ) -> dict:
+    """Decodes `audio_path` (any format, rate, channel count) chunk by chunk under the model's
+    policy and writes the files (module docstring) into `out_dir`; returns the summary
+    events.json ends with. The model's speech tokenizer reads the user and voices the
+    assistant."""
+    layout, chunk = model.layout, model.chunk
+    tokenizer = decoder = model.speech
     width = chunk.streams[0][1]
     chunk_seconds = width / tokenizer.frame_rate
     timeline = Timeline(tokenizer.sample_rate, tokenizer.frame_rate, chunk_seconds)
     user = UserSpeech(audio_path, tokenizer, timeline.user.add)
-    model = DuplexDecoder(placed, layout, chunk, settings.flatten, batch=1,
-                          context_chunks=settings.context_chunks, policy=settings.policy)
-    compile_s = model.compile()
+    session = DuplexSession(model, 1)
+    compile_s = session.compile()
+    session.start(0)
     events = JsonList(os.path.join(out_dir, "events.json"), key="events")
     audio = AssistantAudio(
         os.path.join(out_dir, "output.wav"), tokenizer.sample_rate, tokenizer.frame_rate,
@@ -357,7 +359,7 @@ def stream_recording(placed: PlacedModel, layout: TokenLayout, settings: DuplexS
              for s in (Stream.ASSISTANT_TEXT, Stream.USER_TEXT) if s.key in chunk.keys]
     n = 0
     for n, (ids, frames) in enumerate(user_chunks(user, layout, width), start=1):
-        streams = chunk.unflatten(np.concatenate([ids, model.step(ids[None])[0]]))
+        streams = chunk.unflatten(np.concatenate([ids, session.step(ids[None])[0]]))
         speech = streams[Stream.ASSISTANT_SPEECH.key][0, :frames]
         timeline.speaking.add(speech != layout.special("<silent_speech>"))
         audio.add(speech, user.samples if user.finished else None)
@@ -368,14 +370,14 @@ def stream_recording(placed: PlacedModel, layout: TokenLayout, settings: DuplexS
     written = audio.close(user.samples)
     for text in texts:
         text.close(n - 1)
-    summary = _summary(model, user.samples, written, tokenizer.sample_rate, chunk_seconds,
+    summary = _summary(session, user.samples, written, tokenizer.sample_rate, chunk_seconds,
                        compile_s)
     events.close(summary)
     timeline.plot(os.path.join(out_dir, "timeline.png"), title)
     return summary
 
 
-def _summary(model: DuplexDecoder, samples: int, written: int, rate: int,
+def _summary(model: DuplexSession, samples: int, written: int, rate: int,
              chunk_seconds: float, compile_s: float) -> dict:
     latency = model.latency
     chunk_audio_ms = 1000 * chunk_seconds

@@ -6,12 +6,30 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from omniflatten_jax.config import ModelConfig
 from omniflatten_jax.distributed.sharding import constrain
 from omniflatten_jax.model.layers import Einsum, apply_rope
 from omniflatten_jax.model.packed_attention import packed_attention
+
+
+class CacheWrite(NamedTuple):
+    """Where a call's T new tokens go in each row's cache: from slot ``start [B]``, for the
+    ``rows [B]`` that take them (a row that does not keeps its slots as they were)."""
+
+    start: jax.Array
+    rows: jax.Array
+
+
+def write_rows(buffer: jax.Array, new: jax.Array, where: CacheWrite) -> jax.Array:
+    """``buffer [B, slots, ...]`` with ``new [B, T, ...]`` written where `where` says."""
+    def one(row, x, start, take):
+        old = jax.lax.dynamic_slice_in_dim(row, start, x.shape[0], 0)
+        return jax.lax.dynamic_update_slice_in_dim(
+            row, jnp.where(take, x.astype(row.dtype), old), start, 0)
+    return jax.vmap(one)(buffer, new, where.start, where.rows)
 
 
 class LayerCache(NamedTuple):
@@ -36,13 +54,14 @@ class Attention(nnx.Module):
         self.impl = cfg.attention_impl  # resolved when traced: `packed_attention.resolve`
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None,
-                 cache: LayerCache | None = None, cache_index: jax.Array | None = None,
+                 cache: LayerCache | None = None, cache_write: CacheWrite | None = None,
                  cache_mask: jax.Array | None = None) -> tuple[jax.Array, LayerCache | None]:
         """Self-attention over ``x [B, T, E]``.
 
         Without a cache: causal within each packed segment (``segment_ids`` 0 marks padding).
-        With a cache: the T new tokens are written at slot ``cache_index`` and attend to the
-        slots that ``cache_mask [B, T, slots]`` allows (prefill, a chunk, or a single token).
+        With a cache: each row's T new tokens are written where ``cache_write`` says and attend
+        to the slots that ``cache_mask [B, T, slots]`` allows (prefill, a chunk, or a single
+        token).
         """
         q = apply_rope(self.q(x), positions, self.rope_theta)
         k = apply_rope(self.k(x), positions, self.rope_theta)
@@ -53,10 +72,8 @@ class Attention(nnx.Module):
         if cache is None:
             out = packed_attention(q, k, v, segment_ids, self.impl)
         else:
-            def write(buf, new):
-                return jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype),
-                                                           cache_index, 1)
-            cache = LayerCache(write(cache.k, k), write(cache.v, v))
+            cache = LayerCache(write_rows(cache.k, k, cache_write),
+                               write_rows(cache.v, v, cache_write))
             out = jax.nn.dot_product_attention(
                 q, cache.k.astype(q.dtype), cache.v.astype(q.dtype),
                 mask=cache_mask[:, None], implementation="xla")

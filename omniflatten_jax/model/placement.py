@@ -89,8 +89,9 @@ class PlacedModel:
             cfg = self.model.cfg
             kv = self.sharding_of(CACHE_KV_AXES, (batch, slots, cfg.num_kv_heads, cfg.head_dim))
             self._cache_shardings[batch, slots] = DecodeCache(
-                tuple(LayerCache(kv, kv) for _ in range(cfg.num_layers)), self.replicated,
-                self.batch_sharding((batch, slots)), self.batch_sharding((batch,)))
+                tuple(LayerCache(kv, kv) for _ in range(cfg.num_layers)),
+                self.batch_sharding((batch,)), self.batch_sharding((batch, slots)),
+                self.batch_sharding((batch,)))
         return self._cache_shardings[batch, slots]
 
     def activate(self):
@@ -112,6 +113,13 @@ class PlacedModel:
         """A PRNG key made on every device of the mesh (computed there: nothing moves)."""
         return self.jit("key", lambda: jax.random.key(seed), seed, in_shardings=(),
                         out_shardings=self.replicated)()
+
+    def keys(self, seeds: Sequence[int]) -> jax.Array:
+        """One PRNG key per batch row (``[B]``, replicated), made on the devices from `seeds`:
+        a row's draws depend on its own seed only."""
+        fn = self.jit("keys", jax.vmap(jax.random.key), len(seeds),
+                      in_shardings=(self.replicated,), out_shardings=self.replicated)
+        return fn(self.put(np.asarray(seeds, np.uint32)))
 
     @staticmethod
     def get(x: jax.Array) -> np.ndarray:

@@ -13,7 +13,7 @@ from flax import nnx
 
 from omniflatten_jax.config import ModelConfig
 from omniflatten_jax.distributed.sharding import constrain
-from omniflatten_jax.model.attention import Attention, LayerCache
+from omniflatten_jax.model.attention import Attention, CacheWrite, LayerCache
 from omniflatten_jax.model.layer_stack import run_layers
 from omniflatten_jax.model.layers import Einsum, RMSNorm, param
 
@@ -38,8 +38,8 @@ class DecoderLayer(nnx.Module):
         self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype)
         self.mlp = MLP(cfg, rngs)
 
-    def __call__(self, x, positions, segment_ids, cache=None, cache_index=None, cache_mask=None):
-        attn_out, cache = self.attn(self.input_norm(x), positions, segment_ids, cache, cache_index,
+    def __call__(self, x, positions, segment_ids, cache=None, cache_write=None, cache_mask=None):
+        attn_out, cache = self.attn(self.input_norm(x), positions, segment_ids, cache, cache_write,
                                     cache_mask)
         x = constrain(x + attn_out, ("batch", "length", "act_embed"))
         x = x + self.mlp(self.post_attn_norm(x))
@@ -58,7 +58,7 @@ class Qwen2(nnx.Module):
     def __call__(self, tokens: jax.Array, positions: jax.Array,
                  segment_ids: jax.Array | None = None,
                  cache: tuple[LayerCache, ...] | None = None,
-                 cache_index: jax.Array | None = None, cache_mask: jax.Array | None = None,
+                 cache_write: CacheWrite | None = None, cache_mask: jax.Array | None = None,
                  hidden_only: bool = False):
         """``tokens [B, T]`` -> fp32 logits ``[B, T, vocab]`` (and the updated cache, if any);
         with `hidden_only`, the final normalised hidden states ``[B, T, embed]`` instead."""
@@ -71,7 +71,7 @@ class Qwen2(nnx.Module):
                            scan=self.cfg.scan_layers, dtype=dtype)
         else:  # decoding: a loop that threads each layer's cache
             for layer, layer_cache in zip(self.layers, cache):
-                x, layer_cache = layer(x, positions, None, layer_cache, cache_index, cache_mask)
+                x, layer_cache = layer(x, positions, None, layer_cache, cache_write, cache_mask)
                 new_cache.append(layer_cache)
         x = self.final_norm(x)
         if hidden_only:  # the loss projects it chunk by chunk (`training.loss`)

@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 
 from omniflatten_jax.config import ModelConfig
 from omniflatten_jax.distributed import sharding
-from omniflatten_jax.model.attention import LayerCache
+from omniflatten_jax.model.attention import CacheWrite, LayerCache, write_rows
 from omniflatten_jax.model.qwen2 import Qwen2
 
 Params = dict
@@ -27,13 +27,15 @@ Params = dict
 class DecodeCache:
     """Preallocated keys/values of every layer, and which slots hold real tokens.
 
-    All rows advance through the slots together; a row's padding (for example the left padding
-    of prompts of different lengths) occupies slots that `valid` marks false, and the row's own
+    Each row has its own cursor, so the rows can hold independent sequences that start,
+    advance and restart on their own (`extend`'s ``rows``, `reset_rows`): the live duplex
+    session keeps one conversation per row. A row's padding (for example the left padding of
+    prompts of different lengths) occupies slots that `valid` marks false, and the row's own
     positions count only its real tokens.
     """
 
     layers: tuple[LayerCache, ...]
-    length: jax.Array  # int32 scalar: slots written so far
+    length: jax.Array  # int32 [B]: slots each row has written so far
     valid: jax.Array  # bool [B, slots]: slots that hold real tokens
     next_position: jax.Array  # int32 [B]: RoPE position of each row's next real token
 
@@ -96,30 +98,47 @@ class Transformer:
         shape = (batch, max_len, self.cfg.num_kv_heads, self.cfg.head_dim)
         layers = tuple(LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
                        for _ in range(self.cfg.num_layers))
-        return DecodeCache(layers, jnp.zeros((), jnp.int32), jnp.zeros((batch, max_len), bool),
-                           jnp.zeros((batch,), jnp.int32))
+        return DecodeCache(layers, jnp.zeros((batch,), jnp.int32),
+                           jnp.zeros((batch, max_len), bool), jnp.zeros((batch,), jnp.int32))
+
 
     def extend(self, params: Params, cache: DecodeCache, tokens: jax.Array,
-               valid: jax.Array | None = None) -> tuple[jax.Array, DecodeCache]:
+               valid: jax.Array | None = None, rows: jax.Array | None = None
+               ) -> tuple[jax.Array, DecodeCache]:
         """Appends ``tokens [B, T]`` (a prompt, a chunk, or one token) to the cache.
 
-        ``valid [B, T]`` marks padding (false) that no later token may attend to. Returns the
-        logits of the new tokens, equal to the full forward pass over each row's real tokens.
-        Writing past the cache's end is the caller's bug: size the cache for the whole dialogue.
+        ``valid [B, T]`` marks padding (false) that no later token may attend to. ``rows [B]``
+        (default: all) says which rows take the tokens; the others are left as they were
+        (their logits are computed and meaningless). Returns the logits of the new tokens,
+        equal to the full forward pass over each row's real tokens. Writing past the cache's
+        end is the caller's bug: size the cache for the whole sequence, or slide.
         """
         b, t = tokens.shape
         valid = jnp.ones((b, t), bool) if valid is None else valid.astype(bool)
+        taken = jnp.ones((b,), bool) if rows is None else rows.astype(bool)
+        valid = valid & taken[:, None]
         positions = cache.next_position[:, None] + jnp.cumsum(valid, axis=1) - valid
         slots = cache.valid.shape[1]
-        slot_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, cache.length))
-        query_slot = cache.length + jnp.arange(t)
-        causal = jnp.arange(slots)[None, :] <= query_slot[:, None]  # [T, S]
-        own = jnp.arange(slots)[None, :] == query_slot[:, None]  # keeps padding rows finite
-        mask = (causal[None] & slot_valid[:, None, :]) | own[None]
-        logits, layers = self._module(params)(tokens, positions, None, cache.layers, cache.length,
+        where = CacheWrite(cache.length, taken)
+        slot_valid = write_rows(cache.valid, valid, where)
+        query_slot = cache.length[:, None] + jnp.arange(t)  # [B, T]
+        causal = jnp.arange(slots) <= query_slot[..., None]  # [B, T, S]
+        own = jnp.arange(slots) == query_slot[..., None]  # keeps padding rows finite
+        mask = (causal & slot_valid[:, None, :]) | own
+        logits, layers = self._module(params)(tokens, positions, None, cache.layers, where,
                                               mask)
-        return logits, DecodeCache(layers, cache.length + t, slot_valid,
+        return logits, DecodeCache(layers, cache.length + t * taken.astype(jnp.int32),
+                                   slot_valid,
                                    cache.next_position + jnp.sum(valid, axis=1, dtype=jnp.int32))
+
+
+def reset_rows(cache: DecodeCache, rows: jax.Array) -> DecodeCache:
+    """The cache with ``rows [B]`` emptied (nothing valid, cursor and positions at 0), the
+    others untouched: a row starts a new sequence while the rest go on. The keys and values
+    stay (no slot is valid, so none is read) and are overwritten as the row advances."""
+    keep = ~rows.astype(bool)
+    return DecodeCache(cache.layers, cache.length * keep, cache.valid & keep[:, None],
+                       cache.next_position * keep)
 
 
 @functools.cache

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omniflatten_jax.config import FlattenConfig
-from omniflatten_jax.config.stages import CHUNKED_STAGES
+from omniflatten_jax.config.stages import CHUNKED_STAGES, DUPLEX_2, DUPLEX_3, DUPLEX_4
 from omniflatten_jax.tokens.sequence import Stream
 
 
@@ -85,11 +85,11 @@ def chunk_layout(stage: str, cfg: FlattenConfig = FlattenConfig()) -> ChunkLayou
     at = (Stream.ASSISTANT_TEXT, cfg.text_chunk)
     as_ = (Stream.ASSISTANT_SPEECH, cfg.speech_chunk)
     assistant = {Stream.ASSISTANT_TEXT, Stream.ASSISTANT_SPEECH}
-    if stage == "duplex_4":
+    if stage == DUPLEX_4:
         loss = assistant | ({Stream.USER_TEXT} if cfg.user_text_loss else set())
         return ChunkLayout(stage, (us, ut, at, as_), frozenset(loss))
-    if stage == "duplex_3":
+    if stage == DUPLEX_3:
         return ChunkLayout(stage, (us, at, as_), frozenset(assistant))
-    if stage == "duplex_2":
+    if stage == DUPLEX_2:
         return ChunkLayout(stage, (us, as_), frozenset({Stream.ASSISTANT_SPEECH}))
     raise ValueError(f"{stage!r} is not a chunked stage; choose one of {CHUNKED_STAGES}")
