@@ -62,15 +62,15 @@ def user_speaking(record) -> np.ndarray:
 def diagnose(cfg, stage: str, workdir: str, records, frame_rate: float) -> dict:
     from data_pipelines.dialogue_examples import duplex_windows
     from experiments.dialogue_stage import record_events
+    from omniflatten_jax.checkpoint.placed import restore_placed
     from omniflatten_jax.distributed import paths
     from omniflatten_jax.evaluation import speak_probability as sp
     from omniflatten_jax.inference.duplex import legal_ids
-    from omniflatten_jax.model.placement import PlacedModel
     from omniflatten_jax.stage_plan import plan_stage
     from omniflatten_jax.tokens.sequence import Stream
 
     plan = plan_stage(cfg, stage)
-    placed = PlacedModel.restore(paths.join(workdir, stage, "checkpoints"), cfg.mesh,
+    placed = restore_placed(paths.join(workdir, stage, "checkpoints"), cfg.mesh,
                                  layout=cfg.layout)
     silent = cfg.layout.special("<silent_speech>")
     windows = [duplex_windows(r, cfg.layout, plan) for r in records]

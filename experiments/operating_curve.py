@@ -39,10 +39,10 @@ def main() -> None:
     from data_pipelines.prepare import prepare_dialogues
     from experiments.configs import get_config
     from experiments.dialogue_stage import choose_policy
+    from omniflatten_jax.checkpoint.placed import restore_placed
     from omniflatten_jax.config import to_dict
     from omniflatten_jax.distributed import paths
     from omniflatten_jax.evaluation.operating_curve import format_curve
-    from omniflatten_jax.model.placement import PlacedModel
     from omniflatten_jax.speech import load_speech_tokenizer
     from omniflatten_jax.stage_plan import plan_stage
 
@@ -52,7 +52,7 @@ def main() -> None:
     source = data_source(prepared.data_dir, prepared.config_name, "validation", cfg.layout)
     records = [source[i] for i in range(len(source))]
     tokenizer = load_speech_tokenizer(prepared.tokenizer_path)
-    placed = PlacedModel.restore(paths.join(FLAGS.workdir, FLAGS.stage, "checkpoints"), cfg.mesh,
+    placed = restore_placed(paths.join(FLAGS.workdir, FLAGS.stage, "checkpoints"), cfg.mesh,
                                  layout=cfg.layout)
     os.makedirs(FLAGS.out, exist_ok=True)
     chosen = choose_policy(cfg, plan, placed, records, tokenizer, FLAGS.out)

@@ -7,6 +7,9 @@ and restores of the whole train state), `format_upgrade` (older formats describe
 `orbax_echoes` (one failure reported once). May import `config`, `tokens`, `distributed`,
 `speech` and `finite`; never training, inference or the commands. The names below are the step
 format's API, used as ``checkpoint.load_params(...)``.
+
+`restore_placed` (a checkpoint's parameters straight onto a mesh) is imported from
+`checkpoint.placed`: it needs the model, which the step format does not.
 """
 
 from omniflatten_jax.checkpoint.store import (

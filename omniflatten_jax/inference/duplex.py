@@ -118,6 +118,7 @@ def load_duplex(checkpoint_path: str, *, placement: ParamPlacement = "sharded",
     then the weights, restored straight into `placement` on a mesh of `mesh`'s shape. With
     `layout`, the checkpoint's token layout must equal it."""
     from omniflatten_jax import checkpoint
+    from omniflatten_jax.checkpoint.placed import restore_placed
     from omniflatten_jax.distributed import paths
     from omniflatten_jax.speech.tokenizer import load_speech_tokenizer
 
@@ -131,5 +132,5 @@ def load_duplex(checkpoint_path: str, *, placement: ParamPlacement = "sharded",
         raise ValueError(f"the speech tokenizer has {speech.num_codes} codes but {where} was "
                          f"trained on {meta.layout.num_speech_codes}: give the tokenizer it "
                          "was trained with (or none: the checkpoint's own)")
-    placed = PlacedModel.restore(where, mesh, placement, layout=layout)
+    placed = restore_placed(where, mesh, placement, layout=layout)
     return DuplexModel(placed, meta.layout, settings, speech, where, meta.stage)

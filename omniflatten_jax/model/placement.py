@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from omniflatten_jax.config import PARAM_PLACEMENTS, MeshConfig, ParamPlacement
 from omniflatten_jax.distributed import sharding
-from omniflatten_jax.model import DecodeCache, Params, Transformer, transformer
+from omniflatten_jax.model import DecodeCache, Params, Transformer
 from omniflatten_jax.model.attention import LayerCache
 
 # Logical axes of a decode cache's fields (`model.DecodeCache`).
@@ -59,20 +59,6 @@ class PlacedModel:
         """Placed on a mesh of `mesh_cfg`'s shape over all (or the given) devices."""
         return cls(model, params, sharding.make_mesh(mesh_cfg, devices), mesh_cfg.rules,
                    placement)
-
-    @classmethod
-    def restore(cls, path: str, mesh_cfg: MeshConfig = MeshConfig(),
-                placement: ParamPlacement = "sharded", layout=None) -> "PlacedModel":
-        """A checkpoint's parameters, restored straight into their placement (with `layout`,
-        the checkpoint's token layout must equal it)."""
-        from omniflatten_jax import checkpoint
-
-        meta = checkpoint.load_meta(path)
-        model = transformer(meta.model, meta.layout.vocab_size)
-        mesh = sharding.make_mesh(mesh_cfg)
-        target = model.param_shardings(mesh, placement_rules(mesh_cfg.rules, placement))
-        params, _, _ = checkpoint.load_params(path, target, layout)
-        return cls(model, params, mesh, mesh_cfg.rules, placement)
 
     # --- shardings -------------------------------------------------------------------------
     def sharding_of(self, names: Sequence[str | None], shape: Sequence[int]) -> NamedSharding:
