@@ -39,6 +39,7 @@ import soxr
 from omniflatten_jax.config import to_dict
 from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.inference.duplex import DuplexModel
+from omniflatten_jax.inference.live import voice
 from omniflatten_jax.inference.session import DuplexSession
 from omniflatten_jax.inference.timeline import Timeline
 from omniflatten_jax.speech.audio import AudioError
@@ -197,17 +198,6 @@ class JsonList:
         self.file.close()
 
 
-def min_decode_frames(decoder: SpeechDecoder) -> int:
-    """The fewest frames `decoder` can turn into audio. Griffin-Lim (the k-means decoder)
-    re-analyses its signal with FFT windows of ``n_fft`` samples; the signal of a stretch of
-    1 or 2 frames (40-80 ms; a trained model emits such blips) is shorter than one window, and
-    librosa warns "n_fft=1024 is too large for input signal" on every run. Other decoders
-    take any length."""
-    cfg = getattr(decoder, "cfg", None)
-    n_fft, hop = getattr(cfg, "n_fft", 0), getattr(cfg, "hop", 0)
-    return 1 + -(-n_fft // hop) if n_fft and hop else 1
-
-
 class AssistantAudio:
     """output.wav written as the chunks come: zeros while the assistant is silent, each spoken
     stretch decoded when it ends (a longer one every `MAX_DECODE_FRAMES`) and written in place,
@@ -222,7 +212,6 @@ class AssistantAudio:
         self.decoder, self.layout = decoder, layout
         self.on_event, self.on_samples = on_event, on_samples
         self.silent = layout.special("<silent_speech>")
-        self.min_frames = min_decode_frames(decoder)
         self.frame = 0  # frames received
         self.written = 0  # samples in the file
         self.limit: int | None = None  # the input's length, once known
@@ -273,10 +262,7 @@ class AssistantAudio:
         self.run_start, self.run = end, array.array("i")
 
     def _decode(self, ids: np.ndarray) -> np.ndarray:
-        codes = self.layout.speech_codes(ids)
-        if len(codes) < self.min_frames:  # repeated to one analysis window, cut back below
-            codes = np.pad(codes, (0, self.min_frames - len(codes)), mode="edge")
-        return np.asarray(self.decoder.decode(codes), np.float32)
+        return voice(self.decoder, self.layout, ids)
 
     def _silence_until(self, sample: int) -> None:
         step = 1 << 16

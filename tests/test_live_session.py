@@ -1,0 +1,77 @@
+"""The duplex session in audio: a chunk of each caller's audio in, the assistant's out, no file;
+conversations as rows that start and end on their own (`inference.live`)."""
+
+import numpy as np
+import pytest
+
+from omniflatten_jax.inference.duplex import load_duplex
+from omniflatten_jax.inference.live import LiveSession, TextPieces
+from omniflatten_jax.speech.audio import resample
+from tests.test_duplex_cli import LAYOUT, stage_dir  # noqa: F401  (the shared fixture)
+
+
+@pytest.fixture(scope="module")
+def speech():
+    """About 2 s of synthesised speech, then 1 s of silence, at 16 kHz."""
+    from data_pipelines.synth.espeak import Synthesizer, Voice
+
+    utt = Synthesizer().speak("hello there how are you today", Voice("en+m3"))
+    return np.concatenate([resample(utt.audio, utt.sample_rate, 16_000),
+                           np.zeros(16_000)]).astype(np.float32)
+
+
+def chunks(wave, n):
+    wave = np.pad(wave, (0, -len(wave) % n))
+    return [wave[i:i + n] for i in range(0, len(wave), n)]
+
+
+def test_conversations_stream_in_audio_and_restart_on_their_own(stage_dir, speech):  # noqa: F811
+    model = load_duplex(str(stage_dir / "checkpoints"))
+    live = LiveSession(model, rows=2)
+    live.compile()
+    pieces = chunks(speech, live.chunk_samples)
+    assert live.chunk_samples == 10 * 640  # 10 frames of 40 ms at 16 kHz
+    live.start([0, 1])
+    first, second = [], []
+    for i, piece in enumerate(pieces):
+        if i == 3:  # row 1 hangs up after 3 chunks of other audio and calls again
+            live.end(1)
+        if i == 4:
+            live.start(1)
+        audio = {0: piece} | ({1: 0.5 * piece[::-1].copy()} if i < 3 else {})
+        if i >= 4:
+            audio[1] = pieces[i - 4]
+        replies = live.step(audio)
+        assert set(replies) == set(audio)
+        for reply in replies.values():
+            assert reply.audio.shape == (live.chunk_samples,) and np.isfinite(reply.audio).all()
+            spoken = np.repeat(reply.assistant_ids != LAYOUT.special("<silent_speech>"), 640)
+            assert not np.any(reply.audio[~spoken])  # silence where the assistant listens
+            assert reply.speaking == bool(spoken.any()) and isinstance(reply.text, str)
+        first.append(replies[0])
+        if i >= 4:
+            second.append(replies[1])
+    # The second call heard the same audio from its start: the same tokens, chunk by chunk,
+    # whatever the other row did and whenever it started.
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a.user_ids, b.user_ids)
+        np.testing.assert_array_equal(a.assistant_ids, b.assistant_ids)
+    # Heard live (no lookahead), the user's codes are those of the whole recording but for
+    # each chunk's last frame, whose analysis window reaches past the chunk.
+    whole = LAYOUT.speech_ids(model.speech.encode(np.concatenate(pieces), 16_000))
+    heard = np.concatenate([r.user_ids for r in first])
+    inside = np.ones(len(heard), bool)
+    inside[9::10] = False
+    np.testing.assert_array_equal(heard[inside], whole[inside])
+    # A row without a conversation is refused, by name.
+    with pytest.raises(ValueError, match=r"rows \[1\] have no conversation"):
+        live.end(1)
+        live.step({0: pieces[0], 1: pieces[0]})
+
+
+def test_text_pieces_wait_for_whole_characters():
+    pieces = TextPieces(LAYOUT)
+    word = list("né".encode())  # "é" is two bytes: two byte tokens
+    assert pieces.add(word[:2]) == "n"  # the first half of "é" waits
+    assert pieces.add(word[2:] + [LAYOUT.special("<silent_text>")]) == "é"
+    assert pieces.add([LAYOUT.special("[EOT]")]) == "\n"
