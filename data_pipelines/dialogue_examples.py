@@ -15,33 +15,12 @@ import dataclasses
 import grain
 import numpy as np
 
+from data_pipelines.records import dialogue_streams
 from omniflatten_jax.config import FlattenConfig
 from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.stage_plan import StagePlan
-from omniflatten_jax.tokens.dialogue_chunks import DialogueStreams, Turn, dialogue_chunks
+from omniflatten_jax.tokens.dialogue_chunks import dialogue_chunks
 from omniflatten_jax.tokens.sequence import FlatSequence, SpokenTurn, half_duplex_sequence
-
-ROLES = ("user", "assistant")
-
-
-def dialogue_streams(record) -> DialogueStreams:
-    """A dataset record -> the `DialogueStreams` that `tokens.chunk_layout` lays out."""
-    bounds = np.concatenate([[0], np.cumsum(record["turn_text_lengths"])])
-    turns = []
-    for i, role in enumerate(record["turn_roles"]):
-        ids = record["text_ids"][bounds[i]:bounds[i + 1]]
-        frames = record["token_frames"][bounds[i]:bounds[i + 1]]
-        turns.append(Turn(ROLES[int(role)], int(record["turn_starts"][i]),
-                          int(record["turn_ends"][i]), ids,
-                          None if ROLES[int(role)] == "assistant" else frames))
-    return DialogueStreams(record["user_speech"], record["assistant_speech"], tuple(turns))
-
-
-def turn_changes(record) -> list[str]:
-    """The pattern of each turn change of a record: ``reply``, ``interrupt`` or ``wait``."""
-    boundaries = record["boundaries"]  # TFDS text: bytes
-    boundaries = boundaries.decode() if isinstance(boundaries, bytes) else str(boundaries)
-    return boundaries.split(",") if boundaries else []
 
 
 def _example(seq: FlatSequence) -> dict:

@@ -39,23 +39,29 @@ import os
 
 import numpy as np
 
-from data_pipelines.dialogue_examples import dialogue_streams, turn_changes
-from data_pipelines.synth.conversation import EVENT_KINDS
-from omniflatten_jax.evaluation.fdb_score import BACKCHANNEL_TRUTH, REFERENCE_ROWS
+from data_pipelines import records
+from data_pipelines.records import dialogue_streams, turn_changes
+from omniflatten_jax.evaluation.fdb_folders import (
+    ANNOTATION_OF,
+    BACKCHANNEL_TRUTH,
+    INPUT,
+    REFERENCE_ROWS,
+    TASKS,
+)
 from omniflatten_jax.speech.audio import save_audio
 
-TASKS = ("pause_handling", "smooth_turn_taking", "user_interruption", "backchannel")
 BACKCHANNEL_TURN_S = 2.0  # a user turn at least this long is a backchannel sample
 BIN_S = 0.2  # FDB's backchannel bins
 LEAD_S = 0.3  # audio kept before a clip's first speech
 TAIL_S = 4.0  # open microphone after the user's last word: time for the model to answer
 MIN_TAIL_S = 2.0  # ... cut short where the user speaks again; a shorter tail is no sample
+REFERENCE = REFERENCE_ROWS["data"]  # the recorded assistant beside each sample
 
 
 def _write(folder: str, audio: np.ndarray, sample_rate: int, annotation_name: str,
            annotation: list, extra: dict[str, np.ndarray] | None = None) -> None:
     os.makedirs(folder, exist_ok=True)
-    save_audio(os.path.join(folder, "input.wav"), audio, sample_rate)
+    save_audio(os.path.join(folder, INPUT), audio, sample_rate)
     for name, clip in (extra or {}).items():
         save_audio(os.path.join(folder, name), clip, sample_rate)
     if annotation_name is not None:
@@ -74,8 +80,7 @@ def samples(record, sample_rate: int, frame_rate: float, texts: list[str]):
     changes = turn_changes(record)
     sec = lambda frame: frame / frame_rate  # noqa: E731
     cut = lambda a, b, wave=user: wave[max(0, int(a * sample_rate)):int(b * sample_rate)]  # noqa: E731
-    kinds = [EVENT_KINDS[int(k)] for k in record.get("event_kinds", ())]
-    spans = list(zip(kinds, record.get("event_starts", ()), record.get("event_ends", ())))
+    spans = records.spans(record)
     # A user turn that cut into the assistant starts over its speech: no clean sample.
     cut_in = {i + 1 for i, pattern in enumerate(changes) if pattern == "interrupt"}
     clean_at = [i for i, t in enumerate(turns) if t.role == "user" and i not in cut_in]
@@ -104,7 +109,7 @@ def samples(record, sample_rate: int, frame_rate: float, texts: list[str]):
             if kind == "assistant_backchannel" and turn.start <= start and end <= turn.end:
                 truth[int((sec(start) - lo) / BIN_S):int((sec(end) - lo) / BIN_S) + 1] += 1
         yield ("backchannel", cut(lo, hi), None, truth.tolist() if truth.any() else None,
-               {"reference.wav": cut(lo, hi, assistant)}, lo)
+               {REFERENCE: cut(lo, hi, assistant)}, lo)
     for kind, start, end in spans:
         if kind != "pause":
             continue
@@ -113,28 +118,28 @@ def samples(record, sample_rate: int, frame_rate: float, texts: list[str]):
             continue
         turn = inside[0]
         lo = max(0.0, sec(turn.start) - LEAD_S)
-        yield ("pause_handling", cut(lo, sec(turn.end)), "pause.json",
+        yield ("pause_handling", cut(lo, sec(turn.end)), ANNOTATION_OF["pause_handling"],
                [{"text": "[PAUSE]", "timestamp": [sec(start) - lo, sec(end) - lo]}],
-               {"reference.wav": cut(lo, sec(turn.end), assistant)}, lo)
+               {REFERENCE: cut(lo, sec(turn.end), assistant)}, lo)
     for i, pattern in enumerate(changes):
         first, second = turns[i], turns[i + 1]
         if i in clean_at and pattern == "reply" and tail(first.end, 0.0) is not None:
             lo = max(0.0, sec(first.start) - LEAD_S)
             clip, hi = tail(first.end, lo)
-            yield ("smooth_turn_taking", clip, "turn_taking.json",
+            yield ("smooth_turn_taking", clip, ANNOTATION_OF["smooth_turn_taking"],
                    [{"text": "[TURN-TAKING]", "timestamp": [sec(first.end) - lo, hi - lo]}],
-                   {"reference.wav": cut(lo, hi, assistant)}, lo)
+                   {REFERENCE: cut(lo, hi, assistant)}, lo)
         elif (first.role == "assistant" and pattern == "interrupt" and i > 0
               and tail(second.end, 0.0) is not None):
             context = turns[i - 1]
             lo = max(0.0, sec(context.start) - LEAD_S)
             clip, hi = tail(second.end, lo)
-            yield ("user_interruption", clip, "interrupt.json",
+            yield ("user_interruption", clip, ANNOTATION_OF["user_interruption"],
                    [{"context": texts[i - 1], "interrupt": texts[i + 1],
                      "timestamp": [sec(second.start) - lo, sec(second.end) - lo]}],
                    {"context.wav": cut(sec(context.start), sec(context.end)),
                     "interrupt.wav": cut(sec(second.start), sec(second.end)),
-                    "reference.wav": cut(lo, hi, assistant)}, lo)
+                    REFERENCE: cut(lo, hi, assistant)}, lo)
 
 
 def _open_microphone(user: np.ndarray, speech: list[tuple[int, int]], per_frame: float):
@@ -186,7 +191,7 @@ def write_samples(records, out_root: str, sample_rate: int, frame_rate: float,
             _write(folder, audio, sample_rate, name, annotation, extra)
             if resynthesis is not None:
                 _resynthesise(os.path.join(folder, REFERENCE_ROWS["resynthesised"]), record,
-                              start_s, len(extra["reference.wav"]), sample_rate, frame_rate,
+                              start_s, len(extra[REFERENCE]), sample_rate, frame_rate,
                               *resynthesis)
             if task == "backchannel" and annotation is not None:
                 truth[str(counts[task])] = annotation

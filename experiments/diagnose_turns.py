@@ -43,8 +43,7 @@ REPLY_WINDOW_S = 0.6  # a reply gap is read at most this long (the simulator rep
 
 def user_speaking(record) -> np.ndarray:
     """Per frame: the user speaks (a turn or a backchannel)."""
-    from data_pipelines.dialogue_examples import dialogue_streams
-    from data_pipelines.synth.conversation import EVENT_KINDS
+    from data_pipelines.records import dialogue_streams, spans
 
     dialogue = dialogue_streams(record)
     n = len(dialogue.user_speech)
@@ -52,10 +51,9 @@ def user_speaking(record) -> np.ndarray:
     for t in dialogue.turns:
         if t.role == "user":
             user[t.start:t.end] = True
-    for k, s, e in zip(record.get("event_kinds", ()), record.get("event_starts", ()),
-                       record.get("event_ends", ())):
-        if EVENT_KINDS[int(k)] == "user_backchannel":
-            user[int(s):int(e)] = True
+    for kind, start, end in spans(record):
+        if kind == "user_backchannel":
+            user[start:end] = True
     return user
 
 

@@ -19,16 +19,11 @@ import numpy as np
 from etils import epath
 
 from data_pipelines.builders.dialogues import data_source
-from data_pipelines.dialogue_examples import (
-    dialogue_streams,
-    spoken_turns,
-    stage_examples,
-    turn_changes,
-)
+from data_pipelines.dialogue_examples import spoken_turns, stage_examples
 from data_pipelines.fdb_samples import clips as fdb_clips
 from data_pipelines.pipelines import dialogue_pipeline
 from data_pipelines.prepare import prepare_dialogues
-from data_pipelines.synth.conversation import EVENT_KINDS
+from data_pipelines.records import dialogue_streams, spans, turn_changes
 from omniflatten_jax import checkpoint
 from omniflatten_jax.config import ExperimentConfig, to_dict
 from omniflatten_jax.config.stages import HALF_DUPLEX
@@ -271,8 +266,9 @@ def full_duplex_bench(cfg: ExperimentConfig, plan: StagePlan, model: DuplexModel
 
     from data_pipelines.fdb_samples import write_samples
     from omniflatten_jax.evaluation.fdb import score_root, stream_samples, streamer, task_dirs
-    from omniflatten_jax.evaluation.fdb_score import REFERENCE_ROWS, not_scored, table_row
+    from omniflatten_jax.evaluation.fdb_folders import REFERENCE_ROWS
     from omniflatten_jax.evaluation.fdb_score import format_table as fdb_table
+    from omniflatten_jax.evaluation.fdb_score import not_scored, table_row
 
     start = time.perf_counter()
     tokenizer = model.speech
@@ -307,6 +303,5 @@ def record_events(record) -> list[tuple]:
     turns = dialogue_streams(record).turns
     found = events([t.role for t in turns], [t.start for t in turns], [t.end for t in turns],
                    turn_changes(record))
-    kinds = [EVENT_KINDS[int(k)] for k in record.get("event_kinds", ())]
-    return found + span_events(kinds, record.get("event_starts", ()),
-                               record.get("event_ends", ()))
+    kinds, starts, ends = zip(*spans(record)) if spans(record) else ((), (), ())
+    return found + span_events(kinds, starts, ends)

@@ -24,7 +24,8 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    from omniflatten_jax.evaluation.fdb_score import TASKS, WORD_SOURCES
+    from omniflatten_jax.evaluation.fdb_folders import TASKS
+    from omniflatten_jax.evaluation.fdb_score import WORD_SOURCES
 
     flags.DEFINE_string("checkpoint", None, "a duplex stage's checkpoint (omit with "
                         "--scored_only)")
@@ -45,14 +46,8 @@ def main() -> None:
     import time
 
     from omniflatten_jax.evaluation import fdb
-    from omniflatten_jax.evaluation.fdb_score import (
-        REFERENCE_ROWS,
-        TASKS,
-        format_table,
-        not_scored,
-        table_row,
-        task_of,
-    )
+    from omniflatten_jax.evaluation.fdb_folders import REFERENCE_ROWS, TASKS, task_of
+    from omniflatten_jax.evaluation.fdb_score import format_table, not_scored, table_row
     from omniflatten_jax.inference.duplex import load_duplex
 
     log = fdb.log

@@ -1,4 +1,4 @@
-"""A short end-to-end smoke run of the library core (until the alignment stage lands).
+"""A one-minute end-to-end check of the library core: `python experiments/run.py --stage=smoke`.
 
 It exercises every real part that exists: the tiny Qwen2 preset on a device mesh, the token
 layout and byte tokenizer, the ASR / TTS / duplex_3 layouts, a sharded jitted AdamW step, the KV

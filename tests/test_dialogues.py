@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from data_pipelines.builders.dialogues import DialogueContext, problem, tokenize
-from data_pipelines.dialogue_examples import assistant_text_lag, dialogue_streams, stage_examples
+from data_pipelines.dialogue_examples import assistant_text_lag, stage_examples
+from data_pipelines.records import dialogue_streams
 from data_pipelines.synth import voices
 from data_pipelines.synth.conversation import simulate
 from data_pipelines.synth.dialogues import read_jsonl, text_dialogues

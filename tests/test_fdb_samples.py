@@ -11,7 +11,8 @@ import soundfile
 from data_pipelines.builders.dialogues import laid_out, problem, tokenize
 from data_pipelines.fdb_samples import write_samples
 from omniflatten_jax.config import SimulationConfig
-from omniflatten_jax.evaluation.fdb_score import BACKCHANNEL_TRUTH, score_task, task_of
+from omniflatten_jax.evaluation.fdb_folders import BACKCHANNEL_TRUTH, task_of
+from omniflatten_jax.evaluation.fdb_score import score_task
 from omniflatten_jax.tokens.text_tokenizers import text_tokenizer
 from tests.test_dialogues import LAYOUT, context, conversation
 from tests.test_dialogues import tokenizer as tokenizer  # noqa: F401 (the module fixture)

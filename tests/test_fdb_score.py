@@ -8,12 +8,8 @@ import pytest
 import soundfile
 
 from data_pipelines.synth.espeak import Synthesizer, Voice
-from omniflatten_jax.evaluation.fdb_score import (
-    not_scored,
-    score_task,
-    table_row,
-    task_of,
-)
+from omniflatten_jax.evaluation.fdb_folders import task_of
+from omniflatten_jax.evaluation.fdb_score import not_scored, score_task, table_row
 from omniflatten_jax.speech.audio import resample
 
 

@@ -26,12 +26,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from data_pipelines import records
 from data_pipelines.builders import common, recipe
 from data_pipelines.corpus import BadInputError, check_policy
-from data_pipelines.dialogue_examples import ROLES, assistant_text_lag, stage_examples
+from data_pipelines.dialogue_examples import assistant_text_lag, stage_examples
+from data_pipelines.records import EVENT_KINDS, ROLES
 from data_pipelines.synth import voices
 from data_pipelines.synth.conversation import (
-    EVENT_KINDS,
     Conversation,
     SimulatedTurn,
     simulate,
@@ -232,13 +233,10 @@ class OmniflattenDialogues(common.RecipeBuilder):
             return tfds.features.Tensor(shape=(None,), dtype=dtype,
                                         encoding=tfds.features.Encoding.ZLIB)
 
-        ints = ("user_speech", "assistant_speech", "turn_roles", "turn_starts", "turn_ends",
-                "turn_text_lengths", "text_ids", "token_frames", "event_kinds", "event_starts",
-                "event_ends")
-        features = {k: tensor(np.int32) for k in ints}
-        features |= {"user_audio": tensor(np.int16), "assistant_audio": tensor(np.int16),
-                     "id": tfds.features.Text(), "boundaries": tfds.features.Text(),
-                     "snr_db": tfds.features.Scalar(np.float32)}
+        features = {k: tensor(np.int32) for k in records.INT_FIELDS}
+        features |= {k: tensor(np.int16) for k in records.AUDIO_FIELDS}
+        features |= {k: tfds.features.Text() for k in records.TEXT_FIELDS}
+        features["snr_db"] = tfds.features.Scalar(np.float32)
         return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(features))
 
 

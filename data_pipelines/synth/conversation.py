@@ -46,12 +46,11 @@ class SimulatedTurn:
     interrupted: bool = False
 
 
-EVENT_KINDS = ("pause", "user_backchannel", "assistant_backchannel")
 
 
 @dataclasses.dataclass(frozen=True)
 class SimulatedEvent:
-    kind: str  # one of EVENT_KINDS
+    kind: str  # one of `records.EVENT_KINDS`
     start_s: float
     end_s: float
     text: str = ""  # what a backchannel says

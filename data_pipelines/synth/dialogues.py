@@ -34,12 +34,12 @@ from data_pipelines.corpus import (
     jsonl_lines,
     stop_error,
 )
+from data_pipelines.records import ROLES
 from data_pipelines.synth.chatterbot import load_conversations
 from omniflatten_jax.config import DialogueConfig
 from omniflatten_jax.tokens.transcripts import normalize_transcript
 
 TextDialogue = list[tuple[str, str]]  # (role, text), in order
-ROLES = ("user", "assistant")
 DIALOGUE_LINE = '{"turns": [{"role": "user" or "assistant", "text": "..."}, ...]}'
 
 

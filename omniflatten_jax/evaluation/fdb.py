@@ -27,17 +27,19 @@ import tempfile
 import time
 
 from omniflatten_jax.config import to_dict
-from omniflatten_jax.evaluation.fdb_score import (
+from omniflatten_jax.evaluation.fdb_folders import (
+    INPUT,
+    OUTPUT,
     REFERENCE_ROWS,
+    SOURCE,
     TASKS,
     samples_of,
-    score_task,
     task_of,
 )
+from omniflatten_jax.evaluation.fdb_score import score_task
 from omniflatten_jax.inference.duplex import DuplexModel
 
 OUT_FILE = "fdb.json"
-SOURCE_FILE = "output_source.json"  # beside output.wav: the checkpoint that wrote it
 PROGRESS_EVERY_S = 30.0
 
 log = logging.getLogger(__name__)
@@ -68,10 +70,10 @@ def stream_samples(model, task_dir: str, source: dict | None = None) -> int:
     start = last = time.perf_counter()
     for n, folder in enumerate(folders, start=1):
         with tempfile.TemporaryDirectory() as scratch:
-            model(os.path.join(folder, "input.wav"), scratch)
-            shutil.move(os.path.join(scratch, "output.wav"), os.path.join(folder, "output.wav"))
+            model(os.path.join(folder, INPUT), scratch)
+            shutil.move(os.path.join(scratch, OUTPUT), os.path.join(folder, OUTPUT))
         if source is not None:  # written after output.wav: a crash between means "not done"
-            _write_json(os.path.join(folder, SOURCE_FILE), source)
+            _write_json(os.path.join(folder, SOURCE), source)
         now = time.perf_counter()
         if n == len(folders) or now - last > PROGRESS_EVERY_S:
             last = now
@@ -84,7 +86,7 @@ def _not_streamed_by(source: dict, task_dir: str, folders: list[str]) -> list[st
     """The sample folders without `source`'s output.wav, once any other output is removed."""
     todo = []
     for folder in folders:
-        output, record = (os.path.join(folder, n) for n in ("output.wav", SOURCE_FILE))
+        output, record = (os.path.join(folder, n) for n in (OUTPUT, SOURCE))
         try:
             with open(record) as f:
                 done = json.load(f) == source and os.path.exists(output)

@@ -1,12 +1,8 @@
 """Scoring Full-Duplex-Bench v1 sample folders from their ``output.wav`` (offline metrics).
 
-A task folder holds numbered sample folders (``1/``, ``2/``, ...), each with ``input.wav``,
-the model's ``output.wav`` and the task's annotation; the task is known by that annotation
-(`task_of`): ``pause.json`` (pause handling), ``turn_taking.json`` (smooth turn-taking),
-``interrupt.json`` (user interruption); a folder without one is the backchannel task, whose
-ground truth (``icc_gt_distribution.json``, keyed by sample number) sits beside the samples
-(without it, JSD is not reported). FDB's own folders and the ones `data_pipelines.fdb_samples`
-writes score the same way.
+The folders are FDB's contract (`fdb_folders`): FDB's own release and the ones
+`data_pipelines.fdb_samples` writes score the same way; without a backchannel ground truth,
+JSD is not reported.
 
 Words come from `fdb_asr.pocketsphinx_words` or, when a sample has one and ``words="output.json"``
 is asked for, from its ``output.json``; segments from Silero VAD. Metric definitions:
@@ -29,14 +25,14 @@ from omniflatten_jax.evaluation.fdb_asr import (
     pocketsphinx_words,
     speech_segments,
 )
+from omniflatten_jax.evaluation.fdb_folders import (
+    ANNOTATION_OF,
+    BACKCHANNEL_TRUTH,
+    OUTPUT,
+    samples_of,
+    task_of,
+)
 
-ANNOTATIONS = {"pause.json": "pause_handling", "turn_taking.json": "smooth_turn_taking",
-               "interrupt.json": "user_interruption"}
-TASKS = (*ANNOTATIONS.values(), "backchannel")
-BACKCHANNEL_TRUTH = "icc_gt_distribution.json"
-# Files beside output.wav that score as rows of their own where every sample of a task has
-# them (our samples do): the recorded assistant, and its speech ids through the decoder.
-REFERENCE_ROWS = {"data": "reference.wav", "resynthesised": "resynthesised.wav"}
 WORD_SOURCES = ("pocketsphinx", "output.json")
 
 # FDB v1's published results (its README; latency in seconds), for the printed table.
@@ -53,25 +49,7 @@ COLUMNS = ("pause TOR synthetic", "pause TOR Candor", "backchannel TOR", "backch
            "interruption latency")
 
 
-def samples_of(task_dir: str) -> list[str]:
-    """The numbered sample folders of a task folder, in numeric order."""
-    names = [n for n in os.listdir(task_dir) if n.isdigit()
-             and os.path.isdir(os.path.join(task_dir, n))]
-    return [os.path.join(task_dir, n) for n in sorted(names, key=int)]
-
-
-def task_of(task_dir: str) -> str:
-    """Which FDB task a folder of samples is, by the annotation its first sample holds."""
-    folders = samples_of(task_dir)
-    if not folders:
-        raise FileNotFoundError(f"{task_dir} holds no numbered sample folders (1/, 2/, ...)")
-    for name, task in ANNOTATIONS.items():
-        if os.path.exists(os.path.join(folders[0], name)):
-            return task
-    return "backchannel"
-
-
-def load_output(folder: str, name: str = "output.wav") -> np.ndarray:
+def load_output(folder: str, name: str = OUTPUT) -> np.ndarray:
     """``output.wav`` (or `name`) as 16 kHz mono float."""
     path = os.path.join(folder, name)
     if not os.path.exists(path):
@@ -102,7 +80,7 @@ def _annotation(folder: str, name: str) -> list:
         return json.load(f)
 
 
-def score_task(task_dir: str, words: str = "pocketsphinx", output: str = "output.wav") -> dict:
+def score_task(task_dir: str, words: str = "pocketsphinx", output: str = OUTPUT) -> dict:
     """The task's metrics over its samples (each needs its ``output.wav``; `output` names
     another file to score in its place, e.g. ``reference.wav``: the recorded assistant)."""
     task = task_of(task_dir)
@@ -111,16 +89,16 @@ def score_task(task_dir: str, words: str = "pocketsphinx", output: str = "output
     truth = json.load(open(truth_path)) if os.path.exists(truth_path) else None
     for folder in samples_of(task_dir):
         wave = load_output(folder, output)
-        source = words if output == "output.wav" else "pocketsphinx"
+        source = words if output == OUTPUT else "pocketsphinx"
         if task == "user_interruption":
-            end = float(_annotation(folder, "interrupt.json")[0]["timestamp"][1])
+            end = float(_annotation(folder, ANNOTATION_OF["user_interruption"])[0]["timestamp"][1])
             turns.append(m.turn_score(output_words(folder, wave, source, end), end))
             continue
         found = output_words(folder, wave, source)
         if task == "pause_handling":
             turns.append(m.TurnScore(m.takes_turn(found), None))
         elif task == "smooth_turn_taking":
-            end = float(_annotation(folder, "turn_taking.json")[0]["timestamp"][0])
+            end = float(_annotation(folder, ANNOTATION_OF["smooth_turn_taking"])[0]["timestamp"][0])
             turns.append(m.turn_score(found, end))
         else:
             score = m.backchannel_score(speech_segments(wave), found, len(wave) / SAMPLE_RATE)

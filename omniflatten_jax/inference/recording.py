@@ -337,7 +337,8 @@ def stream_recording(model: DuplexModel, audio_path: str, out_dir: str, *, title
     session.start(0)
     events = JsonList(os.path.join(out_dir, "events.json"), key="events")
     audio = AssistantAudio(
-        os.path.join(out_dir, "output.wav"), tokenizer.sample_rate, tokenizer.frame_rate,
+        os.path.join(out_dir, "output.wav"),  # FDB's name: the harness reads it as it is
+        tokenizer.sample_rate, tokenizer.frame_rate,
         decoder, layout, lambda kind, frame: events.add(
             {"event": kind, "time_s": round(frame / tokenizer.frame_rate, 3)}),
         timeline.assistant.add)
