@@ -1,5 +1,10 @@
 """TPU slice topologies and compile-only TPU devices on a host without a TPU (for `plan.py`).
 
+The one place slice shapes are computed: `plan.py` reads `Topology`, and the launchers
+(`launch/common.sh`'s ``tpu_shape``) run ``python3 experiments/tpu_topology.py ACCELERATOR``,
+which prints a slice's chips, hosts, grid, GKE accelerator label and TPU VM runtime as shell
+assignments (standard library only: it runs on a workstation without the project installed).
+
 Topologies: ``v5p-N`` (N TensorCores, two per chip: v5p-64 is 32 chips, 2x4x4), ``v4-N``
 likewise, ``v5e-N`` / ``v5litepod-N`` and ``v6e-N`` (N chips: v6e-16 is 4x4), or a chip grid
 ``v5p:2x4x4``, ``v6e:4x4``, ``v5e:2x4``; several slices joined by the data-centre network
@@ -40,6 +45,11 @@ class Topology:
     # family: (libtpu's name, chip config, TensorCores per name unit, grid rank)
     FAMILIES = {"v4": ("v4", "megacore", 2, 3), "v5p": ("v5", "megacore", 2, 3),
                 "v5e": ("v5e", "default", 1, 2), "v6e": ("v6e", "default", 1, 2)}
+    # family: (GKE's gke-tpu-accelerator label, the TPU VM software version)
+    CLOUD = {"v4": ("tpu-v4-podslice", "tpu-ubuntu2204-base"),
+             "v5p": ("tpu-v5p-slice", "v2-alpha-tpuv5"),
+             "v5e": ("tpu-v5-lite-podslice", "v2-alpha-tpuv5-lite"),
+             "v6e": ("tpu-v6e-slice", "v2-alpha-tpuv6e")}
     ALIASES = {"v5": "v5p", "v5litepod": "v5e", "v5lite": "v5e", "v6": "v6e"}
 
     @property
@@ -59,6 +69,22 @@ class Topology:
         """One slice's Cloud TPU name (``v5p-64``, ``v6e-16``, ``v5litepod-16``)."""
         units = self.chips_per_slice * self.FAMILIES[self.family][2]
         return f"{'v5litepod' if self.family == 'v5e' else self.family}-{units}"
+
+    @property
+    def hosts_per_slice(self) -> int:
+        """A multi-host slice has 4 chips per host; a 2-D slice of up to 8 chips is one VM."""
+        if self.FAMILIES[self.family][3] == 2 and self.chips_per_slice <= 8:
+            return 1
+        return max(self.chips_per_slice // 4, 1)
+
+    def shell(self) -> str:
+        """One slice's shape as the launchers' shell assignments."""
+        gke, runtime = self.CLOUD[self.family]
+        hosts = self.hosts_per_slice
+        return (f"TPU_CHIPS={self.chips_per_slice} TPU_HOSTS={hosts} "
+                f"TPU_CHIPS_PER_HOST={self.chips_per_slice // hosts} "
+                f"TPU_TOPOLOGY={'x'.join(map(str, self.grid))} TPU_GKE_ACCELERATOR={gke} "
+                f"TPU_RUNTIME={runtime}")
 
     def describe(self) -> str:
         one = f"{self.accelerator_type} ({self.libtpu_name}, {self.chips_per_slice} chips)"
@@ -129,3 +155,10 @@ def tpu_devices(topology: Topology):
     return get_topology_desc(platform="tpu", topology_name=topology.libtpu_name,
                              chip_config_name=Topology.FAMILIES[topology.family][1],
                              num_slices=topology.slices).devices
+
+
+if __name__ == "__main__":  # the launchers' `tpu_shape`: stdlib only, no flags library
+    try:
+        print(parse_topology(sys.argv[1]).shell())
+    except (IndexError, ValueError) as e:
+        sys.exit(f"error: {e if sys.argv[1:] else 'give an accelerator type, e.g. v5p-64'}")

@@ -88,48 +88,13 @@ note() { echo "# $*"; }
 
 # tpu_shape ACCELERATOR sets TPU_CHIPS, TPU_HOSTS, TPU_CHIPS_PER_HOST, TPU_TOPOLOGY (GKE's
 # gke-tpu-topology), TPU_GKE_ACCELERATOR (GKE's gke-tpu-accelerator) and TPU_RUNTIME (the TPU VM
-# software version). v4/v5p names count TensorCores (2 per chip), v5e/v6e names count chips;
-# a multi-host slice has 4 chips per host. TOPOLOGY=AxBxC overrides the computed shape.
+# software version), as experiments/tpu_topology.py computes them (the one place slice shapes
+# are decided; plan.py reads the same). TOPOLOGY=AxBxC overrides the computed grid.
 tpu_shape() {
-  local acc=$1 gen n dims i smallest
-  gen=${acc%-*}; n=${acc##*-}
-  if ! [[ $n =~ ^[0-9]+$ ]]; then
-    echo "error: accelerator '$acc' is not GENERATION-SIZE (e.g. v5p-64)" >&2; return 2
-  fi
-  case "$gen" in
-    v5p) TPU_CHIPS=$((n / 2)); TPU_GKE_ACCELERATOR=tpu-v5p-slice; TPU_RUNTIME=v2-alpha-tpuv5
-         dims=(2 2 1) ;;
-    v4) TPU_CHIPS=$((n / 2)); TPU_GKE_ACCELERATOR=tpu-v4-podslice; TPU_RUNTIME=tpu-ubuntu2204-base
-        dims=(2 2 1) ;;
-    v5litepod|v5e) TPU_CHIPS=$n; TPU_GKE_ACCELERATOR=tpu-v5-lite-podslice
-                   TPU_RUNTIME=v2-alpha-tpuv5-lite; dims=(1 1) ;;
-    v6e) TPU_CHIPS=$n; TPU_GKE_ACCELERATOR=tpu-v6e-slice; TPU_RUNTIME=v2-alpha-tpuv6e
-         dims=(1 1) ;;
-    *) echo "error: unknown TPU generation in '$acc' (v4, v5p, v5litepod, v6e)" >&2; return 2 ;;
-  esac
-  if [ ${#dims[@]} = 2 ] && [ "$TPU_CHIPS" -le 8 ]; then
-    TPU_HOSTS=1  # a single-host v5e/v6e slice: up to 8 chips on one VM
-  else
-    TPU_HOSTS=$(( TPU_CHIPS >= 4 ? TPU_CHIPS / 4 : 1 ))
-  fi
-  TPU_CHIPS_PER_HOST=$((TPU_CHIPS / TPU_HOSTS))
-  if [ -n "${TOPOLOGY:-}" ]; then
-    TPU_TOPOLOGY=$TOPOLOGY
-    return 0
-  fi
-  # Powers of two: double the smallest side (the last one on ties) until the chips are placed:
-  # 2x2x1 2x2x2 2x2x4 2x4x4 4x4x4 ... and 1x1 ... 2x2 2x4 4x4 4x8 8x8 ...
-  while [ $(( ${dims[*]/%/*} 1 )) -lt "$TPU_CHIPS" ]; do
-    smallest=$(( ${#dims[@]} - 1 ))
-    for ((i = ${#dims[@]} - 1; i >= 0; i--)); do
-      if [ "${dims[i]}" -lt "${dims[smallest]}" ]; then smallest=$i; fi
-    done
-    dims[smallest]=$(( dims[smallest] * 2 ))
-  done
-  if [ $(( ${dims[*]/%/*} 1 )) -ne "$TPU_CHIPS" ]; then
-    echo "error: no standard topology for $TPU_CHIPS chips; set TOPOLOGY=AxBxC" >&2; return 2
-  fi
-  TPU_TOPOLOGY=$(IFS=x; echo "${dims[*]}")
+  local shape
+  shape=$(python3 "$(dirname "${BASH_SOURCE[0]}")/../tpu_topology.py" "$1") || return 2
+  eval "$shape"
+  if [ -n "${TOPOLOGY:-}" ]; then TPU_TOPOLOGY=$TOPOLOGY; fi
 }
 
 # The prepare step's --stage for a training --stage: the datasets that stage reads.
