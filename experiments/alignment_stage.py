@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 
 import numpy as np
-from etils import epath
 
 from data_pipelines.builders.speech_text import data_source
 from data_pipelines.pipelines import alignment_pipeline
 from data_pipelines.prepare import prepare_speech_text
+from experiments.stage_runner import train_then_evaluate
 from omniflatten_jax.config import ExperimentConfig
-from omniflatten_jax.distributed import hosts, paths
+from omniflatten_jax.distributed import paths
 from omniflatten_jax.evaluation.alignment import evaluate_alignment, format_table
 from omniflatten_jax.model.placement import PlacedModel
 from omniflatten_jax.stage_plan import StagePlan
@@ -67,19 +66,14 @@ def run(cfg: ExperimentConfig, plan: StagePlan, workdir: str,
         return {"asr_cer": result["asr"]["cer"], "asr_wer": result["asr"]["wer"],
                 "tts_code_accuracy": result["tts"]["code_accuracy"]}
 
-    result = train_stage(cfg, plan, stage_dir, make_data, init_from=init_from,
-                         evaluate=evaluate, speech_tokenizer=prepared.speech_tokenizer_bytes(),
-                         data_fingerprint=prepared.fingerprint)
-    eval_path = epath.Path(stage_dir) / "eval.json"
-    if result.trained_steps == 0 and eval_path.exists():
-        saved = json.loads(eval_path.read_text())
-        log.info("alignment eval (step %d, from %s):\n%s", saved["step"], eval_path,
-                 format_table(saved))
-        return saved
-    evaluation = {"stage": plan.name, "step": result.step, "split": "test",
-                  "speech_tokenizer": prepared.tokenizer_path, **evaluation_of(result.placed)}
-    if hosts.is_primary():
-        eval_path.write_text(json.dumps(evaluation, indent=2))
-    log.info("alignment eval at step %d (%s):\n%s", result.step, eval_path,
-             format_table(evaluation))
-    return evaluation
+    def train():
+        return train_stage(cfg, plan, stage_dir, make_data, init_from=init_from,
+                           evaluate=evaluate, speech_tokenizer=prepared.speech_tokenizer_bytes(),
+                           data_fingerprint=prepared.fingerprint)
+
+    def show(evaluation: dict, where: str) -> None:
+        log.info("alignment eval at step %d (%s):\n%s", evaluation["step"], where,
+                 format_table(evaluation))
+
+    return train_then_evaluate(plan, workdir, train, lambda result: {
+        "speech_tokenizer": prepared.tokenizer_path, **evaluation_of(result.placed)}, show)

@@ -11,12 +11,10 @@ live. Everything the duplex command needs is in the stage's checkpoints themselv
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 
 import numpy as np
-from etils import epath
 
 from data_pipelines.builders.dialogues import data_source
 from data_pipelines.dialogue_examples import spoken_turns, stage_examples
@@ -24,6 +22,7 @@ from data_pipelines.fdb_samples import clips as fdb_clips
 from data_pipelines.pipelines import dialogue_pipeline
 from data_pipelines.prepare import prepare_dialogues
 from data_pipelines.records import dialogue_streams, spans, turn_changes
+from experiments.stage_runner import train_then_evaluate
 from omniflatten_jax import checkpoint
 from omniflatten_jax.config import ExperimentConfig, to_dict
 from omniflatten_jax.config.stages import HALF_DUPLEX
@@ -109,24 +108,34 @@ def run(cfg: ExperimentConfig, plan: StagePlan, workdir: str,
             batch_size=plan.train.batch_size,
             num_packing_bins=cfg.data.num_packing_bins, num_workers=cfg.data.num_workers)
 
-    result = train_stage(cfg, plan, stage_dir, make_data, init_from=init_from,
-                         speech_tokenizer=prepared.speech_tokenizer_bytes(),
-                         data_fingerprint=prepared.fingerprint)
-    eval_path = epath.Path(stage_dir) / "eval.json"
-    if result.trained_steps == 0 and eval_path.exists():
-        saved = json.loads(eval_path.read_text())
-        if "turn_taking" in saved:
-            log.info("%s turn-taking (saved, %d test dialogues):\n%s", stage,
-                     saved["turn_taking"]["dialogues"],
-                     format_table(saved["turn_taking"], saved["turn_taking_data"]))
-        return saved
+    def train():
+        return train_stage(cfg, plan, stage_dir, make_data, init_from=init_from,
+                           speech_tokenizer=prepared.speech_tokenizer_bytes(),
+                           data_fingerprint=prepared.fingerprint)
+
+    def show(evaluation: dict, where: str) -> None:
+        if "turn_taking" in evaluation:
+            log.info("%s turn-taking (%s, %d test dialogues):\n%s", stage, where,
+                     evaluation["turn_taking"]["dialogues"],
+                     format_table(evaluation["turn_taking"], evaluation["turn_taking_data"]))
+
+    return train_then_evaluate(
+        plan, workdir, train,
+        lambda result: evaluate(cfg, plan, result, prepared, test_source, stage_dir), show)
+
+
+def evaluate(cfg: ExperimentConfig, plan: StagePlan, result, prepared, test_source,
+             stage_dir: str) -> dict:
+    """A trained dialogue stage on its held-out dialogues: per-stream cross-entropy; replies
+    (half_duplex); the decoding policy chosen on validation, stored in the final checkpoint,
+    then turn-taking and Full-Duplex-Bench under it (duplex stages)."""
+    stage = plan.name
     records = [test_source[i] for i in range(min(len(test_source), cfg.eval.max_examples))]
     test = [seq for record in records for seq in stage_examples(record, cfg.layout, plan)]
     placed = result.placed
     ce = stream_cross_entropy(placed, test, plan.train.seq_len, cfg.layout.special("<pad>"),
                               cfg.eval.batch_size)
-    evaluation = {"stage": stage, "step": result.step, "split": "test",
-                  "examples": len(test), "cross_entropy": ce,
+    evaluation = {"examples": len(test), "cross_entropy": ce,
                   "lineage": list(result.meta.lineage)}
     log.info("%s test cross-entropy (nats/token): overall %.3f  %s", stage, ce["overall"],
              "  ".join(f"{k} {v:.3f}" for k, v in ce["per_stream"].items()))
@@ -146,8 +155,6 @@ def run(cfg: ExperimentConfig, plan: StagePlan, workdir: str,
         evaluation |= turn_taking(cfg, plan, model, records)
         if cfg.eval.fdb_samples_per_task:
             evaluation |= full_duplex_bench(cfg, plan, model, records, stage_dir)
-    if hosts.is_primary():
-        eval_path.write_text(json.dumps(evaluation, indent=2))
     return evaluation
 
 
