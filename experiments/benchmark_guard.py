@@ -29,6 +29,13 @@ def define_flags() -> None:
 
 
 def main() -> None:
+    from omniflatten_jax.distributed import sharding
+
+    with sharding.on_one_device():  # the steps are traced on the first device
+        measure()
+
+
+def measure() -> None:
     import jax
     import numpy as np
 

@@ -105,10 +105,11 @@ def run(workdir: str, steps: int) -> dict[str, float]:
     # The decode path must agree with the full forward pass on the trained weights.
     params = jax.device_get(params)
     seq = jnp.asarray(rows["tokens"][:2, :48])
-    full = model.logits(params, seq)
-    cache = model.init_cache(2, 48)
-    first, cache = model.extend(params, cache, seq[:, :40])
-    rest, _ = model.extend(params, cache, seq[:, 40:])
+    with sharding.on_one_device():
+        full = model.logits(params, seq)
+        cache = model.init_cache(2, 48)
+        first, cache = model.extend(params, cache, seq[:, :40])
+        rest, _ = model.extend(params, cache, seq[:, 40:])
     cache_diff = float(jnp.abs(jnp.concatenate([first, rest], 1) - full).max())
     print(f"KV cache vs full forward: max |diff| {cache_diff:.2e} (tolerance {CACHE_TOL})")
     if cache_diff > CACHE_TOL:

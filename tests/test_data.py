@@ -17,8 +17,16 @@ from omniflatten_jax.config import DataConfig, override
 from omniflatten_jax.model import transformer
 from omniflatten_jax.tokens.batches import FIELD_DTYPES
 from omniflatten_jax.tokens.sequence import Stream
-from tests.helpers import small_config
+from tests.helpers import one_device_mesh, small_config
 from tests.sequence_parsing import parse_alignment
+
+
+@pytest.fixture
+def on_one_device():
+    """Model functions called directly trace under a mesh (`helpers.one_device_mesh`)."""
+    with one_device_mesh():
+        yield
+
 
 
 def test_bad_inputs_are_skipped_and_counted(messy_manifest, tmp_path):
@@ -151,7 +159,7 @@ def test_packed_rows_hold_whole_examples(dataset):
                                                       for k, d in FIELD_DTYPES.items()}
 
 
-def test_packed_logits_equal_unpacked_logits(dataset):
+def test_packed_logits_equal_unpacked_logits(dataset, on_one_device):
     cfg, source = dataset
     model = transformer(cfg.model, cfg.layout.vocab_size)
     params = model.init(jax.random.key(0))

@@ -18,12 +18,19 @@ from omniflatten_jax.model import transformer
 from omniflatten_jax.model.placement import PlacedModel
 from omniflatten_jax.tokens.chunk_layout import chunk_layout
 from omniflatten_jax.tokens.sequence import Stream
-from tests.helpers import SMALL_MODEL
+from tests.helpers import SMALL_MODEL, one_device_mesh
 
 LAYOUT = TokenLayout("bytes", 256, 32)
 CFG = FlattenConfig(speech_chunk=4, text_chunk=2)
 SAMPLED = DecodingPolicy(text_temperature=1.5, speech_temperature=1.5, text_top_k=50,
                          speech_top_k=50, seed=3)
+
+@pytest.fixture
+def on_one_device():
+    """Model functions called directly trace under a mesh (`helpers.one_device_mesh`)."""
+    with one_device_mesh():
+        yield
+
 
 
 @functools.cache
@@ -94,7 +101,7 @@ def recompute_greedy(model, params, chunk, user, context=None, keep=None,
 
 
 @pytest.mark.parametrize("stage", CHUNKED_STAGES)
-def test_cached_decoding_equals_recomputing(stage):
+def test_cached_decoding_equals_recomputing(stage, on_one_device):
     model, params = model_and_params()
     chunk = chunk_layout(stage, CFG)
     user = user_channel(2, 3)
@@ -110,7 +117,7 @@ NEAR_CHANCE = [DecodingPolicy(speak_rule="token"),
 
 
 @pytest.mark.parametrize("policy", NEAR_CHANCE, ids=["token", "thresholds", "memory"])
-def test_speak_decisions_equal_the_reference(policy):
+def test_speak_decisions_equal_the_reference(policy, on_one_device):
     """The engine's speak/listen rule, its state carried across chunks and slides, equals a
     numpy reading of `DecodingPolicy`'s definition over full forward passes."""
     model, params = model_and_params()
@@ -148,7 +155,7 @@ def test_sampled_tokens_are_legal_at_every_position(stage):
 
 
 @pytest.mark.parametrize("keep", [0, 1, 2])
-def test_sliding_context_equals_recomputing_over_the_window(keep):
+def test_sliding_context_equals_recomputing_over_the_window(keep, on_one_device):
     model, params = model_and_params()
     chunk = chunk_layout("duplex_3", CFG)
     user = user_channel(2, 7, seed=2)
@@ -166,7 +173,7 @@ def test_decoder_refuses_a_partial_chunk():
 
 
 @pytest.mark.parametrize("placement", ["sharded", "replicated"])
-def test_chunk_loop_makes_no_implicit_transfer(placement):
+def test_chunk_loop_makes_no_implicit_transfer(placement, on_one_device):
     """After set-up, decoding chunks (context slides included) moves nothing implicitly: the
     parameters stay on the 8 devices, each chunk's ids go up and come back explicitly."""
     model, params = model_and_params()
@@ -186,7 +193,7 @@ def test_chunk_loop_makes_no_implicit_transfer(placement):
     np.testing.assert_array_equal(got, recompute_greedy(model, params, chunk, user, 3, 1))
 
 
-def test_rows_are_conversations_that_start_and_end_on_their_own():
+def test_rows_are_conversations_that_start_and_end_on_their_own(on_one_device):
     """Row 0 holds one conversation for 7 chunks (sliding twice); row 1 holds another for 2
     chunks, sits one out, then starts a third that slides at its own time. Each equals the
     reference decoding of that conversation alone, and a row's sampled draws depend on its

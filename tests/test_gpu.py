@@ -17,6 +17,7 @@ from omniflatten_jax.inference.session import DuplexSession
 from omniflatten_jax.model import Transformer
 from omniflatten_jax.model.packed_attention import resolve
 from omniflatten_jax.training.step import loss_and_metrics
+from tests.helpers import one_device_mesh
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")
 
@@ -24,6 +25,13 @@ pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a 
 CFG = ModelConfig(hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
                   num_kv_heads=2, head_dim=64, dtype="bfloat16", param_dtype="float32")
 VOCAB = 512
+
+@pytest.fixture
+def on_one_device():
+    """Model functions called directly trace under a mesh (`helpers.one_device_mesh`)."""
+    with one_device_mesh():
+        yield
+
 
 
 def packed_batch(b=2, t=256, seed=0):

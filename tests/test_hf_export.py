@@ -14,11 +14,18 @@ from omniflatten_jax.config.token_layout import LayoutMismatchError, TokenLayout
 from omniflatten_jax.export import hf_config
 from omniflatten_jax.export.from_hf import import_hf
 from omniflatten_jax.model import transformer
-from tests.helpers import run_command
+from tests.helpers import one_device_mesh, run_command
 
 HF_TOL = 1e-4  # JAX vs PyTorch, fp32 (different kernels and summation orders)
 ROUND_TRIP_TOL = 1e-5  # HF -> ours -> HF: the same numbers moved twice
 TEXT_VOCAB = 256
+
+@pytest.fixture
+def on_one_device():
+    """Model functions called directly trace under a mesh (`helpers.one_device_mesh`)."""
+    with one_device_mesh():
+        yield
+
 
 
 def run_cli(name, *args):
@@ -73,7 +80,7 @@ def greedy_hf(model, prompt, steps):
     return ids[:, prompt.shape[1]:]
 
 
-def test_imported_model_matches_transformers(converted):
+def test_imported_model_matches_transformers(converted, on_one_device):
     _, hf_model, params, meta = converted
     model = transformer(meta.model, meta.layout.vocab_size)
     ids = np.random.default_rng(0).integers(0, TEXT_VOCAB, (2, 19))
@@ -84,7 +91,7 @@ def test_imported_model_matches_transformers(converted):
     assert meta.lineage[0]["kind"] == "hf_import"
 
 
-def test_export_loads_in_transformers_with_equal_logits(converted):
+def test_export_loads_in_transformers_with_equal_logits(converted, on_one_device):
     root, _, params, meta = converted
     exported, info = transformers.AutoModelForCausalLM.from_pretrained(
         root / "export", output_loading_info=True)

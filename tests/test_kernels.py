@@ -18,6 +18,7 @@ from omniflatten_jax.distributed import sharding
 from omniflatten_jax.model import Transformer
 from omniflatten_jax.model.packed_attention import packed_attention, reference
 from omniflatten_jax.training.step import loss_and_metrics
+from tests.helpers import one_device_mesh
 
 KERNELS = ["splash", "pallas_gpu"]
 OUT_TOL = 2e-5  # attention outputs are O(1)
@@ -25,6 +26,13 @@ GRAD_RTOL = 2e-4  # relative (norm) error of a gradient
 CFG = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=3, num_heads=4,
                   num_kv_heads=2, head_dim=16, rope_theta=10_000.0)
 VOCAB = 256
+
+@pytest.fixture
+def on_one_device():
+    """Model functions called directly trace under a mesh (`helpers.one_device_mesh`)."""
+    with one_device_mesh():
+        yield
+
 
 
 def packed_rows(b, t, bounds, seed=0):
@@ -49,7 +57,7 @@ def rel(a, b):
 
 @pytest.mark.parametrize("impl", KERNELS)
 @pytest.mark.parametrize("t", [256, 200])  # 200: the kernel pads to its block of 128
-def test_kernel_matches_the_dense_mask_on_packed_rows(impl, t):
+def test_kernel_matches_the_dense_mask_on_packed_rows(impl, t, on_one_device):
     q, k, v = qkv(2, t, 4, 2, 32)
     _, _, segments = packed_rows(2, t, [0, 70, 150, 190])
     real = np.asarray(segments) > 0
@@ -68,7 +76,7 @@ def test_kernel_matches_the_dense_mask_on_packed_rows(impl, t):
         assert rel(a, b) < GRAD_RTOL, (name, rel(a, b))
 
 
-def test_no_segment_leaks_through_the_kernel():
+def test_no_segment_leaks_through_the_kernel(on_one_device):
     """Changing one segment's keys must not move another segment's outputs."""
     q, k, v = qkv(1, 256, 4, 2, 32)
     _, _, segments = packed_rows(1, 256, [0, 128, 256])
@@ -96,26 +104,29 @@ def train_loss_and_grads(cfg, mesh=None):
     if mesh is None:
         return jax.jit(jax.value_and_grad(loss))(params())
     rules = (("batch", "data"), ("act_heads", "tensor"), ("act_kv_heads", "tensor"))
-    with sharding.activate(mesh, rules):
-        return jax.jit(jax.value_and_grad(loss))(params())
+    with sharding.activate(mesh, rules):  # the weights as host arrays: placed by this mesh
+        return jax.jit(jax.value_and_grad(loss))(jax.device_get(params()))
 
 
 @pytest.mark.parametrize("impl", KERNELS)
 @pytest.mark.parametrize("tensor", [2, 4])  # 4: the 2 KV heads cannot split, query heads do
 def test_model_trains_the_same_with_each_kernel_on_a_mesh(impl, tensor):
     """The kernels under shard_map (rows over `data`, heads over `tensor`) give the training
-    loss and every gradient of the dense-mask model."""
-    want_loss, want = train_loss_and_grads(dataclasses.replace(CFG, attention_impl="xla"))
+    loss and every gradient of the dense-mask model (on one device)."""
+    with one_device_mesh():
+        want_loss, want = jax.device_get(
+            train_loss_and_grads(dataclasses.replace(CFG, attention_impl="xla")))
     mesh = jax.make_mesh((2, tensor), ("data", "tensor"), devices=jax.devices()[:2 * tensor],
                          axis_types=(jax.sharding.AxisType.Auto,) * 2)
-    got_loss, got = train_loss_and_grads(dataclasses.replace(CFG, attention_impl=impl), mesh)
+    got_loss, got = jax.device_get(
+        train_loss_and_grads(dataclasses.replace(CFG, attention_impl=impl), mesh))
     np.testing.assert_allclose(float(got_loss), float(want_loss), rtol=1e-5)
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
         assert rel(a, b) < GRAD_RTOL, (jax.tree_util.keystr(path), rel(a, b))
 
 
 @pytest.mark.parametrize("remat", ["none", "minimal", "save_matmuls", "full"])
-def test_scanned_layers_equal_the_loop_under_every_remat_policy(remat):
+def test_scanned_layers_equal_the_loop_under_every_remat_policy(remat, on_one_device):
     want_loss, want = train_loss_and_grads(
         dataclasses.replace(CFG, scan_layers=False, remat="none", attention_impl="xla"))
     got_loss, got = train_loss_and_grads(

@@ -13,6 +13,7 @@ from omniflatten_jax.distributed import sharding
 from omniflatten_jax.model import Transformer
 from omniflatten_jax.model.packed_attention import resolve
 from omniflatten_jax.model.transformer import reset_rows
+from tests.helpers import one_device_mesh
 from tests.reference_loss import masked_cross_entropy
 
 CFG = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
@@ -20,6 +21,13 @@ CFG = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads
 VOCAB = 256
 CACHE_TOL = 1e-5  # fp32: cached and full passes differ only by summation order
 SHARD_TOL = 1e-5  # fp32: sharded reductions reorder sums
+
+@pytest.fixture
+def on_one_device():
+    """Model functions called directly trace under a mesh (`helpers.one_device_mesh`)."""
+    with one_device_mesh():
+        yield
+
 
 
 @functools.cache
@@ -45,7 +53,7 @@ def test_presets_have_hugging_face_shapes():
     assert not PRESETS["qwen2_7b"].model.tie_embeddings
 
 
-def test_kv_cache_matches_full_forward():
+def test_kv_cache_matches_full_forward(on_one_device):
     model, params = model_and_params()
     seq = tokens((2, 23))
     full = jax.jit(model.logits)(params, seq)
@@ -60,7 +68,7 @@ def test_kv_cache_matches_full_forward():
     np.testing.assert_allclose(jnp.concatenate(pieces, 1), full, atol=CACHE_TOL, rtol=0)
 
 
-def test_packed_rows_equal_separate_sequences():
+def test_packed_rows_equal_separate_sequences(on_one_device):
     model, params = model_and_params()
     a, b = tokens((1, 9), 1), tokens((1, 6), 2)
     packed = jnp.concatenate([a, b, jnp.zeros((1, 3), jnp.int32)], 1)
@@ -80,7 +88,7 @@ def loss_and_grads(model, params, batch):
 
 
 @pytest.mark.parametrize("shape", [(2, 4, 1), (2, 2, 2)], ids=["data2xfsdp4", "data2xfsdp2xtp2"])
-def test_sharded_forward_backward_matches_one_device(shape):
+def test_sharded_forward_backward_matches_one_device(shape, on_one_device):
     model, params = model_and_params()
     batch = {"tokens": tokens((8, 17), 3),
              "mask": jnp.asarray(np.random.default_rng(4).random((8, 17)) < 0.7)}
@@ -119,7 +127,7 @@ def test_sharded_init_places_params_by_logical_axes():
     assert spec == P(None, None, None)
 
 
-def test_remat_and_bf16_compute_match():
+def test_remat_and_bf16_compute_match(on_one_device):
     model, params = model_and_params()
     seq = tokens((2, 12))
     ref = model.logits(params, seq)
@@ -136,7 +144,7 @@ def test_remat_and_bf16_compute_match():
     np.testing.assert_allclose(out, ref, atol=0.1)  # bf16 activations: loose by design
 
 
-def test_attention_backend_choice():
+def test_attention_backend_choice(on_one_device):
     assert resolve("auto", "bfloat16", packed=True) == "xla"  # CPU
     assert resolve("cudnn", "bfloat16", packed=True) == "cudnn"
     devices = np.array(jax.devices()[:1])
@@ -144,7 +152,7 @@ def test_attention_backend_choice():
         assert resolve("auto", "bfloat16", packed=True) == "xla"  # the mesh's platform: CPU
 
 
-def test_left_padded_prompts_decode_like_unpadded_ones():
+def test_left_padded_prompts_decode_like_unpadded_ones(on_one_device):
     model, params = model_and_params()
     short, long = tokens((1, 5), 5), tokens((1, 9), 6)
     pad = jnp.zeros((1, 4), jnp.int32)
@@ -162,7 +170,7 @@ def test_left_padded_prompts_decode_like_unpadded_ones():
     np.testing.assert_allclose(step[1, 0], full_long[0, 9], atol=CACHE_TOL, rtol=0)
 
 
-def test_rows_advance_and_restart_on_their_own():
+def test_rows_advance_and_restart_on_their_own(on_one_device):
     """Row 1 restarts (`reset_rows`) and sits out a call (``rows``) while row 0 goes on; each
     row's logits equal the full forward pass over its own sequence."""
     model, params = model_and_params()

@@ -27,9 +27,9 @@ STEPS = 10
 RTOL = 1e-4
 
 
-def command(workdir, manifest, *extra, module=None):
-    head = ["-m", module] if module else [os.path.join(ROOT, "experiments", "run.py"),
-                                          "--stage=alignment", f"--steps={STEPS}"]
+def command(workdir, manifest, *extra, script="run"):
+    head = [os.path.join(ROOT, "experiments", f"{script}.py")] + (
+        ["--stage=alignment", f"--steps={STEPS}"] if script == "run" else [])
     return [sys.executable, *head, f"--workdir={workdir}", f"--data=manifest:{manifest}",
             "--set=train.batch_size=4", "--set=train.seq_len=128", "--set=train.log_every=1",
             "--set=train.checkpoint_every=5", "--set=data.num_workers=0",
@@ -48,13 +48,13 @@ def one_process(workdir, manifest, *extra):
     return [start(command(workdir, manifest, *extra), devices=4)]
 
 
-def two_processes(workdirs, manifest, *extra, module=None):
+def two_processes(workdirs, manifest, *extra, script="run"):
     """Processes 0 and 1 of one cluster; `workdirs` is one shared folder or one per process."""
     port = portpicker.pick_unused_port()
     workdirs = workdirs if isinstance(workdirs, list) else [workdirs] * 2
     return [start(command(workdirs[i], manifest, *extra, "--distributed",
                           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                          f"--process_id={i}", module=module), devices=2)
+                          f"--process_id={i}", script=script), devices=2)
             for i in range(2)]
 
 
@@ -169,7 +169,7 @@ def test_hosts_that_read_different_datasets_refuse_to_train(reference, tmp_path)
     manifest, ours, _ = reference
     lonely = tmp_path / "lonely"
     outs = finish(two_processes([ours, lonely], manifest, "--stage=alignment",
-                                module="data_pipelines.prepare"), code=1)
+                                script="prepare"), code=1)
     assert "process 1 does not see the dataset process 0 built" in outs[1]
     assert "another host does not see" in outs[0]
     assert all("storage every host shares" in out for out in outs)
@@ -177,6 +177,6 @@ def test_hosts_that_read_different_datasets_refuse_to_train(reference, tmp_path)
     report = next((other / "data" / "tfds").glob("*/*/build_report.json"))
     report.write_text(report.read_text().replace("{", '{"edited": 1, ', 1))
     outs = finish(two_processes([ours, other], manifest, "--stage=alignment",
-                                module="data_pipelines.prepare"), code=1)
+                                script="prepare"), code=1)
     for out in outs:
         assert "differs between hosts" in out and "process 0 and processes [1]" in out

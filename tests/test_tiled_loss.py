@@ -13,8 +13,16 @@ from omniflatten_jax.model import Transformer
 from omniflatten_jax.tokens.sequence import Stream
 from omniflatten_jax.training.loss import chunked_token_losses, token_losses
 from omniflatten_jax.training.step import loss_and_metrics
+from tests.helpers import one_device_mesh
 
 VOCAB = 384
+
+@pytest.fixture
+def on_one_device():
+    """Model functions called directly trace under a mesh (`helpers.one_device_mesh`)."""
+    with one_device_mesh():
+        yield
+
 
 
 def packed_batch(b=2, t=40, seed=0):
@@ -41,7 +49,7 @@ def test_chunked_token_losses_equal_the_full_ones_with_a_ragged_last_chunk():
 
 
 @pytest.mark.parametrize("tied", [True, False])
-def test_chunked_loss_and_every_gradient_equal_the_full_logits(tied):
+def test_chunked_loss_and_every_gradient_equal_the_full_logits(tied, on_one_device):
     cfg = dataclasses.replace(SMALL_MODEL, tie_embeddings=tied)
     full_model = Transformer(cfg, VOCAB)
     chunked_model = Transformer(dataclasses.replace(cfg, loss_chunk=8), VOCAB)
@@ -77,7 +85,7 @@ def test_utilisation_reports_per_chip_rate_and_mfu_on_known_chips():
     assert "mfu" not in utilisation(1000.0, 1e9, "cpu", 8)  # no peak figure: no MFU
 
 
-def test_turn_weight_counts_the_assistant_starting_and_stopping():
+def test_turn_weight_counts_the_assistant_starting_and_stopping(on_one_device):
     """`TurnWeight` finds where the assistant speech stream changes state, across chunks but
     not across packed segments, and adds its weight there only."""
     from omniflatten_jax.training.step import TurnWeight, turn_changes

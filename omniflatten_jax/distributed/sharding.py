@@ -95,9 +95,15 @@ def tree_shardings(axes_tree, abstract_tree, mesh: Mesh, rules: Rules):
         axes_tree, abstract_tree, is_leaf=lambda n: isinstance(n, tuple))
 
 
+class NoMeshError(RuntimeError):
+    """A model function was traced with no mesh and rules to place its activations."""
+
+
 @contextlib.contextmanager
 def activate(mesh: Mesh, rules: Rules):
-    """Sets the mesh (jax.set_mesh) and the rules that `constrain` uses while tracing."""
+    """Sets the mesh (jax.set_mesh) and the rules that `constrain` and the attention kernels
+    read while tracing. `TrainProgram` and `PlacedModel` enter it around every call they make;
+    a model function traced outside it is an error (`current`), never a silent fallback."""
     token = _ACTIVE.set((mesh, tuple(rules)))
     try:
         with jax.set_mesh(mesh):
@@ -106,17 +112,31 @@ def activate(mesh: Mesh, rules: Rules):
         _ACTIVE.reset(token)
 
 
-def active() -> tuple[Mesh, Rules] | None:
-    """The mesh and rules set by `activate`, or None outside it."""
-    return _ACTIVE.get()
+def on_one_device():
+    """`activate` with the first device alone as the mesh and the default rules: for code
+    that calls model functions directly on one device (a smoke check, a micro-benchmark, a
+    test's reference)."""
+    cfg = MeshConfig()
+    return activate(make_mesh(cfg, jax.devices()[:1]), cfg.rules)
+
+
+def current() -> tuple[Mesh, Rules]:
+    """The mesh and rules set by `activate`; outside it, an error naming the fix."""
+    active = _ACTIVE.get()
+    if active is None:
+        raise NoMeshError(
+            "a model function was traced outside a mesh: call it through a TrainProgram or a "
+            "PlacedModel (they enter their mesh and rules), or inside "
+            "sharding.activate(mesh, rules)")
+    return active
 
 
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
-    """Annotates an activation with logical axes; a no-op when no mesh is active."""
-    active = _ACTIVE.get()
-    if active is None:
+    """Annotates an activation with logical axes on the current mesh (a no-op on one device:
+    there is nothing to split)."""
+    mesh, rules = current()
+    if mesh.size == 1:
         return x
-    mesh, rules = active
     return jax.lax.with_sharding_constraint(
         x, NamedSharding(mesh, logical_to_spec(names, x.shape, mesh, rules)))
 

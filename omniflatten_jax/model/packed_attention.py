@@ -33,9 +33,8 @@ KERNEL_BLOCK = 128  # rows are padded to a multiple of this for the Pallas kerne
 
 
 def platform() -> str:
-    """The platform being compiled for: the active mesh's devices, else the default backend."""
-    active = sharding.active()
-    return jax.default_backend() if active is None else active[0].devices.flat[0].platform
+    """The platform being compiled for: the current mesh's devices."""
+    return sharding.current()[0].devices.flat[0].platform
 
 
 def resolve(impl: str, dtype, packed: bool, target: str | None = None) -> str:
@@ -97,10 +96,7 @@ def _per_shard(kernel, q, k, v, segment_ids):
     is opaque to XLA's partitioner. Sequence and head_dim are whole on every device. Heads
     that do not divide the tensor axis are not split: each of its devices computes them all
     (correct, and redundant; the presets use no tensor parallelism)."""
-    active = sharding.active()
-    if active is None:
-        return kernel(q, k, v, segment_ids, platform() == "cpu")
-    mesh, rules = active
+    mesh, rules = sharding.current()
 
     def spec(names, shape):
         return sharding.logical_to_spec(names, shape, mesh, rules)

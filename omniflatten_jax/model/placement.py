@@ -12,7 +12,6 @@ provided every host passes the same values (every host runs the same evaluation)
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -81,10 +80,7 @@ class PlacedModel:
         return self._cache_shardings[batch, slots]
 
     def activate(self):
-        """The mesh and rules the model's activation constraints read while tracing (on one
-        device there is nothing to constrain, and no context to enter per call)."""
-        if self.mesh.size == 1:
-            return contextlib.nullcontext()
+        """The mesh and rules the model reads while tracing; `jit`'s calls enter it."""
         return sharding.activate(self.mesh, self.rules)
 
     # --- the only transfers ----------------------------------------------------------------

@@ -69,7 +69,8 @@ class Transformer:
 
         if mesh is None:
             return jax.jit(make)(rng)
-        return jax.jit(make, out_shardings=self.param_shardings(mesh, rules))(rng)
+        with sharding.activate(mesh, rules):
+            return jax.jit(make, out_shardings=self.param_shardings(mesh, rules))(rng)
 
     def _module(self, params: Params) -> Qwen2:
         return nnx.merge(self.graphdef, params)

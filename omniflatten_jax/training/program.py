@@ -91,10 +91,15 @@ class TrainProgram:
     def replicated(self) -> NamedSharding:
         return NamedSharding(self.mesh, PartitionSpec())
 
-    @functools.cached_property
-    def step(self):
+    def step(self, params, opt_state, guard, batch):
         """``(params, opt_state, guard, batch) -> (params, opt_state, guard, metrics)``,
-        donating the state; a non-finite step does not update it (`training.guard`)."""
+        donating the state; a non-finite step does not update it (`training.guard`). Traced
+        and run under the program's own mesh and rules."""
+        with sharding.activate(self.mesh, self.rules):
+            return self.jitted_step(params, opt_state, guard, batch)
+
+    @functools.cached_property
+    def jitted_step(self):
         return jax.jit(functools.partial(guarded_train_step, self.model, self.tx,
                                          self.on_nonfinite, turn=self.turn),
                        in_shardings=(self.param_shardings, self.opt_shardings, self.replicated,
@@ -109,7 +114,7 @@ class TrainProgram:
                                                             sharding=self.replicated),
                              init_guard(0))
         with sharding.activate(self.mesh, self.rules):
-            return self.step.lower(self.abstract_params, self.abstract_opt_state, guard,
+            return self.jitted_step.lower(self.abstract_params, self.abstract_opt_state, guard,
                                    self.abstract_batch)
 
     def global_batch(self, rows: dict[str, np.ndarray]) -> dict[str, jax.Array]:

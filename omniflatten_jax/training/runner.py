@@ -90,120 +90,119 @@ def train_stage(cfg: ExperimentConfig, plan: StagePlan, stage_dir: str, make_dat
     def placed(params) -> PlacedModel:
         return PlacedModel(model, params, mesh, rules, cfg.eval.params)
 
-    with sharding.activate(mesh, rules):
-        latest = ckpt.latest_step()
-        if latest is not None:
-            # Checked before restoring: a changed architecture must be named, not fail (or,
-            # for rope_theta, succeed) deep inside Orbax.
-            where = paths.join(ckpt.directory, str(latest))
-            checkpoint.check_continues(checkpoint.load_meta(where), ours, where,
-                                       same_stage=True)
-        if latest is not None and latest >= train.steps:
-            ckpt.close()
-            log.info("%s is complete: its checkpoint is at step %d of %d; nothing to train "
-                     "(delete %s to train it again)", stage, latest, train.steps, stage_dir)
-            params, meta, _ = checkpoint.load_params(where, program.param_shardings, cfg.layout)
-            return StageResult(placed(params), meta, latest, 0)
+    latest = ckpt.latest_step()
+    if latest is not None:
+        # Checked before restoring: a changed architecture must be named, not fail (or,
+        # for rope_theta, succeed) deep inside Orbax.
+        where = paths.join(ckpt.directory, str(latest))
+        checkpoint.check_continues(checkpoint.load_meta(where), ours, where,
+                                   same_stage=True)
+    if latest is not None and latest >= train.steps:
+        ckpt.close()
+        log.info("%s is complete: its checkpoint is at step %d of %d; nothing to train "
+                 "(delete %s to train it again)", stage, latest, train.steps, stage_dir)
+        params, meta, _ = checkpoint.load_params(where, program.param_shardings, cfg.layout)
+        return StageResult(placed(params), meta, latest, 0)
 
-        ckpt.check_space(program.abstract_params, program.abstract_opt_state)
-        data_iter = iter(make_data())
-        if latest is not None:
-            params, opt_state, restored = ckpt.restore(
-                latest, program.abstract_params, program.abstract_opt_state, data_iter)
-            # Rewritten from the plan: a checkpoint from before stage descriptions gains one.
-            meta = describe(cfg, plan, restored.lineage, speech_tokenizer, data_fingerprint)
-            start = latest
-            log.info("%s: resuming from step %d (%s) on %d processes, mesh %s", stage, latest,
-                     where, jax.process_count(), dict(mesh.shape))
+    ckpt.check_space(program.abstract_params, program.abstract_opt_state)
+    data_iter = iter(make_data())
+    if latest is not None:
+        params, opt_state, restored = ckpt.restore(
+            latest, program.abstract_params, program.abstract_opt_state, data_iter)
+        # Rewritten from the plan: a checkpoint from before stage descriptions gains one.
+        meta = describe(cfg, plan, restored.lineage, speech_tokenizer, data_fingerprint)
+        start = latest
+        log.info("%s: resuming from step %d (%s) on %d processes, mesh %s", stage, latest,
+                 where, jax.process_count(), dict(mesh.shape))
+    else:
+        if init_from:
+            source = checkpoint.load_meta(init_from)
+            checkpoint.check_continues(source, ours, init_from, same_stage=False)
+            params, source_meta, where = checkpoint.load_params(
+                init_from, program.param_shardings, cfg.layout)
+            lineage = source_meta.lineage + ({"kind": "init_from", "path": where},)
+            log.info("%s: initialised from %s (params only, fresh optimiser)", stage, where)
         else:
-            if init_from:
-                source = checkpoint.load_meta(init_from)
-                checkpoint.check_continues(source, ours, init_from, same_stage=False)
-                params, source_meta, where = checkpoint.load_params(
-                    init_from, program.param_shardings, cfg.layout)
-                lineage = source_meta.lineage + ({"kind": "init_from", "path": where},)
-                log.info("%s: initialised from %s (params only, fresh optimiser)", stage, where)
-            else:
-                params = program.init_params(train.seed)
-                lineage = ({"kind": "random_init", "seed": train.seed},)
-            opt_state = program.init_opt_state(params)
-            meta = describe(cfg, plan, lineage + (
-                {"kind": "train", "stage": stage, "steps": train.steps},), speech_tokenizer,
-                data_fingerprint)
-            start = 0
-            log.info("%s: training %s parameters for %d steps, batch %d x %d tokens, mesh %s, "
-                     "%d processes", stage, f"{model.num_params:,}", train.steps,
-                     train.batch_size, train.seq_len, dict(mesh.shape), jax.process_count())
+            params = program.init_params(train.seed)
+            lineage = ({"kind": "random_init", "seed": train.seed},)
+        opt_state = program.init_opt_state(params)
+        meta = describe(cfg, plan, lineage + (
+            {"kind": "train", "stage": stage, "steps": train.steps},), speech_tokenizer,
+            data_fingerprint)
+        start = 0
+        log.info("%s: training %s parameters for %d steps, batch %d x %d tokens, mesh %s, "
+                 "%d processes", stage, f"{model.num_params:,}", train.steps,
+                 train.batch_size, train.seq_len, dict(mesh.shape), jax.process_count())
 
-        # Rates and ETA are measured from the end of the first step (which includes compiling).
-        tokens_seen, first_done, skipped = 0, None, 0
-        flops_per_token = accelerators.train_flops_per_token(
-            model.num_params, cfg.layout.vocab_size, cfg.model, train.seq_len)
-        guard = program.init_guard(start)
+    # Rates and ETA are measured from the end of the first step (which includes compiling).
+    tokens_seen, first_done, skipped = 0, None, 0
+    flops_per_token = accelerators.train_flops_per_token(
+        model.num_params, cfg.layout.vocab_size, cfg.model, train.seq_len)
+    guard = program.init_guard(start)
 
-        def check_numerics() -> None:  # where the host syncs anyway: logged steps, saves
-            nonlocal skipped
-            now_skipped = numerics.check(guard, train, stage, ckpt.directory)
-            if now_skipped > skipped:
-                log.warning("%s: %d steps so far had a non-finite loss or gradient and were "
-                            "skipped (train.on_nonfinite=skip, at most %d)", stage,
-                            now_skipped, train.max_skipped_steps)
-            skipped = now_skipped
+    def check_numerics() -> None:  # where the host syncs anyway: logged steps, saves
+        nonlocal skipped
+        now_skipped = numerics.check(guard, train, stage, ckpt.directory)
+        if now_skipped > skipped:
+            log.warning("%s: %d steps so far had a non-finite loss or gradient and were "
+                        "skipped (train.on_nonfinite=skip, at most %d)", stage,
+                        now_skipped, train.max_skipped_steps)
+        skipped = now_skipped
 
-        # Ctrl-C and SIGTERM act at step boundaries from before the first file a run writes.
-        with PreemptionWatch() as preemption:
-            writer = MetricsWriter(stage_dir, enabled=hosts.is_primary())
-            try:
-                for step in range(start + 1, train.steps + 1):
-                    rows = next(data_iter)
-                    if first_done is not None:
-                        tokens_seen += int(np.sum(rows["segment_ids"] > 0))
-                    params, opt_state, guard, metrics = program.step(
-                        params, opt_state, guard, program.global_batch(rows))
-                    if step % train.log_every == 0 or step == train.steps or step == start + 1:
-                        hosts.agree(f"the global batch of step {step}", _batch_digest(rows),
-                                    "the hosts read different data (WORKSPACE.md: Several hosts)")
-                        metrics = jax.device_get(metrics)
-                        now = time.perf_counter()
-                        if first_done is None:
-                            first_done, rate, per_step = (now, step), None, None
-                        else:
-                            elapsed = now - first_done[0]
-                            rate = tokens_seen / elapsed
-                            per_step = elapsed / (step - first_done[1])
-                        speed = None if rate is None else accelerators.utilisation(
-                            rate, flops_per_token, jax.devices()[0].device_kind,
-                            jax.device_count())
-                        _log_step(stage, step, train.steps, metrics, lr(step - 1), rate,
-                                  per_step, loss_names, writer, speed)
-                        check_numerics()
-                        ckpt.check_for_errors()
-                    # At the final step the save below is the last one anyway: finish normally.
-                    preempted = preemption.reached(step) and step < train.steps
-                    if step % train.checkpoint_every == 0 or step == train.steps or preempted:
-                        check_numerics()
-                        # Never written from non-finite weights (a belt to the guard's braces).
-                        finite.check_finite(params, f"{stage} at step {step}",
-                                            "Nothing was saved; lower optimizer.peak_lr.")
-                        state = data_iter.get_state()
-                        hosts.agree(f"the data position at step {step}",
-                                    json.dumps(state, sort_keys=True))
-                        ckpt.save(step, params, opt_state, state, meta)
-                    if preempted:
-                        ckpt.wait()
-                        raise Preempted(stage, step, ckpt.directory)
-                    if evaluate and train.eval_every and step % train.eval_every == 0 \
-                            and step != train.steps:
-                        writer.write(step, {f"eval/{k}": v for k, v in
-                                            evaluate(placed(params), step).items()
-                                            if isinstance(v, (int, float))})
-                ckpt.wait()
-                log.info("%s: saved step %d to %s", stage, train.steps, ckpt.directory)
-            finally:
-                writer.close()
-                ckpt.close()
-                if hasattr(data_iter, "close"):
-                    data_iter.close()
+    # Ctrl-C and SIGTERM act at step boundaries from before the first file a run writes.
+    with PreemptionWatch() as preemption:
+        writer = MetricsWriter(stage_dir, enabled=hosts.is_primary())
+        try:
+            for step in range(start + 1, train.steps + 1):
+                rows = next(data_iter)
+                if first_done is not None:
+                    tokens_seen += int(np.sum(rows["segment_ids"] > 0))
+                params, opt_state, guard, metrics = program.step(
+                    params, opt_state, guard, program.global_batch(rows))
+                if step % train.log_every == 0 or step == train.steps or step == start + 1:
+                    hosts.agree(f"the global batch of step {step}", _batch_digest(rows),
+                                "the hosts read different data (WORKSPACE.md: Several hosts)")
+                    metrics = jax.device_get(metrics)
+                    now = time.perf_counter()
+                    if first_done is None:
+                        first_done, rate, per_step = (now, step), None, None
+                    else:
+                        elapsed = now - first_done[0]
+                        rate = tokens_seen / elapsed
+                        per_step = elapsed / (step - first_done[1])
+                    speed = None if rate is None else accelerators.utilisation(
+                        rate, flops_per_token, jax.devices()[0].device_kind,
+                        jax.device_count())
+                    _log_step(stage, step, train.steps, metrics, lr(step - 1), rate,
+                              per_step, loss_names, writer, speed)
+                    check_numerics()
+                    ckpt.check_for_errors()
+                # At the final step the save below is the last one anyway: finish normally.
+                preempted = preemption.reached(step) and step < train.steps
+                if step % train.checkpoint_every == 0 or step == train.steps or preempted:
+                    check_numerics()
+                    # Never written from non-finite weights (a belt to the guard's braces).
+                    finite.check_finite(params, f"{stage} at step {step}",
+                                        "Nothing was saved; lower optimizer.peak_lr.")
+                    state = data_iter.get_state()
+                    hosts.agree(f"the data position at step {step}",
+                                json.dumps(state, sort_keys=True))
+                    ckpt.save(step, params, opt_state, state, meta)
+                if preempted:
+                    ckpt.wait()
+                    raise Preempted(stage, step, ckpt.directory)
+                if evaluate and train.eval_every and step % train.eval_every == 0 \
+                        and step != train.steps:
+                    writer.write(step, {f"eval/{k}": v for k, v in
+                                        evaluate(placed(params), step).items()
+                                        if isinstance(v, (int, float))})
+            ckpt.wait()
+            log.info("%s: saved step %d to %s", stage, train.steps, ckpt.directory)
+        finally:
+            writer.close()
+            ckpt.close()
+            if hasattr(data_iter, "close"):
+                data_iter.close()
     return StageResult(placed(params), meta, train.steps, train.steps - start)
 
 
