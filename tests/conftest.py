@@ -65,3 +65,13 @@ def messy_manifest(spoken_corpus, tmp_path_factory):
     path = folder / "manifest.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows + bad))
     return path
+
+
+@pytest.fixture
+def on_one_device():
+    """Model functions called directly (not through a TrainProgram or PlacedModel) trace
+    under the first device as the mesh (`sharding.on_one_device`)."""
+    from omniflatten_jax.distributed import sharding
+
+    with sharding.on_one_device():
+        yield

@@ -42,11 +42,3 @@ def run_command(name: str, *args, timeout: float = 600) -> subprocess.CompletedP
     return subprocess.run([sys.executable, os.path.join("experiments", f"{name}.py"),
                            *map(str, args)], capture_output=True, text=True, cwd=ROOT,
                           timeout=timeout)
-
-
-def one_device_mesh():
-    """One device as the mesh, with the default rules: what a test that calls model
-    functions directly (not through a TrainProgram or PlacedModel) traces them under."""
-    from omniflatten_jax.distributed import sharding
-
-    return sharding.on_one_device()

@@ -17,16 +17,8 @@ from omniflatten_jax.config import DataConfig, override
 from omniflatten_jax.model import transformer
 from omniflatten_jax.tokens.batches import FIELD_DTYPES
 from omniflatten_jax.tokens.sequence import Stream
-from tests.helpers import one_device_mesh, small_config
+from tests.helpers import small_config
 from tests.sequence_parsing import parse_alignment
-
-
-@pytest.fixture
-def on_one_device():
-    """Model functions called directly trace under a mesh (`helpers.one_device_mesh`)."""
-    with one_device_mesh():
-        yield
-
 
 
 def test_bad_inputs_are_skipped_and_counted(messy_manifest, tmp_path):

@@ -18,18 +18,12 @@ from omniflatten_jax.model import transformer
 from omniflatten_jax.model.placement import PlacedModel
 from omniflatten_jax.tokens.chunk_layout import chunk_layout
 from omniflatten_jax.tokens.sequence import Stream
-from tests.helpers import SMALL_MODEL, one_device_mesh
+from tests.helpers import SMALL_MODEL
 
 LAYOUT = TokenLayout("bytes", 256, 32)
 CFG = FlattenConfig(speech_chunk=4, text_chunk=2)
 SAMPLED = DecodingPolicy(text_temperature=1.5, speech_temperature=1.5, text_top_k=50,
                          speech_top_k=50, seed=3)
-
-@pytest.fixture
-def on_one_device():
-    """Model functions called directly trace under a mesh (`helpers.one_device_mesh`)."""
-    with one_device_mesh():
-        yield
 
 
 

@@ -17,7 +17,6 @@ from omniflatten_jax.inference.session import DuplexSession
 from omniflatten_jax.model import Transformer
 from omniflatten_jax.model.packed_attention import resolve
 from omniflatten_jax.training.step import loss_and_metrics
-from tests.helpers import one_device_mesh
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")
 
@@ -25,12 +24,6 @@ pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a 
 CFG = ModelConfig(hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
                   num_kv_heads=2, head_dim=64, dtype="bfloat16", param_dtype="float32")
 VOCAB = 512
-
-@pytest.fixture
-def on_one_device():
-    """Model functions called directly trace under a mesh (`helpers.one_device_mesh`)."""
-    with one_device_mesh():
-        yield
 
 
 
@@ -47,14 +40,14 @@ def packed_batch(b=2, t=256, seed=0):
     return jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segments)
 
 
-def test_gpu_selects_pallas_for_packed_and_cudnn_for_unpacked_16_bit_rows():
+def test_gpu_selects_pallas_for_packed_and_cudnn_for_unpacked_16_bit_rows(on_one_device):
     assert resolve("auto", "bfloat16", packed=True) == "pallas_gpu"
     assert resolve("auto", "bfloat16", packed=False) == "cudnn"
     assert resolve("auto", "float32", packed=True) == "xla"
 
 
 @pytest.mark.parametrize("impl", ["pallas_gpu", "cudnn"])
-def test_gpu_attention_matches_xla_on_packed_rows(impl):
+def test_gpu_attention_matches_xla_on_packed_rows(impl, on_one_device):
     cudnn = Transformer(dataclasses.replace(CFG, attention_impl=impl), VOCAB)
     xla = Transformer(dataclasses.replace(CFG, attention_impl="xla"), VOCAB)
     params = xla.init(jax.random.key(0))

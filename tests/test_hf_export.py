@@ -14,17 +14,11 @@ from omniflatten_jax.config.token_layout import LayoutMismatchError, TokenLayout
 from omniflatten_jax.export import hf_config
 from omniflatten_jax.export.from_hf import import_hf
 from omniflatten_jax.model import transformer
-from tests.helpers import one_device_mesh, run_command
+from tests.helpers import run_command
 
 HF_TOL = 1e-4  # JAX vs PyTorch, fp32 (different kernels and summation orders)
 ROUND_TRIP_TOL = 1e-5  # HF -> ours -> HF: the same numbers moved twice
 TEXT_VOCAB = 256
-
-@pytest.fixture
-def on_one_device():
-    """Model functions called directly trace under a mesh (`helpers.one_device_mesh`)."""
-    with one_device_mesh():
-        yield
 
 
 

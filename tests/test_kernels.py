@@ -18,7 +18,6 @@ from omniflatten_jax.distributed import sharding
 from omniflatten_jax.model import Transformer
 from omniflatten_jax.model.packed_attention import packed_attention, reference
 from omniflatten_jax.training.step import loss_and_metrics
-from tests.helpers import one_device_mesh
 
 KERNELS = ["splash", "pallas_gpu"]
 OUT_TOL = 2e-5  # attention outputs are O(1)
@@ -26,12 +25,6 @@ GRAD_RTOL = 2e-4  # relative (norm) error of a gradient
 CFG = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=3, num_heads=4,
                   num_kv_heads=2, head_dim=16, rope_theta=10_000.0)
 VOCAB = 256
-
-@pytest.fixture
-def on_one_device():
-    """Model functions called directly trace under a mesh (`helpers.one_device_mesh`)."""
-    with one_device_mesh():
-        yield
 
 
 
@@ -113,7 +106,7 @@ def train_loss_and_grads(cfg, mesh=None):
 def test_model_trains_the_same_with_each_kernel_on_a_mesh(impl, tensor):
     """The kernels under shard_map (rows over `data`, heads over `tensor`) give the training
     loss and every gradient of the dense-mask model (on one device)."""
-    with one_device_mesh():
+    with sharding.on_one_device():
         want_loss, want = jax.device_get(
             train_loss_and_grads(dataclasses.replace(CFG, attention_impl="xla")))
     mesh = jax.make_mesh((2, tensor), ("data", "tensor"), devices=jax.devices()[:2 * tensor],

@@ -13,7 +13,6 @@ from omniflatten_jax.distributed import sharding
 from omniflatten_jax.model import Transformer
 from omniflatten_jax.model.packed_attention import resolve
 from omniflatten_jax.model.transformer import reset_rows
-from tests.helpers import one_device_mesh
 from tests.reference_loss import masked_cross_entropy
 
 CFG = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
@@ -21,12 +20,6 @@ CFG = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads
 VOCAB = 256
 CACHE_TOL = 1e-5  # fp32: cached and full passes differ only by summation order
 SHARD_TOL = 1e-5  # fp32: sharded reductions reorder sums
-
-@pytest.fixture
-def on_one_device():
-    """Model functions called directly trace under a mesh (`helpers.one_device_mesh`)."""
-    with one_device_mesh():
-        yield
 
 
 

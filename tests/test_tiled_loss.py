@@ -13,15 +13,8 @@ from omniflatten_jax.model import Transformer
 from omniflatten_jax.tokens.sequence import Stream
 from omniflatten_jax.training.loss import chunked_token_losses, token_losses
 from omniflatten_jax.training.step import loss_and_metrics
-from tests.helpers import one_device_mesh
 
 VOCAB = 384
-
-@pytest.fixture
-def on_one_device():
-    """Model functions called directly trace under a mesh (`helpers.one_device_mesh`)."""
-    with one_device_mesh():
-        yield
 
 
 
