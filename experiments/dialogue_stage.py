@@ -310,5 +310,7 @@ def record_events(record) -> list[tuple]:
     turns = dialogue_streams(record).turns
     found = events([t.role for t in turns], [t.start for t in turns], [t.end for t in turns],
                    turn_changes(record))
-    kinds, starts, ends = zip(*spans(record)) if spans(record) else ((), (), ())
+    pauses_and_backchannels = spans(record)
+    kinds, starts, ends = (zip(*pauses_and_backchannels) if pauses_and_backchannels
+                           else ((), (), ()))
     return found + span_events(kinds, starts, ends)
