@@ -32,6 +32,16 @@ from omniflatten_jax.tokens.text_tokenizers import text_tokenizer
 CONTEXT_SECONDS = 1.0  # of the user's earlier audio the tokenizer sees with each chunk
 
 
+def samples_per_frame(tokenizer: SpeechTokenizer) -> int:
+    """The tokenizer's hop in samples; a rate that gives no whole number is an error."""
+    hop = tokenizer.sample_rate / tokenizer.frame_rate
+    if hop != int(hop):
+        raise ValueError(f"a speech tokenizer at {tokenizer.sample_rate} Hz and "
+                         f"{tokenizer.frame_rate} frames/s has no whole number of samples per "
+                         "frame")
+    return int(hop)
+
+
 def min_decode_frames(decoder: SpeechDecoder) -> int:
     """The fewest frames `decoder` can turn into audio. Griffin-Lim (the k-means decoder)
     re-analyses its signal with FFT windows of ``n_fft`` samples; the signal of a stretch of
@@ -109,12 +119,7 @@ class LiveSession:
         self.decoder: SpeechDecoder = tokenizer  # the embedded tokenizer decodes as well
         self.session = DuplexSession(model, rows, keep_chunks=keep_chunks)
         self.rows = rows
-        hop = tokenizer.sample_rate / tokenizer.frame_rate
-        if hop != int(hop):
-            raise ValueError(f"a speech tokenizer at {tokenizer.sample_rate} Hz and "
-                             f"{tokenizer.frame_rate} frames/s has no whole number of samples "
-                             "per frame")
-        self.hop = int(hop)
+        self.hop = samples_per_frame(tokenizer)
         self.width = self.session.width
         self.chunk_samples = self.width * self.hop
         self.context = int(round(CONTEXT_SECONDS * tokenizer.frame_rate)) * self.hop

@@ -39,7 +39,7 @@ import soxr
 from omniflatten_jax.config import to_dict
 from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.inference.duplex import DuplexModel
-from omniflatten_jax.inference.live import voice
+from omniflatten_jax.inference.live import samples_per_frame, voice
 from omniflatten_jax.inference.session import DuplexSession
 from omniflatten_jax.inference.timeline import Timeline
 from omniflatten_jax.speech.audio import AudioError
@@ -97,11 +97,7 @@ class UserSpeech:
                  on_samples: Callable[[np.ndarray], None] = lambda samples: None):
         self.path, self.tokenizer, self.on_samples = path, tokenizer, on_samples
         self.rate = tokenizer.sample_rate
-        hop = self.rate / tokenizer.frame_rate
-        if hop != int(hop):
-            raise ValueError(f"a speech tokenizer at {self.rate} Hz and {tokenizer.frame_rate} "
-                             "frames/s has no whole number of samples per frame")
-        self.hop = int(hop)
+        self.hop = samples_per_frame(tokenizer)
         self.samples = 0  # read so far, at the tokenizer's rate
         self.finished = False  # the whole file is read: `samples` is its length
 
