@@ -10,10 +10,11 @@ in each):
 - ours: the trainer's `TrainProgram` step (packed attention kernel, loss over chunks when the
   configuration says so, numerics guard), remat policy ``--remat`` (default none: theirs does
   no gradient checkpointing), on a one-device mesh;
-- theirs: ``transformers.Qwen2ForCausalLM`` in fp32 master weights under bf16 autocast (on
-  GPU; fp32 on CPU, where autocast would time bf16 emulation), ``torch.compile`` of the model,
-  attention ``--torch_attention`` (sdpa by default: transformers turns restarting
-  ``position_ids`` into a block-causal mask for packed rows, without a KV cache).
+- theirs: transformers' model of the family (``Qwen2ForCausalLM``, ``Qwen3ForCausalLM``) in
+  fp32 master weights under bf16 autocast (on GPU; fp32 on CPU, where autocast would time bf16
+  emulation), ``torch.compile`` of the model, attention ``--torch_attention`` (sdpa by
+  default: transformers turns restarting ``position_ids`` into a block-causal mask for packed
+  rows, without a KV cache).
 
 Both use AdamW with the configuration's betas, weight decay on matrices only and gradient
 clipping (theirs fused); the learning rate is held at its peak on their side (a schedule does
@@ -70,7 +71,8 @@ def define_flags() -> None:
 
 def run_torch(cfg, tensors: dict, rows, warmup: int, steps: int, attention: str,
               compile_: bool):
-    """(seconds per step, first-step loss) of transformers' Qwen2 from Hugging Face `tensors`."""
+    """(seconds per step, first-step loss) of transformers' model of the config's family
+    (`Qwen2ForCausalLM`, `Qwen3ForCausalLM`) from Hugging Face `tensors`."""
     import torch
     import transformers
 
@@ -79,9 +81,9 @@ def run_torch(cfg, tensors: dict, rows, warmup: int, steps: int, attention: str,
     device = "cuda" if torch.cuda.is_available() else "cpu"
     hf = model_config_to_hf(cfg.model, cfg.layout, "float32")
     hf["vocab_size"] = cfg.layout.vocab_size  # the same (padded) output layer as ours
-    config = transformers.Qwen2Config(**hf)
+    config = transformers.AutoConfig.for_model(hf.pop("model_type"), **hf)
     config._attn_implementation = attention
-    model = transformers.Qwen2ForCausalLM(config)
+    model = transformers.AutoModelForCausalLM.from_config(config)
     state = {name: torch.from_numpy(np.array(value)) for name, value in tensors.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [m for m in missing if m != "lm_head.weight"]:
@@ -130,12 +132,12 @@ def run_torch(cfg, tensors: dict, rows, warmup: int, steps: int, attention: str,
 
 
 def hf_tensors(cfg, params) -> dict:
-    """Our parameter tree as Hugging Face Qwen2 tensors (numpy, every vocabulary row)."""
+    """Our parameter tree as Hugging Face tensors (numpy, every vocabulary row)."""
     from omniflatten_jax.export import weight_map
 
     return {name: np.asarray(weight_map.to_hf(np.asarray(weight_map.get_path(params, path)),
                                               transform))
-            for name, path, transform in weight_map.iter_hf(cfg.model)}
+            for name, path, transform in weight_map.tensor_map(cfg.model)}
 
 
 def one_side(cfg, rows) -> dict:
@@ -205,7 +207,7 @@ def main() -> None:
     print(f"  ours:   {cfg.model.dtype} compute, attention {cfg.model.attention_impl}, remat "
           f"{cfg.model.remat}, scan_layers {cfg.model.scan_layers}, loss_chunk "
           f"{cfg.model.loss_chunk}")
-    print(f"  theirs: transformers Qwen2ForCausalLM, attention {FLAGS.torch_attention}, "
+    print(f"  theirs: transformers {cfg.model.family} model, attention {FLAGS.torch_attention}, "
           f"torch.compile {FLAGS.torch_compile}, fused AdamW, "
           f"{'bf16 autocast' if gpu else 'fp32'}")
     with tempfile.TemporaryDirectory() as tmp:

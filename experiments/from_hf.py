@@ -1,4 +1,4 @@
-"""Imports a Hugging Face Qwen2 folder as a checkpoint with the extended token layout.
+"""Imports a Hugging Face folder (Qwen2, Qwen3) as a checkpoint with the extended token layout.
 
     python experiments/from_hf.py --hf_dir=Qwen2-0.5B/ --out=ckpt/qwen2_0_5b
         [--num_speech_codes=4096] [--text_tokenizer=qwen2] [--seed=0] [--overwrite]

@@ -52,7 +52,8 @@ def main() -> None:
     if FLAGS.stage == "smoke":
         from experiments import smoke
 
-        smoke.run(FLAGS.workdir, FLAGS.steps or 60)
+        cfg = cli.build_config([])  # its model and layout: the tiny preset unless --set says
+        smoke.run(FLAGS.workdir, FLAGS.steps or 60, cfg.model, cfg.layout)
     else:
         run_stages(build_config())
     logging.getLogger(__name__).info("done in %.0f s", time.perf_counter() - start)

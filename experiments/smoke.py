@@ -1,10 +1,11 @@
 """A one-minute end-to-end check of the library core: `python experiments/run.py --stage=smoke`.
 
-It exercises every real part that exists: the tiny Qwen2 preset on a device mesh, the token
+It exercises every real part that exists: the configuration's model (the tiny preset of the
+embedded default; ``--set=model.family=qwen3`` for the other family) on a device mesh, the token
 layout and byte tokenizer, the ASR / TTS / duplex_3 layouts, a sharded jitted AdamW step, the KV
 cache against the full forward pass, and an Orbax checkpoint that `export.to_hf` can convert.
 Its "speech" is not audio: each text byte stands for three fixed speech codes, so that the
-mapping is learnable and the loss must fall. Real speech arrives with the alignment stage.
+mapping is learnable and the loss must fall.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from omniflatten_jax import checkpoint
-from omniflatten_jax.config import FlattenConfig, MeshConfig, OptimizerConfig, preset
+from omniflatten_jax.config import (
+    FlattenConfig,
+    MeshConfig,
+    ModelConfig,
+    OptimizerConfig,
+    Preset,
+    TokenLayout,
+)
 from omniflatten_jax.distributed import sharding
 from omniflatten_jax.model import transformer
 from omniflatten_jax.tokens.batches import padded_rows
@@ -65,8 +73,9 @@ def examples(layout) -> list[FlatSequence]:
     return seqs
 
 
-def run(workdir: str, steps: int) -> dict[str, float]:
-    p = preset("tiny")
+def run(workdir: str, steps: int, model_cfg: ModelConfig, layout: TokenLayout
+        ) -> dict[str, float]:
+    p = Preset(model_cfg, layout)
     model = transformer(p.model, p.layout.vocab_size)
     mesh_cfg = MeshConfig()
     mesh = sharding.make_mesh(mesh_cfg)
@@ -75,8 +84,9 @@ def run(workdir: str, steps: int) -> dict[str, float]:
     rows = padded_rows(seqs, length, p.layout.special("<pad>"))
     batch_size = -(-len(seqs) // mesh.size) * mesh.size  # a multiple of the device count
     rows = {k: np.resize(v, (batch_size,) + v.shape[1:]) for k, v in rows.items()}
-    print(f"smoke: tiny preset ({model.num_params:,} params) on mesh {dict(mesh.shape)}; "
-          f"{len(seqs)} examples (ASR, TTS, duplex_3) in rows of {length} tokens")
+    print(f"smoke: {p.model.family} model ({model.num_params:,} params) on mesh "
+          f"{dict(mesh.shape)}; {len(seqs)} examples (ASR, TTS, duplex_3) in rows of {length} "
+          "tokens")
 
     tx = make_optimizer(OptimizerConfig(peak_lr=3e-3, warmup_steps=5), steps)
     with sharding.activate(mesh, mesh_cfg.rules):

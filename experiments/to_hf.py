@@ -1,4 +1,5 @@
-"""Exports a checkpoint as a Hugging Face Qwen2 folder that transformers loads as is.
+"""Exports a checkpoint as a Hugging Face folder of its family (Qwen2, Qwen3) that transformers
+loads as is.
 
     python experiments/to_hf.py --checkpoint=workdir/alignment/checkpoints --out=hf/
         [--dtype=bfloat16] [--overwrite]

@@ -9,14 +9,17 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOSS_TOL = 1e-4  # fp32 on CPU: the same weights and rows, different summation orders
 
 
-def test_ours_and_transformers_start_from_the_same_model_and_rows():
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_ours_and_transformers_start_from_the_same_model_and_rows(family):
     proc = subprocess.run(
         [sys.executable, "experiments/benchmark_vs_torch.py", "--batch=2", "--seq_len=128",
-         "--steps=1", "--warmup=1", "--notorch_compile"],
+         "--steps=1", "--warmup=1", "--notorch_compile", f"--set=model.family={family}"],
         capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses = dict(re.findall(r"^\s+(ours|torch)\s.*first loss ([\d.]+)$", proc.stdout, re.M))

@@ -1,4 +1,5 @@
-"""Hugging Face import/export against transformers itself, on tiny random Qwen2 models."""
+"""Hugging Face import/export against transformers itself, on tiny random models of every
+family (Qwen2, Qwen3; tied and untied embeddings)."""
 
 import json
 import os
@@ -28,17 +29,27 @@ def run_cli(name, *args):
     return result.stdout
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
+def tiny_hf_model(family: str, tied: bool):
+    """A random tiny transformers model; Qwen3's heads are 32 wide over a hidden size of 64
+    (4 heads), so nothing can assume ``head_dim x heads == hidden``."""
+    shape = dict(vocab_size=TEXT_VOCAB, hidden_size=64, intermediate_size=128,
+                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 tie_word_embeddings=tied, rope_theta=10_000.0, max_position_embeddings=256)
+    if family == "qwen2":
+        return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**shape)).eval()
+    return transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**shape, head_dim=32)).eval()
+
+
+@pytest.fixture(scope="module", params=[("qwen2", True), ("qwen2", False), ("qwen3", True),
+                                        ("qwen3", False)],
+                ids=["qwen2-tied", "qwen2-untied", "qwen3-tied", "qwen3-untied"])
 def converted(request, tmp_path_factory):
     """A random HF model, imported by the from_hf CLI and exported again by the to_hf CLI."""
-    root = tmp_path_factory.mktemp("tied" if request.param else "untied")
+    family, tied = request.param
+    root = tmp_path_factory.mktemp(f"{family}-{'tied' if tied else 'untied'}")
     torch.manual_seed(0)
-    config = transformers.Qwen2Config(
-        vocab_size=TEXT_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=request.param,
-        rope_theta=10_000.0, max_position_embeddings=256)
-    hf_model = transformers.Qwen2ForCausalLM(config).eval()
-    with torch.no_grad():  # random biases, so that a bias mix-up cannot hide behind zeros
+    hf_model = tiny_hf_model(family, tied)
+    with torch.no_grad():  # random biases and norms, so a mix-up cannot hide behind 0s and 1s
         for name, p in hf_model.named_parameters():
             if name.endswith("bias") or "norm" in name:
                 p.add_(0.1 * torch.randn_like(p))
@@ -83,6 +94,8 @@ def test_imported_model_matches_transformers(converted, on_one_device):
                                rtol=0)
     assert meta.layout.speech_offset == TEXT_VOCAB and meta.layout.num_speech_codes == 64
     assert meta.lineage[0]["kind"] == "hf_import"
+    assert meta.model.family == hf_model.config.model_type
+    assert meta.model.head_dim == getattr(hf_model.config, "head_dim", 16)  # Qwen2: 64 / 4
 
 
 def test_export_loads_in_transformers_with_equal_logits(converted, on_one_device):
@@ -90,6 +103,7 @@ def test_export_loads_in_transformers_with_equal_logits(converted, on_one_device
     exported, info = transformers.AutoModelForCausalLM.from_pretrained(
         root / "export", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert exported.config.model_type == meta.model.family
     assert exported.config.vocab_size == meta.layout.used_size  # speech + specials kept
     model = transformer(meta.model, meta.layout.vocab_size)
     ids = np.random.default_rng(1).integers(0, meta.layout.used_size, (2, 17))
@@ -142,8 +156,16 @@ def test_transformers_4_and_5_config_forms():
     v4 = {k: v for k, v in v5.items() if k != "rope_parameters"} | {"rope_theta": 5e5}
     assert hf_config.model_config_from_hf(v5, "v5") == hf_config.model_config_from_hf(v4, "v4")
     assert hf_config.model_config_from_hf(v4, "v4").rope_theta == 5e5
-    with pytest.raises(ValueError, match="only 'qwen2'"):
+    with pytest.raises(ValueError, match="cfg.json: model_type is 'llama'; supported: 'qwen2'"):
         hf_config.model_config_from_hf(v4 | {"model_type": "llama"}, "cfg.json")
+    with pytest.raises(ValueError, match="Qwen2 ties them"):
+        hf_config.model_config_from_hf(v4 | {"head_dim": 32}, "cfg.json")
+    qwen3 = v4 | {"model_type": "qwen3", "head_dim": 32}
+    assert hf_config.model_config_from_hf(qwen3, "cfg.json").family == "qwen3"
+    with pytest.raises(ValueError, match="attention_bias"):
+        hf_config.model_config_from_hf(qwen3 | {"attention_bias": True}, "cfg.json")
+    with pytest.raises(ValueError, match="head_dim"):
+        hf_config.model_config_from_hf(v4 | {"model_type": "qwen3"}, "cfg.json")
     with pytest.raises(ValueError, match="sliding"):
         hf_config.model_config_from_hf(v4 | {"use_sliding_window": True}, "cfg.json")
 

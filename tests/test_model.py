@@ -1,4 +1,4 @@
-"""The Qwen2 decoder: KV cache == full forward, packing, sharded == one device."""
+"""The decoder of every family: KV cache == full forward, packing, sharded == one device."""
 
 import dataclasses
 import functools
@@ -17,6 +17,9 @@ from tests.reference_loss import masked_cross_entropy
 
 CFG = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                   num_kv_heads=2, head_dim=16, rope_theta=10_000.0)
+# Qwen3's heads need not tile the hidden size: 4 heads of 32 over 64.
+CONFIGS = {"qwen2": CFG, "qwen3": dataclasses.replace(CFG, family="qwen3", head_dim=32)}
+FAMILIES = pytest.mark.parametrize("family", sorted(CONFIGS))
 VOCAB = 256
 CACHE_TOL = 1e-5  # fp32: cached and full passes differ only by summation order
 SHARD_TOL = 1e-5  # fp32: sharded reductions reorder sums
@@ -24,9 +27,15 @@ SHARD_TOL = 1e-5  # fp32: sharded reductions reorder sums
 
 
 @functools.cache
-def model_and_params():
-    model = Transformer(CFG, VOCAB)
-    return model, model.init(jax.random.key(0))
+def model_and_params(family="qwen2"):
+    model = Transformer(CONFIGS[family], VOCAB)
+    params = model.init(jax.random.key(0))
+    if family == "qwen3":  # q/k norm scales away from 1, so that a mix-up shows
+        for layer in params["layers"].values():
+            for norm in ("q_norm", "k_norm"):
+                layer["attn"][norm]["scale"] = 1 + 0.3 * jax.random.normal(
+                    jax.random.key(len(norm)), layer["attn"][norm]["scale"].shape)
+    return model, params
 
 
 def tokens(shape, seed=0):
@@ -46,8 +55,41 @@ def test_presets_have_hugging_face_shapes():
     assert not PRESETS["qwen2_7b"].model.tie_embeddings
 
 
-def test_kv_cache_matches_full_forward(on_one_device):
-    model, params = model_and_params()
+def test_qwen3_preset_counts_what_transformers_counts():
+    """Qwen3-0.6B's shape (16 heads of 128 over a hidden size of 1024) against transformers'
+    own Qwen3ForCausalLM, built without memory on the meta device."""
+    import torch
+    import transformers
+
+    from omniflatten_jax.export.hf_config import model_config_to_hf
+
+    p = PRESETS["qwen3_0_6b"]
+    hf = model_config_to_hf(p.model, p.layout, "float32")
+    hf.update(vocab_size=p.layout.text_vocab_size, pad_token_id=None)  # the HF checkpoint's
+    with torch.device("meta"):
+        theirs = transformers.AutoModelForCausalLM.from_config(
+            transformers.AutoConfig.for_model(hf.pop("model_type"), **hf))
+    assert type(theirs).__name__ == "Qwen3ForCausalLM"
+    n_theirs = sum(t.numel() for t in theirs.parameters())  # tied: the embedding counts once
+    assert Transformer(p.model, p.layout.text_vocab_size).num_params == n_theirs == 596_049_920
+
+
+def test_the_family_is_part_of_the_architecture():
+    from omniflatten_jax import checkpoint
+    from omniflatten_jax.config import ConfigError, from_dict, to_dict
+
+    old = {k: v for k, v in to_dict(CFG).items() if k != "family"}
+    assert from_dict(ModelConfig, old) == CFG  # written before families: a Qwen2
+    with pytest.raises(checkpoint.ArchitectureMismatchError,
+                       match="family: 'qwen3' in the checkpoint, 'qwen2' in this run"):
+        checkpoint.check_architecture(CONFIGS["qwen3"], CFG, "ckpt")
+    with pytest.raises(ConfigError, match="model.family='llama' .* choose one of qwen2, qwen3"):
+        Transformer(dataclasses.replace(CFG, family="llama"), VOCAB)
+
+
+@FAMILIES
+def test_kv_cache_matches_full_forward(family, on_one_device):
+    model, params = model_and_params(family)
     seq = tokens((2, 23))
     full = jax.jit(model.logits)(params, seq)
     extend = jax.jit(model.extend)
@@ -61,8 +103,9 @@ def test_kv_cache_matches_full_forward(on_one_device):
     np.testing.assert_allclose(jnp.concatenate(pieces, 1), full, atol=CACHE_TOL, rtol=0)
 
 
-def test_packed_rows_equal_separate_sequences(on_one_device):
-    model, params = model_and_params()
+@FAMILIES
+def test_packed_rows_equal_separate_sequences(family, on_one_device):
+    model, params = model_and_params(family)
     a, b = tokens((1, 9), 1), tokens((1, 6), 2)
     packed = jnp.concatenate([a, b, jnp.zeros((1, 3), jnp.int32)], 1)
     segments = jnp.asarray([[1] * 9 + [2] * 6 + [0] * 3])
@@ -80,9 +123,10 @@ def loss_and_grads(model, params, batch):
     return jax.value_and_grad(loss_fn)(params)
 
 
+@FAMILIES
 @pytest.mark.parametrize("shape", [(2, 4, 1), (2, 2, 2)], ids=["data2xfsdp4", "data2xfsdp2xtp2"])
-def test_sharded_forward_backward_matches_one_device(shape, on_one_device):
-    model, params = model_and_params()
+def test_sharded_forward_backward_matches_one_device(shape, family, on_one_device):
+    model, params = model_and_params(family)
     batch = {"tokens": tokens((8, 17), 3),
              "mask": jnp.asarray(np.random.default_rng(4).random((8, 17)) < 0.7)}
     ref_loss, ref_grads = jax.jit(functools.partial(loss_and_grads, model))(params, batch)

@@ -39,6 +39,7 @@ from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.distributed import paths
 
 FORMAT = 3  # 1 (no "format" key): model, layout, lineage; 2: + stage; 3: + data fingerprint
+# (`model.family` came later, within format 3: a checkpoint without it is a Qwen2.)
 
 
 class CheckpointMismatchError(ValueError):

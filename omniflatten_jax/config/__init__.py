@@ -27,7 +27,7 @@ from omniflatten_jax.config.experiment import (
 from omniflatten_jax.config.model import (
     ATTENTION_IMPLS,
     PRESETS,
-    QWEN2_LOSS_CHUNK,
+    QWEN_LOSS_CHUNK,
     REMAT_POLICIES,
     ModelConfig,
     Preset,
@@ -37,7 +37,7 @@ from omniflatten_jax.config.rules import ConfigError, from_dict, to_dict
 from omniflatten_jax.config.token_layout import TokenLayout
 
 __all__ = [
-    "ATTENTION_IMPLS", "PARAM_PLACEMENTS", "PRESETS", "QWEN2_LOSS_CHUNK", "REMAT_POLICIES",
+    "ATTENTION_IMPLS", "PARAM_PLACEMENTS", "PRESETS", "QWEN_LOSS_CHUNK", "REMAT_POLICIES",
     "SPEAK_RULES", "ConfigError", "DataConfig", "DecodingPolicy", "DialogueConfig",
     "EvalConfig", "ExperimentConfig", "FlattenConfig", "MelConfig", "MeshConfig",
     "ModelConfig", "OptimizerConfig", "ParamPlacement", "Preset", "SimulationConfig",

@@ -1,4 +1,4 @@
-"""The model's configuration: a Qwen2 decoder's architecture and numerics, and the presets."""
+"""The model's configuration: a decoder's family, architecture and numerics, and the presets."""
 
 from __future__ import annotations
 
@@ -18,7 +18,12 @@ REMAT_POLICIES = ("none", "minimal", "save_matmuls", "full")
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """A Qwen2 decoder's architecture and numerics (the vocabulary size comes from TokenLayout)."""
+    """A decoder's architecture and numerics (the vocabulary size comes from TokenLayout).
+
+    `family` names the model family (`model.families`: "qwen2", "qwen3"): how its layers differ
+    from the shared decoder and how its Hugging Face folders read and write. Every checkpoint
+    records it; one written before families existed holds no family and is a Qwen2.
+    """
 
     hidden_size: int
     intermediate_size: int
@@ -26,6 +31,7 @@ class ModelConfig:
     num_heads: int
     num_kv_heads: int
     head_dim: int
+    family: str = "qwen2"
     rope_theta: float = 1_000_000.0
     rms_norm_eps: float = 1e-6
     tie_embeddings: bool = True
@@ -49,8 +55,8 @@ class ModelConfig:
     # (`training.loss.chunked_token_losses`); 0 = the full logits.
     loss_chunk: int = 0
 
-    ARCHITECTURE = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
-                    "head_dim", "rope_theta", "rms_norm_eps", "tie_embeddings")
+    ARCHITECTURE = ("family", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                    "num_kv_heads", "head_dim", "rope_theta", "rms_norm_eps", "tie_embeddings")
 
     def architecture(self) -> dict[str, Any]:
         """The fields that weights depend on (not dtypes, remat or the attention backend)."""
@@ -79,18 +85,22 @@ class Preset:
     layout: TokenLayout
 
 
-# The Qwen2 presets' loss chunk: 156k-entry fp32 logits of 128 positions per row. On v5p-64 at
+# The Qwen presets' loss chunk: 156k-entry fp32 logits of 128 positions per row. On v5p-64 at
 # 8 x 1024 tokens per chip the 0.5B step's temporaries are 1.84 GiB with 128, 3.03 with 256
 # and 13.34 with the full logits (docs/benchmarks.md).
-QWEN2_LOSS_CHUNK = 128
+QWEN_LOSS_CHUNK = 128
 
 
-def _qwen2(hidden, mlp, layers, heads, kv_heads, tied, text_vocab) -> Preset:
+def _qwen(family, hidden, mlp, layers, heads, kv_heads, tied, text_vocab, *, head_dim=None,
+          max_positions=32_768) -> Preset:
+    """A released Qwen checkpoint's shape. Qwen3 keeps Qwen2's BPE vocabulary (its extra
+    special tokens sit in the rows above the tokenizer's), so both read text as "qwen2"."""
     return Preset(
         ModelConfig(hidden_size=hidden, intermediate_size=mlp, num_layers=layers,
-                    num_heads=heads, num_kv_heads=kv_heads, head_dim=hidden // heads,
-                    tie_embeddings=tied, max_position_embeddings=32_768,
-                    dtype="bfloat16", loss_chunk=QWEN2_LOSS_CHUNK),
+                    num_heads=heads, num_kv_heads=kv_heads,
+                    head_dim=head_dim or hidden // heads, family=family, tie_embeddings=tied,
+                    max_position_embeddings=max_positions, dtype="bfloat16",
+                    loss_chunk=QWEN_LOSS_CHUNK),
         TokenLayout(text_tokenizer="qwen2", text_vocab_size=text_vocab, num_speech_codes=4096),
     )
 
@@ -105,10 +115,13 @@ PRESETS: dict[str, Preset] = {
                     scan_layers=False),
         TokenLayout(text_tokenizer="bytes", text_vocab_size=256, num_speech_codes=256),
     ),
-    # Hugging Face shapes of Qwen/Qwen2-0.5B, -1.5B and -7B.
-    "qwen2_0_5b": _qwen2(896, 4864, 24, 14, 2, True, 151_936),
-    "qwen2_1_5b": _qwen2(1536, 8960, 28, 12, 2, True, 151_936),
-    "qwen2_7b": _qwen2(3584, 18944, 28, 28, 4, False, 152_064),
+    # Hugging Face shapes of Qwen/Qwen2-0.5B, -1.5B and -7B, and Qwen/Qwen3-0.6B (whose
+    # head_dim, 128, is not hidden / heads).
+    "qwen2_0_5b": _qwen("qwen2", 896, 4864, 24, 14, 2, True, 151_936),
+    "qwen2_1_5b": _qwen("qwen2", 1536, 8960, 28, 12, 2, True, 151_936),
+    "qwen2_7b": _qwen("qwen2", 3584, 18944, 28, 28, 4, False, 152_064),
+    "qwen3_0_6b": _qwen("qwen3", 1024, 3072, 28, 16, 8, True, 151_936, head_dim=128,
+                        max_positions=40_960),
 }
 
 

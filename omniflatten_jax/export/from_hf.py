@@ -1,4 +1,5 @@
-"""Hugging Face Qwen2 folder -> Orbax checkpoint with the extended token layout.
+"""Hugging Face folder of a known family (Qwen2, Qwen3: `model.families`) -> Orbax checkpoint
+with the extended token layout.
 
     python experiments/from_hf.py --hf_dir Qwen2-0.5B/ --out ckpt/qwen2_0_5b
 
@@ -103,7 +104,7 @@ def import_hf(hf_dir: str, out: str, num_speech_codes: int | None = None,
     tensors = read_safetensors(hf_dir)
     model = transformer(cfg, layout.vocab_size)
     params: dict = {}
-    for name, path, transform in weight_map.iter_hf(cfg):
+    for name, path, transform in weight_map.tensor_map(cfg):
         if name not in tensors:
             raise ValueError(f"{hf_dir}: tensor {name} is missing")
         array = tensors.pop(name)
@@ -115,7 +116,8 @@ def import_hf(hf_dir: str, out: str, num_speech_codes: int | None = None,
         tensors.pop("lm_head.weight")  # tied: some writers store the shared matrix twice
     leftover = [n for n in tensors if not n.endswith(IGNORED)]
     if leftover:
-        raise ValueError(f"{hf_dir}: tensors this Qwen2 config has no place for: {leftover[:8]}")
+        raise ValueError(f"{hf_dir}: tensors this {cfg.family} config has no place for: "
+                         f"{leftover[:8]}")
     checkpoint.check_complete(params, model.abstract_params, hf_dir)
     check_finite(params, f"{hf_dir} (Hugging Face weights)",
                  "Import a model with finite weights: re-download it, or re-save it from the "

@@ -1,4 +1,5 @@
-"""Hugging Face Qwen2 `config.json` <-> `ModelConfig` (transformers 4.x and 5.x forms)."""
+"""Hugging Face `config.json` <-> `ModelConfig` (transformers 4.x and 5.x forms), for every
+model family: the shared fields here, what only one family has in its `Family`."""
 
 from __future__ import annotations
 
@@ -6,13 +7,13 @@ from typing import Any
 
 from omniflatten_jax.config import ModelConfig
 from omniflatten_jax.config.token_layout import TokenLayout
+from omniflatten_jax.model import families
 
 
 def model_config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
-    """Reads a Qwen2 config; anything this model cannot reproduce is an error naming `source`."""
-    if hf.get("model_type") != "qwen2":
-        raise ValueError(f"{source}: model_type is {hf.get('model_type')!r}, only 'qwen2' is "
-                         "supported")
+    """Reads a config of a known family; anything this model cannot reproduce is an error
+    naming `source`."""
+    family = families.for_hf_model_type(hf.get("model_type"), source)
     if hf.get("use_sliding_window"):
         raise ValueError(f"{source}: use_sliding_window=true is not supported")
     if hf.get("hidden_act", "silu") != "silu":
@@ -25,13 +26,11 @@ def model_config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
     theta = rope.get("rope_theta", hf.get("rope_theta", 10_000.0))
     heads = hf["num_attention_heads"]
     head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
-    if head_dim * heads != hf["hidden_size"]:
-        raise ValueError(f"{source}: head_dim {head_dim} x {heads} heads != hidden_size "
-                         f"{hf['hidden_size']}; Qwen2 ties them")
+    family.check_hf_config(hf, head_dim, source)
     return ModelConfig(
-        hidden_size=hf["hidden_size"], intermediate_size=hf["intermediate_size"],
-        num_layers=hf["num_hidden_layers"], num_heads=heads,
-        num_kv_heads=hf.get("num_key_value_heads", heads), head_dim=head_dim,
+        family=family.name, hidden_size=hf["hidden_size"],
+        intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],
+        num_heads=heads, num_kv_heads=hf.get("num_key_value_heads", heads), head_dim=head_dim,
         rope_theta=float(theta), rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         max_position_embeddings=hf.get("max_position_embeddings", 32_768))
@@ -39,9 +38,10 @@ def model_config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
 
 def model_config_to_hf(cfg: ModelConfig, layout: TokenLayout, dtype: str) -> dict[str, Any]:
     """A config that transformers 4.x and 5.x both read as this model (vocab: the used ids)."""
+    family = families.get(cfg.family)
     return {
-        "architectures": ["Qwen2ForCausalLM"],
-        "model_type": "qwen2",
+        "architectures": [family.hf_architecture],
+        "model_type": family.hf_model_type,
         "vocab_size": layout.used_size,
         "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.intermediate_size,
@@ -64,4 +64,5 @@ def model_config_to_hf(cfg: ModelConfig, layout: TokenLayout, dtype: str) -> dic
         "torch_dtype": dtype,
         "dtype": dtype,
         "pad_token_id": layout.special("<pad>"),
+        **family.hf_config_extra(cfg),
     }

@@ -1,4 +1,5 @@
-"""Orbax checkpoint -> Hugging Face `Qwen2ForCausalLM` folder that transformers loads as is.
+"""Orbax checkpoint -> Hugging Face folder of its family (`Qwen2ForCausalLM`,
+`Qwen3ForCausalLM`: `model.families`) that transformers loads as is.
 
     python experiments/to_hf.py --checkpoint workdir/alignment/checkpoints --out hf/
 
@@ -59,7 +60,7 @@ def export_hf(checkpoint_path: str, out: str, dtype: str = "float32",
 def hf_tensors(params, meta: checkpoint.CheckpointMeta, dtype: str) -> dict:
     """Our parameter tree -> Hugging Face tensor names and layouts (padding rows dropped)."""
     tensors = {}
-    for name, path, transform in weight_map.iter_hf(meta.model):
+    for name, path, transform in weight_map.tensor_map(meta.model):
         array = weight_map.to_hf(weight_map.get_path(params, path), transform)
         if path[0] in ("embed", "lm_head"):
             array = array[:meta.layout.used_size]  # drop the padding rows

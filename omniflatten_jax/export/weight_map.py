@@ -1,59 +1,31 @@
-"""The Hugging Face Qwen2 <-> our parameter map, as a table of rules.
+"""Hugging Face tensors <-> our parameter tree, by the tables of the model's family.
 
-Each rule maps a Hugging Face tensor name (regex) to a path in our parameter tree and says how
-the array changes: "same" (identical shape), "flat" (Hugging Face keeps it 1-D, we split heads),
-or an int: the number of our leading dims that form Hugging Face's input dimension (its
-``nn.Linear`` stores ``[out, in]``; we store ``[in..., out...]`` so that einsums read naturally).
+Each family (`model.families`) lists its tensors: the Hugging Face name, our path, and how the
+array changes ("same", "flat" or the number of our leading dims that form Hugging Face's input
+dimension: `families.family.Transform`). This module applies those tables.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Iterator
 
 import numpy as np
 
 from omniflatten_jax.config import ModelConfig
-
-Transform = int | str
-
-RULES: tuple[tuple[str, str, Transform], ...] = (
-    (r"model\.embed_tokens\.weight", "embed", "same"),
-    (r"model\.norm\.weight", "final_norm/scale", "flat"),
-    (r"lm_head\.weight", "lm_head", 1),
-    (r"model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.weight", r"layers/\1/attn/\2/kernel", 1),
-    (r"model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.bias", r"layers/\1/attn/\2/bias", "flat"),
-    (r"model\.layers\.(\d+)\.self_attn\.o_proj\.weight", r"layers/\1/attn/o/kernel", 2),
-    (r"model\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.weight", r"layers/\1/mlp/\2/kernel", 1),
-    (r"model\.layers\.(\d+)\.input_layernorm\.weight", r"layers/\1/input_norm/scale", "flat"),
-    (r"model\.layers\.(\d+)\.post_attention_layernorm\.weight",
-     r"layers/\1/post_attn_norm/scale", "flat"),
-)
+from omniflatten_jax.model import families
+from omniflatten_jax.model.families.family import TOP_TENSORS, UNTIED_HEAD, Transform
 
 
-def hf_names(cfg: ModelConfig) -> list[str]:
-    """Every tensor a Hugging Face Qwen2 checkpoint of this config holds."""
-    names = ["model.embed_tokens.weight", "model.norm.weight"]
-    if not cfg.tie_embeddings:
-        names.append("lm_head.weight")
+def tensor_map(cfg: ModelConfig) -> list[tuple[str, tuple, Transform]]:
+    """Every tensor a Hugging Face checkpoint of this config holds: its name, our path (dict
+    keys; layer indices as ints) and its transform."""
+    top = TOP_TENSORS if cfg.tie_embeddings else TOP_TENSORS + (UNTIED_HEAD,)
+    rules = [(name, path.split("/"), transform) for name, path, transform in top]
     for i in range(cfg.num_layers):
-        p = f"model.layers.{i}."
-        names += [p + f"self_attn.{x}_proj.{w}" for x in "qkv" for w in ("weight", "bias")]
-        names += [p + "self_attn.o_proj.weight"]
-        names += [p + f"mlp.{x}_proj.weight" for x in ("gate", "up", "down")]
-        names += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"]
-    return names
+        rules += [(f"model.layers.{i}.{name}", ["layers", i, *path.split("/")], transform)
+                  for name, path, transform in families.get(cfg.family).layer_tensors]
+    return [(name, tuple(path), transform) for name, path, transform in rules]
 
-
-def rule_for(hf_name: str) -> tuple[tuple[str | int, ...], Transform]:
-    """Our tree path (dict keys; layer indices as ints) and its transform for one HF tensor."""
-    for pattern, template, transform in RULES:
-        match = re.fullmatch(pattern, hf_name)
-        if match:
-            path = match.expand(template).split("/")
-            return tuple(int(p) if p.isdigit() else p for p in path), transform
-    raise KeyError(f"no rule maps Hugging Face tensor {hf_name!r}")
 
 
 def to_ours(hf_array: np.ndarray, our_shape: tuple[int, ...], transform: Transform
@@ -81,9 +53,3 @@ def set_path(tree: dict, path: tuple, value) -> None:
     for key in path[:-1]:
         tree = tree.setdefault(key, {})
     tree[path[-1]] = value
-
-
-def iter_hf(cfg: ModelConfig) -> Iterator[tuple[str, tuple, Transform]]:
-    for name in hf_names(cfg):
-        path, transform = rule_for(name)
-        yield name, path, transform

@@ -1,4 +1,4 @@
-"""The Qwen2 decoder (Flax NNX) and its pure-function face."""
+"""The decoder of each model family (Flax NNX) and its pure-function face."""
 
 from omniflatten_jax.model.transformer import DecodeCache, Params, Transformer, transformer
 

@@ -11,7 +11,8 @@ from flax import nnx
 
 from omniflatten_jax.config import ModelConfig
 from omniflatten_jax.distributed.sharding import constrain
-from omniflatten_jax.model.layers import Einsum, apply_rope
+from omniflatten_jax.model.families import DecoderOptions
+from omniflatten_jax.model.layers import Einsum, RMSNorm, apply_rope
 from omniflatten_jax.model.packed_attention import packed_attention
 
 
@@ -40,16 +41,22 @@ class LayerCache(NamedTuple):
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, options: DecoderOptions, rngs: nnx.Rngs):
         e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         dense = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
-        self.q = Einsum("bte,ehd->bthd", (e, h, d), ("embed", "heads", "head_dim"), bias_dims=2,
-                        **dense)
+        bias = 2 if options.qkv_bias else 0
+        self.q = Einsum("bte,ehd->bthd", (e, h, d), ("embed", "heads", "head_dim"),
+                        bias_dims=bias, **dense)
         self.k = Einsum("bte,ehd->bthd", (e, kv, d), ("embed", "kv_heads", "head_dim"),
-                        bias_dims=2, **dense)
+                        bias_dims=bias, **dense)
         self.v = Einsum("bte,ehd->bthd", (e, kv, d), ("embed", "kv_heads", "head_dim"),
-                        bias_dims=2, **dense)
+                        bias_dims=bias, **dense)
         self.o = Einsum("bthd,hde->bte", (h, d, e), ("heads", "head_dim", "embed"), **dense)
+        if options.qk_norm:
+            self.q_norm = RMSNorm(d, cfg.rms_norm_eps, cfg.param_dtype, "head_dim")
+            self.k_norm = RMSNorm(d, cfg.rms_norm_eps, cfg.param_dtype, "head_dim")
+        else:
+            self.q_norm = self.k_norm = None
         self.rope_theta = cfg.rope_theta
         self.impl = cfg.attention_impl  # resolved when traced: `packed_attention.resolve`
 
@@ -63,8 +70,11 @@ class Attention(nnx.Module):
         to the slots that ``cache_mask [B, T, slots]`` allows (prefill, a chunk, or a single
         token).
         """
-        q = apply_rope(self.q(x), positions, self.rope_theta)
-        k = apply_rope(self.k(x), positions, self.rope_theta)
+        q, k = self.q(x), self.k(x)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(q, positions, self.rope_theta)
+        k = apply_rope(k, positions, self.rope_theta)
         v = self.v(x)
         q = constrain(q, ("batch", "length", "act_heads", None))
         k = constrain(k, ("batch", "length", "act_kv_heads", None))

@@ -1,4 +1,4 @@
-"""Building blocks of the Qwen2 decoder: a logically-annotated einsum, RMSNorm, RoPE."""
+"""Building blocks of the decoder: a logically-annotated einsum, RMSNorm, RoPE."""
 
 from __future__ import annotations
 
@@ -46,11 +46,12 @@ class Einsum(nnx.Module):
 
 
 class RMSNorm(nnx.Module):
-    """Qwen2's RMSNorm: normalise in fp32, scale, return in the input's dtype."""
+    """Qwen's RMSNorm over the last axis: normalise in fp32, scale, return in the input's
+    dtype. `axis_name` is the normalised axis's logical name (a q/k norm's is "head_dim")."""
 
-    def __init__(self, size: int, eps: float, param_dtype, rngs: nnx.Rngs | None = None):
+    def __init__(self, size: int, eps: float, param_dtype, axis_name: str = "embed"):
         self.eps = eps
-        self.scale = param(None, (size,), ("embed",), param_dtype, "ones")
+        self.scale = param(None, (size,), (axis_name,), param_dtype, "ones")
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)

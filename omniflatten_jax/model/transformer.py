@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 from omniflatten_jax.config import ModelConfig
 from omniflatten_jax.distributed import sharding
 from omniflatten_jax.model.attention import CacheWrite, LayerCache, write_rows
-from omniflatten_jax.model.qwen2 import Qwen2
+from omniflatten_jax.model.decoder import Decoder
 
 Params = dict
 
@@ -48,7 +48,7 @@ class Transformer:
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         self.cfg = cfg
         self.vocab_size = vocab_size
-        abstract = nnx.eval_shape(lambda: Qwen2(cfg, vocab_size, nnx.Rngs(0)))
+        abstract = nnx.eval_shape(lambda: Decoder(cfg, vocab_size, nnx.Rngs(0)))
         self.graphdef, state = nnx.split(abstract, nnx.Param)
         self.abstract_params: Params = nnx.to_pure_dict(state)
         self.param_axes: Params = nnx.to_pure_dict(
@@ -65,14 +65,14 @@ class Transformer:
         """Random parameters (HF's normal(0.02) init), created directly in their shardings."""
         def make(key):
             return nnx.to_pure_dict(
-                nnx.state(Qwen2(self.cfg, self.vocab_size, nnx.Rngs(key)), nnx.Param))
+                nnx.state(Decoder(self.cfg, self.vocab_size, nnx.Rngs(key)), nnx.Param))
 
         if mesh is None:
             return jax.jit(make)(rng)
         with sharding.activate(mesh, rules):
             return jax.jit(make, out_shardings=self.param_shardings(mesh, rules))(rng)
 
-    def _module(self, params: Params) -> Qwen2:
+    def _module(self, params: Params) -> Decoder:
         return nnx.merge(self.graphdef, params)
 
     def logits(self, params: Params, tokens: jax.Array, positions: jax.Array | None = None,

@@ -1,8 +1,9 @@
-"""The Qwen2 decoder as Hugging Face defines it, in Flax NNX.
+"""The decoder of Qwen2's lineage as Hugging Face defines it, in Flax NNX.
 
-RMSNorm, RoPE, grouped-query attention with q/k/v bias and no o bias, SwiGLU MLP, tied or
-untied embeddings. Parameter names mirror Hugging Face's (see `export/weight_map.py`).
-Use it through `model.Transformer`, which splits it once into pure functions.
+RMSNorm, RoPE, grouped-query attention, a SwiGLU MLP, tied or untied embeddings; where a family
+departs from that (a q/k/v bias, a q/k norm) its `families.DecoderOptions` say so. Parameter
+names mirror Hugging Face's (each family's tensor table, `model.families`). Use it through
+`model.Transformer`, which splits it once into pure functions.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from flax import nnx
 
 from omniflatten_jax.config import ModelConfig
 from omniflatten_jax.distributed.sharding import constrain
+from omniflatten_jax.model import families
 from omniflatten_jax.model.attention import Attention, CacheWrite, LayerCache
+from omniflatten_jax.model.families import DecoderOptions
 from omniflatten_jax.model.layer_stack import run_layers
 from omniflatten_jax.model.layers import Einsum, RMSNorm, param
 
@@ -32,9 +35,9 @@ class MLP(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, options: DecoderOptions, rngs: nnx.Rngs):
         self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype)
-        self.attn = Attention(cfg, rngs)
+        self.attn = Attention(cfg, options, rngs)
         self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype)
         self.mlp = MLP(cfg, rngs)
 
@@ -46,11 +49,14 @@ class DecoderLayer(nnx.Module):
         return constrain(x, ("batch", "length", "act_embed")), cache
 
 
-class Qwen2(nnx.Module):
+class Decoder(nnx.Module):
+    """The whole decoder of `cfg.family`."""
+
     def __init__(self, cfg: ModelConfig, vocab_size: int, rngs: nnx.Rngs):
         self.cfg = cfg
+        options = families.get(cfg.family).decoder
         self.embed = param(rngs, (vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg.param_dtype)
-        self.layers = nnx.List([DecoderLayer(cfg, rngs) for _ in range(cfg.num_layers)])
+        self.layers = nnx.List([DecoderLayer(cfg, options, rngs) for _ in range(cfg.num_layers)])
         self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype)
         self.lm_head = None if cfg.tie_embeddings else param(
             rngs, (cfg.hidden_size, vocab_size), ("embed", "vocab"), cfg.param_dtype)
