@@ -42,3 +42,18 @@ def run_command(name: str, *args, timeout: float = 600) -> subprocess.CompletedP
     return subprocess.run([sys.executable, os.path.join("experiments", f"{name}.py"),
                            *map(str, args)], capture_output=True, text=True, cwd=ROOT,
                           timeout=timeout)
+
+
+def command_error(name: str, args) -> str:
+    """Runs a command expecting a failure: exit status 1 and one line on stderr."""
+    result = run_command(name, *args)
+    err = result.stderr
+    assert result.returncode == 1 and "Traceback" not in err, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def command_ok(name: str, args) -> str:
+    result = run_command(name, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout

@@ -23,7 +23,7 @@ from omniflatten_jax.inference.session import LatencyStats
 from omniflatten_jax.inference.timeline import Envelope
 from omniflatten_jax.speech import load_speech_tokenizer
 from omniflatten_jax.speech.audio import resample
-from tests.helpers import run_command
+from tests.helpers import command_error, command_ok, run_command
 from tests.test_duplex_cli import LAYOUT, ROOT, stage_dir  # noqa: F401  (the shared fixture)
 
 RATE = 16_000
@@ -64,21 +64,6 @@ def hf_folders(stage_dir, tmp_path_factory):  # noqa: F811
         save_file(tensors | {key: change(tensors[key])}, root / name / "model.safetensors",
                   metadata={"format": "pt"})
     return root
-
-
-def command_error(name, args) -> str:
-    """Runs a command expecting a failure: exit status 1 and one line on stderr."""
-    result = run_command(name, *args)
-    err = result.stderr
-    assert result.returncode == 1 and "Traceback" not in err, err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    return err
-
-
-def command_ok(name, args) -> str:
-    result = run_command(name, *args)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
 
 
 def leftovers(folder) -> list[str]:

@@ -164,14 +164,17 @@ def test_memorises_32_utterances(tmp_path):
     assert checkpoint.resolve(tmp_path / "alignment" / "checkpoints")[1] == 300
 
 
-def test_init_from_a_hugging_face_import(spoken_corpus, tmp_path):
-    """`--init_from` a checkpoint written by export.from_hf: params only, lineage kept."""
+@pytest.fixture(scope="module")
+def run_from_hf(spoken_corpus, tmp_path_factory):
+    """A Hugging Face folder (hf/), its import (imported/) and a two-step alignment run
+    initialised from the import (alignment/): a workdir as a user who fine-tunes has it."""
     transformers = pytest.importorskip("transformers")
     import dataclasses
 
     from omniflatten_jax.export.from_hf import import_hf
     from tests.helpers import small_config
 
+    tmp_path = tmp_path_factory.mktemp("from_hf")
     _, manifest, _ = spoken_corpus
     cfg = small_config(f"manifest:{manifest}", steps=2, batch_size=8)  # divides over 8 devices
     m = cfg.model
@@ -199,9 +202,45 @@ def test_init_from_a_hugging_face_import(spoken_corpus, tmp_path):
                     init_from=str(tmp_path / "imported"))
     result = train_stage(cfg, alignment_plan(cfg), str(tmp_path / "alignment"), make_data,
                          init_from=str(tmp_path / "imported"))
+    return tmp_path, imported, result
+
+
+def test_init_from_a_hugging_face_import(run_from_hf):
+    """`--init_from` a checkpoint written by export.from_hf: params only, lineage kept."""
+    _, imported, result = run_from_hf
     kinds = [record["kind"] for record in result.meta.lineage]
     assert kinds == ["hf_import", "init_from", "train"]
     # Two small steps moved the imported weights, but only a little: training started there.
     start = np.asarray(imported["embed"])
     end = np.asarray(jax.device_get(result.placed.params["embed"]))
     assert 0 < np.abs(end - start).max() < 0.05
+
+
+def test_export_or_import_with_overwrite_into_a_training_run_is_refused(run_from_hf):
+    """`--overwrite` replaces an old export or import, never a training run's checkpoints
+    nor the folder being read (issue #24: to_hf into its own checkpoints folder deleted the
+    steps, then failed)."""
+    from tests.helpers import command_error, command_ok
+
+    root, _, _ = run_from_hf
+    ckpts = root / "alignment" / "checkpoints"
+    steps = sorted(os.listdir(ckpts))
+    hf = ["--hf_dir", root / "hf", "--text_tokenizer=bytes", "--num_speech_codes=32"]
+    for name, args, said in (
+            ("to_hf", ["--checkpoint", ckpts, "--out", ckpts], "holds the input being read"),
+            ("to_hf", ["--checkpoint", ckpts / steps[-1], "--out", ckpts],
+             "holds the input being read"),
+            ("to_hf", ["--checkpoint", root / "imported", "--out", ckpts],
+             "holds a training run's checkpoints"),
+            ("from_hf", [*hf, "--out", ckpts], "holds a training run's checkpoints"),
+            ("from_hf", [*hf, "--out", root / "alignment"], "holds a training run's checkpoints"),
+            ("from_hf", [*hf, "--out", root], "holds the input being read")):
+        err = command_error(name, [*args, "--overwrite"])
+        assert said in err and "choose another --out" in err, err
+    assert sorted(os.listdir(ckpts)) == steps
+    assert checkpoint.resolve(ckpts)[1] == 2
+    # An earlier import or export is still replaced.
+    command_ok("from_hf", [*hf, "--out", root / "imported", "--overwrite"])
+    command_ok("to_hf", ["--checkpoint", ckpts, "--out", root / "export"])
+    command_ok("to_hf", ["--checkpoint", ckpts, "--out", root / "export", "--overwrite"])
+

@@ -32,6 +32,7 @@ from omniflatten_jax.checkpoint.store import (
     save_params,
     sha256,
     store_decoding,
+    training_step_within,
 )
 
 __all__ = [
@@ -39,5 +40,5 @@ __all__ = [
     "CorruptCheckpointError", "abstract_like", "check_architecture", "check_complete",
     "check_continues", "described_items", "load_meta", "load_params", "load_speech_tokenizer",
     "load_speech_tokenizer_bytes", "resolve", "restore_items", "save_params", "sha256",
-    "store_decoding",
+    "store_decoding", "training_step_within",
 ]

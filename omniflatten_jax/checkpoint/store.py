@@ -142,6 +142,19 @@ def _tokenizer_item(data: bytes) -> dict:
     return {"file": np.frombuffer(data, np.uint8)}
 
 
+TRAINING_ITEM = "opt_state"  # the item only a training run's steps hold
+
+
+def training_step_within(folder: str | os.PathLike, depth: int = 4) -> str | None:
+    """A checkpoint step at or below `folder` that a training run wrote (it holds an optimiser
+    state), searched as deep as WORKDIR/STAGE/checkpoints/STEP; None if there is none."""
+    root = epath.Path(paths.absolute(folder))
+    for level in range(depth + 1):
+        for item in root.glob("/".join(["*"] * level + [TRAINING_ITEM])):
+            return str(item.parent)
+    return None
+
+
 def resolve(path: str | os.PathLike) -> tuple[str, int]:
     """A checkpoints folder or a step folder inside it -> (manager directory, step)."""
     path = paths.absolute(path)
@@ -184,7 +197,7 @@ def described_items(params, meta: CheckpointMeta, speech_tokenizer: bytes | None
     items = dict(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta.to_json()))
     if opt_state is not None:
         sums["opt_state"] = checksums.tree_checksums(opt_state)
-        items["opt_state"] = ocp.args.StandardSave(opt_state)
+        items[TRAINING_ITEM] = ocp.args.StandardSave(opt_state)
     items["checksums"] = ocp.args.JsonSave(sums)
     if speech_tokenizer is not None:
         items["speech_tokenizer"] = ocp.args.StandardSave(_tokenizer_item(speech_tokenizer))

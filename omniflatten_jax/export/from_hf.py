@@ -74,7 +74,7 @@ def import_hf(hf_dir: str, out: str, num_speech_codes: int | None = None,
     """Converts `hf_dir` and writes step 0 of a checkpoint in `out`; returns the step folder.
     `out` is checked before anything is read, the converted weights before anything is
     written."""
-    check_destination(out, overwrite)
+    check_destination(out, overwrite, hf_dir)
     config_path = os.path.join(hf_dir, "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{config_path} not found: --hf_dir must be a local Hugging "
@@ -127,7 +127,7 @@ def import_hf(hf_dir: str, out: str, num_speech_codes: int | None = None,
         "kind": "hf_import", "path": os.path.abspath(hf_dir), "hf_vocab_size": hf_vocab,
         "new_rows": NEW_ROWS_RULE, "seed": seed},))
     meta, speech_tokenizer = _our_description(hf_dir, meta)
-    with staged_folder(out, overwrite) as folder:
+    with staged_folder(out, overwrite, hf_dir) as folder:
         checkpoint.save_params(folder, 0, params, meta, speech_tokenizer)
     return paths.join(out, "0")
 

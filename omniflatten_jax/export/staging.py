@@ -12,29 +12,39 @@ report success while the old files (or a mix of old and new) stay there. So a co
    the new one, never a half. With ``--overwrite`` the old folder is moved aside first and
    deleted after the new one is in place; a crash between the two renames leaves it as
    ``.NAME.old-*`` beside the destination, nothing lost.
+
+``--overwrite`` never deletes what it must not: a destination that holds, contains or lies
+inside the input being read (the checkpoint or Hugging Face folder), or that holds a training
+run's checkpoints (a step with an optimiser state, anywhere down to WORKDIR/STAGE/checkpoints),
+is refused whatever the flag says.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import Iterator
 
 from etils import epath
 
+from omniflatten_jax import checkpoint
 from omniflatten_jax.distributed import paths
 
 
-def check_destination(out: str, overwrite: bool) -> epath.Path:
+def check_destination(out: str, overwrite: bool, source: str | None = None) -> epath.Path:
     """`out` may be written: it does not exist, is an empty folder, or `overwrite` is set (and
-    it is a folder); its nearest existing parent is a folder."""
+    it is a folder that holds neither the input `source` nor a training run); its nearest
+    existing parent is a folder."""
     path = epath.Path(paths.absolute(out))
     if path.exists():
         if not path.is_dir():
             raise FileExistsError(f"--out {path} is a file, not a folder: choose another --out")
-        if not overwrite and any(True for _ in path.iterdir()):
-            raise FileExistsError(f"--out {path} is not empty: choose a new folder, or pass "
-                                  "--overwrite to replace it and everything in it")
+        if any(True for _ in path.iterdir()):
+            if not overwrite:
+                raise FileExistsError(f"--out {path} is not empty: choose a new folder, or "
+                                      "pass --overwrite to replace it and everything in it")
+            _refuse_to_delete(path, source)
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -44,17 +54,41 @@ def check_destination(out: str, overwrite: bool) -> epath.Path:
     return path
 
 
+def _refuse_to_delete(path: epath.Path, source: str | None) -> None:
+    """What ``--overwrite`` must never delete (module doc)."""
+    if source is not None:
+        read = _real(paths.absolute(source))
+        if _within(read, _real(str(path))) or _within(_real(str(path)), read):
+            raise FileExistsError(
+                f"--out {path} holds the input being read ({source}): --overwrite would delete "
+                "it; choose another --out")
+    step = checkpoint.training_step_within(path)
+    if step is not None:
+        raise FileExistsError(
+            f"--out {path} holds a training run's checkpoints ({step} has an optimiser state): "
+            "--overwrite never deletes them; choose another --out")
+
+
+def _real(path: str) -> str:
+    return path if paths.is_url(path) else os.path.realpath(path)
+
+
+def _within(inner: str, outer: str) -> bool:
+    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
+
+
 @contextlib.contextmanager
-def staged_folder(out: str, overwrite: bool) -> Iterator[str]:
+def staged_folder(out: str, overwrite: bool, source: str | None = None) -> Iterator[str]:
     """Yields a temporary folder beside `out` to write into; on success renames it to `out`
-    (replacing it when `overwrite`), on failure deletes it."""
-    final = check_destination(out, overwrite)
+    (replacing it when `overwrite`, within `check_destination`'s limits), on failure deletes
+    it."""
+    final = check_destination(out, overwrite, source)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:12]}"
     staging.mkdir()
     try:
         yield str(staging)
-        _move_into_place(staging, check_destination(out, overwrite))  # again: not raced
+        _move_into_place(staging, check_destination(out, overwrite, source))  # again
     except BaseException:
         staging.rmtree(missing_ok=True)
         raise

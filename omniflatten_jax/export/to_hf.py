@@ -49,10 +49,10 @@ def export_hf(checkpoint_path: str, out: str, dtype: str = "float32",
     anything is written (`checkpoint.load_params` refuses non-finite ones)."""
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be float32 or bfloat16, not {dtype!r}")
-    check_destination(out, overwrite)
+    check_destination(out, overwrite, checkpoint_path)
     params, meta, step_dir = checkpoint.load_params(checkpoint_path)
     tensors = hf_tensors(jax.tree.map(np.asarray, params), meta, dtype)
-    with staged_folder(out, overwrite) as folder:
+    with staged_folder(out, overwrite, checkpoint_path) as folder:
         _write_folder(folder, tensors, meta, step_dir, dtype)
     return out
 
