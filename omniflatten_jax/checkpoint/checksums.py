@@ -9,9 +9,16 @@ The sums are over the logical array, so they do not depend on the sharding, the 
 number of hosts that wrote or read it (integer addition modulo 2**32 is exact in any order).
 A single flipped bit always changes the first sum (its weight is odd); other changes are
 missed with probability about 2**-64.
+
+The step's ``meta`` (the model's settings, the stage, the decoding policy) is covered too, by a
+SHA-256 of its JSON (`document_checksum`): settings edited by hand would otherwise be read as
+the truth about weights trained under others.
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
 
 import jax
 import jax.numpy as jnp
@@ -64,3 +71,9 @@ def mismatches(tree, expected: dict[str, str]) -> list[str]:
     """The paths whose checksum differs from `expected` (or that it does not list)."""
     got = tree_checksums(tree)
     return [k for k in sorted(set(got) | set(expected)) if got.get(k) != expected.get(k)]
+
+
+def document_checksum(document: dict) -> str:
+    """The SHA-256 of a JSON document (a step's ``meta``), independent of key order."""
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -38,8 +38,11 @@ from omniflatten_jax.config import DecodingPolicy, FlattenConfig, ModelConfig, f
 from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.distributed import paths
 
-FORMAT = 3  # 1 (no "format" key): model, layout, lineage; 2: + stage; 3: + data fingerprint
-# (`model.family` came later, within format 3: a checkpoint without it is a Qwen2.)
+# 1 (no "format" key): model, layout, lineage; 2: + stage; 3: + data fingerprint and the
+# arrays' checksums; 4: + the meta's checksum. (`model.family` came within format 3: a
+# checkpoint without it is a Qwen2.)
+FORMAT = 4
+CHECKSUMS_SINCE = 3  # a step of this format or later without its `checksums` item is damaged
 
 
 class CheckpointMismatchError(ValueError):
@@ -194,7 +197,9 @@ def described_items(params, meta: CheckpointMeta, speech_tokenizer: bytes | None
             != meta.speech_tokenizer_sha256):
         raise ValueError("the speech tokenizer given does not match the metadata's hash")
     sums = {"params": checksums.tree_checksums(params)}
-    items = dict(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta.to_json()))
+    described = meta.to_json()
+    sums["meta"] = checksums.document_checksum(described)
+    items = dict(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(described))
     if opt_state is not None:
         sums["opt_state"] = checksums.tree_checksums(opt_state)
         items[TRAINING_ITEM] = ocp.args.StandardSave(opt_state)
@@ -251,12 +256,20 @@ def store_decoding(step_dir: str, policy: DecodingPolicy) -> CheckpointMeta:
     whole (written beside, then renamed over), so a reader sees the old or the new one."""
     meta = dataclasses.replace(load_meta(step_dir), decoding=policy)
     target = epath.Path(step_dir) / "meta" / "metadata"
-    if not target.exists():
-        raise CorruptCheckpointError(f"{step_dir}/meta has no metadata file to update: the "
-                                     "step was not written by this project's Orbax version")
+    sums_file = epath.Path(step_dir) / "checksums" / "metadata"
+    if not (target.exists() and sums_file.exists()):
+        raise CorruptCheckpointError(f"{step_dir}/meta or /checksums has no metadata file to "
+                                     "update: the step was not written by this project's Orbax "
+                                     "version")
+    described = meta.to_json()
+    sums = json.loads(sums_file.read_text()) | {"meta": checksums.document_checksum(described)}
+    # Both are written beside, then renamed over, one right after the other.
     scratch = target.parent / "metadata.writing"
-    scratch.write_text(json.dumps(meta.to_json()))
+    sums_scratch = sums_file.parent / "metadata.writing"
+    scratch.write_text(json.dumps(described))
+    sums_scratch.write_text(json.dumps(sums))
     scratch.replace(target)
+    sums_scratch.replace(sums_file)
     return meta
 
 
@@ -278,7 +291,7 @@ def restore_items(manager, step: int, where: str, **items) -> dict:
     one `CorruptCheckpointError` naming the step; the checksums catch what decodes but
     differs (changed bytes, a flipped bit) and name the array."""
     arrays = [k for k in ("params", "opt_state") if k in items]
-    if arrays and (epath.Path(where) / "checksums").exists():
+    if (arrays or "meta" in items) and (epath.Path(where) / "checksums").exists():
         items["checksums"] = ocp.args.JsonRestore()
     restored = {}
     orbax_echoes.quiet_background_failures()
@@ -297,6 +310,8 @@ def restore_items(manager, step: int, where: str, **items) -> dict:
                 "another step of its folder (a run resumes from the step before once this one is "
                 "moved away), or a copy") from e
     sums = restored.get("checksums")
+    if "meta" in restored:
+        _verify_meta(restored["meta"], sums, where)
     for item in arrays if sums else ():
         bad = checksums.mismatches(restored[item], sums.get(item, {}))
         if bad:
@@ -307,6 +322,22 @@ def restore_items(manager, step: int, where: str, **items) -> dict:
                 "damaged after saving. Use another step of its folder (a run resumes from the "
                 "step before once this one is moved away), or a copy.")
     return restored
+
+
+def _verify_meta(meta: dict, sums: dict | None, where: str) -> None:
+    """A step of a format that carries checksums has them, and its meta is the one written."""
+    if sums is None:
+        if isinstance(meta, dict) and meta.get("format", 1) >= CHECKSUMS_SINCE:
+            raise CorruptCheckpointError(
+                f"{where}/checksums is missing: a format-{meta['format']} step always carries "
+                "one, so the step is damaged or was copied in part; use another step of its "
+                "folder, or a whole copy")
+        return
+    if "meta" in sums and checksums.document_checksum(meta) != sums["meta"]:
+        raise CorruptCheckpointError(
+            f"{where}/meta does not match the checksum written with it: it was edited or "
+            "damaged after saving. The weights were trained under the settings it first held: "
+            "use another step or a copy (and --set=... to change how a run uses them).")
 
 
 def check_complete(restored, abstract, where: str) -> None:
