@@ -60,13 +60,20 @@ def finish(proc):
 def losses(stage_dir):
     by_step = {}
     for row in read_metrics(stage_dir):
-        by_step[row["step"]] = row["loss"]  # a resumed run rewrites steps after its checkpoint
+        by_step[row["step"]] = row["loss"]
     return by_step
 
 
-def test_cli_runs_the_stage_then_reports_it_complete(spoken_corpus, tmp_path):
+@pytest.fixture(scope="module")
+def six_steps(spoken_corpus, tmp_path_factory):
+    """The alignment stage run by the CLI for 6 steps (checkpoints at 3 and 6)."""
     _, manifest, _ = spoken_corpus
-    out = finish(run_cli(tmp_path, manifest))
+    workdir = tmp_path_factory.mktemp("six_steps")
+    return workdir, manifest, finish(run_cli(workdir, manifest))
+
+
+def test_cli_runs_the_stage_then_reports_it_complete(six_steps):
+    tmp_path, manifest, out = six_steps
     stage = tmp_path / "alignment"
     assert "alignment step 6/6" in out and "ASR CER" in out
     result = json.loads((stage / "eval.json").read_text())
@@ -90,6 +97,18 @@ def test_cli_runs_the_stage_then_reports_it_complete(spoken_corpus, tmp_path):
     assert not info["missing_keys"] and not info["unexpected_keys"]
 
 
+def test_resuming_after_a_data_setting_changed_is_refused(six_steps):
+    """The dataset is rebuilt under the new setting; its saved data position would mean
+    nothing there (issue #24: the run used to resume on it, rc 0)."""
+    workdir, manifest, _ = six_steps
+    proc = run_cli(workdir, manifest, "--set=data.max_text_chars=60", steps=9)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 1, out[-3000:]
+    assert "was trained on another prepared dataset" in out and "data.*" in out, out[-3000:]
+    assert "alignment step 7/9" not in out
+    assert checkpoint.resolve(workdir / "alignment" / "checkpoints")[1] == 6
+
+
 def test_killed_run_resumes_to_the_same_losses(spoken_corpus, tmp_path):
     _, manifest, _ = spoken_corpus
     finish(run_cli(tmp_path / "straight", manifest, steps=8))
@@ -106,6 +125,8 @@ def test_killed_run_resumes_to_the_same_losses(spoken_corpus, tmp_path):
     proc.wait()
     out = finish(run_cli(tmp_path / "killed", manifest, steps=8))
     assert "resuming from step" in out
+    logged = [row["step"] for row in read_metrics(tmp_path / "killed" / "alignment")]
+    assert logged == list(range(1, 9))  # one line per step, none repeated by the resume
     resumed = losses(tmp_path / "killed" / "alignment")
     assert sorted(resumed) == sorted(expected)
     np.testing.assert_allclose([resumed[s] for s in sorted(expected)],
@@ -244,3 +265,23 @@ def test_export_or_import_with_overwrite_into_a_training_run_is_refused(run_from
     command_ok("to_hf", ["--checkpoint", ckpts, "--out", root / "export"])
     command_ok("to_hf", ["--checkpoint", ckpts, "--out", root / "export", "--overwrite"])
 
+
+
+def test_a_resumed_run_leaves_one_metrics_line_per_step(tmp_path):
+    """A run killed after logging steps 1-5 with its checkpoint at 3, then resumed: the file
+    keeps 1-3 and the resumed 4-5, not 1-5 and 4-5 (a torn last line is dropped)."""
+    from omniflatten_jax.training.metrics import MetricsWriter
+
+    killed = MetricsWriter(str(tmp_path))
+    for step in range(1, 6):
+        killed.write(step, {"loss": float(step)})
+    killed.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 6, "lo')  # killed mid-line
+    resumed = MetricsWriter(str(tmp_path), resumed_from=3)
+    for step in (4, 5):
+        resumed.write(step, {"loss": step + 0.5})
+    resumed.close()
+    rows = read_metrics(str(tmp_path))
+    assert [(r["step"], r["loss"]) for r in rows] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.5),
+                                                      (5, 5.5)]

@@ -121,7 +121,8 @@ def check_continues(theirs: CheckpointMeta, ours: CheckpointMeta, where: str, *,
                     same_stage: bool) -> None:
     """`where` (described by `theirs`) may go on as `ours`: the same architecture, token
     layout and speech tokenizer and, when the run resumes the same stage (`same_stage`), the
-    same stage description. Each mismatch is an error that names the differing fields."""
+    same stage description and prepared dataset. Each mismatch is an error that names the
+    differing fields."""
     check_architecture(theirs.model, ours.model, where)
     ours.layout.check_matches(theirs.layout, ours="this run", theirs=f"checkpoint {where}")
     a, b = theirs.speech_tokenizer_sha256, ours.speech_tokenizer_sha256
@@ -139,6 +140,15 @@ def check_continues(theirs: CheckpointMeta, ours: CheckpointMeta, where: str, *,
                 f"{where} was written by another stage description than this run's "
                 f"(checkpoint, run): {diff}; resume with its settings, or delete the stage's "
                 "folder to train it anew.")
+    a, b = theirs.data_fingerprint, ours.data_fingerprint
+    if same_stage and a and b and a != b:
+        raise CheckpointMismatchError(
+            f"{where} was trained on another prepared dataset (fingerprint {a[:12]}) than this "
+            f"run reads ({b[:12]}): a setting that shapes the data (data.*, speech.*, "
+            "dialogue.*, a seed) or an input file (the manifest, its audio) changed since, and "
+            "the saved data position means nothing in the new dataset. Resume with the "
+            "settings and files it was trained with, or train the stage anew in another "
+            "--workdir.")
 
 
 def _tokenizer_item(data: bytes) -> dict:

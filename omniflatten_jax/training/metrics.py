@@ -17,17 +17,23 @@ from omniflatten_jax.distributed import paths
 
 
 class MetricsWriter:
-    """One JSON line per logged step (appended: a resumed run continues the same file)."""
+    """One JSON line per logged step. A run that resumes from step `resumed_from` continues
+    the same file without the lines of the steps after it, which a killed run logged and the
+    resumed one logs again: the file keeps one line per step."""
 
-    def __init__(self, stage_dir: str, enabled: bool = True):
+    def __init__(self, stage_dir: str, enabled: bool = True, resumed_from: int = 0):
         self.enabled = enabled
         self.path = epath.Path(paths.join(stage_dir, "metrics.jsonl"))
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._remote = paths.is_url(stage_dir)
-        self._lines = self.path.read_text().splitlines(keepends=True) if (
-            self._remote and self.path.exists()) else []
+        kept = _lines_up_to(self.path, resumed_from)
+        self._lines = kept if self._remote else []
+        if not self._remote:  # rewritten whole (beside, then renamed), then appended to
+            scratch = self.path.parent / (self.path.name + ".writing")
+            scratch.write_text("".join(kept))
+            scratch.replace(self.path)
         self._jsonl = None if self._remote else self.path.open("a")
         from tensorboardX import SummaryWriter
 
@@ -53,6 +59,20 @@ class MetricsWriter:
         if self._jsonl is not None:
             self._jsonl.close()
         self._tb.close()
+
+
+def _lines_up_to(path: epath.Path, step: int) -> list[str]:
+    """The file's lines of steps up to `step` (a torn last line is dropped)."""
+    if not path.exists():
+        return []
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    return kept
 
 
 def read_metrics(stage_dir: str) -> list[dict]:

@@ -151,7 +151,7 @@ def train_stage(cfg: ExperimentConfig, plan: StagePlan, stage_dir: str, make_dat
 
     # Ctrl-C and SIGTERM act at step boundaries from before the first file a run writes.
     with PreemptionWatch() as preemption:
-        writer = MetricsWriter(stage_dir, enabled=hosts.is_primary())
+        writer = MetricsWriter(stage_dir, enabled=hosts.is_primary(), resumed_from=start)
         try:
             for step in range(start + 1, train.steps + 1):
                 rows = next(data_iter)
