@@ -1,6 +1,6 @@
 """Adds the stage description to a checkpoint written before checkpoints described themselves.
 
-    python experiments/upgrade_checkpoint.py --checkpoint=OLD --out=NEW \\
+    python experiments/upgrade_checkpoint.py --checkpoint=OLD --out=NEW [--overwrite] \\
         (--settings=OLD_STAGE/inference.json | --stage=duplex_3 --speech_tokenizer=FILE \\
          [--context_chunks=N] [--set=flatten.FIELD=VALUE ...])
 
@@ -31,6 +31,8 @@ def define_flags() -> None:
     flags.DEFINE_string("speech_tokenizer", None, "the tokenizer file the stage trained with")
     flags.DEFINE_integer("context_chunks", None, "duplex: the training window")
     flags.DEFINE_multi_string("set", [], "flatten settings, e.g. --set=flatten.text_chunk=8")
+    flags.DEFINE_bool("overwrite", False, "replace a non-empty --out (never a training run's "
+                      "checkpoints nor the checkpoint being read)")
 
 
 def main() -> None:
@@ -54,7 +56,8 @@ def main() -> None:
         raise ValueError("give --stage and --speech_tokenizer (or --settings)")
     step_dir = upgrade(FLAGS.checkpoint, FLAGS.out, stage=stage, flatten=flatten,
                        speech_tokenizer=tokenizer,
-                       context_chunks=FLAGS.context_chunks or settings.get("context_chunks"))
+                       context_chunks=FLAGS.context_chunks or settings.get("context_chunks"),
+                       overwrite=FLAGS.overwrite)
     print(f"wrote {step_dir}: {stage}, speech tokenizer stored ({os.path.basename(tokenizer)})")
 
 

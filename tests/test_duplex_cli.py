@@ -126,6 +126,35 @@ def test_a_checkpoint_from_before_stage_descriptions_says_how_to_upgrade(stage_d
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def test_upgrade_refuses_a_relabel_an_unknown_stage_and_a_full_out_folder(stage_dir, tmp_path):
+    """Issue #24: upgrade relabelled described steps, took any stage name, and printed "wrote"
+    into a non-empty --out while the old step stayed."""
+    from tests.helpers import command_error, command_ok
+
+    old, settings = stage_dir / "old" / "checkpoints", stage_dir / "old" / "inference.json"
+    err = command_error("upgrade_checkpoint", [
+        "--checkpoint", stage_dir / "checkpoints", "--out", tmp_path / "relabelled",
+        "--stage", "duplex_2", "--speech_tokenizer", stage_dir / "tokenizer.npz",
+        "--context_chunks", "4"])
+    assert "already describes itself as a duplex_3 checkpoint" in err
+    unknown = tmp_path / "inference.json"
+    unknown.write_text(json.dumps(json.loads(settings.read_text()) | {"stage": "duplex_5"}))
+    err = command_error("upgrade_checkpoint", ["--checkpoint", old, "--out", tmp_path / "new",
+                                               "--settings", unknown])
+    assert "stage 'duplex_5' does not exist; choose one of alignment" in err
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("an earlier upgrade")
+    args = ["--checkpoint", old, "--out", full, "--settings", settings]
+    assert f"--out {full} is not empty" in command_error("upgrade_checkpoint", args)
+    assert os.listdir(full) == ["keep.txt"]
+    command_ok("upgrade_checkpoint", [*args, "--overwrite"])
+    assert checkpoint.load_meta(full).stage == "duplex_3" and not (full / "keep.txt").exists()
+    err = command_error("upgrade_checkpoint", ["--checkpoint", old, "--out", old.parent,
+                                               "--settings", settings, "--overwrite"])
+    assert "holds the input being read" in err and checkpoint.resolve(old)[1] == 1
+
+
 def test_an_export_round_trip_keeps_the_description_and_tokenizer(stage_dir, tmp_path):
     from omniflatten_jax.export.from_hf import import_hf
     from omniflatten_jax.export.to_hf import export_hf

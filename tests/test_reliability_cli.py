@@ -17,7 +17,8 @@ import soundfile
 from safetensors.numpy import load_file, save_file
 
 from omniflatten_jax import checkpoint
-from omniflatten_jax.export import staging, to_hf
+from omniflatten_jax.checkpoint import staging
+from omniflatten_jax.export import to_hf
 from omniflatten_jax.inference.recording import AssistantAudio
 from omniflatten_jax.inference.session import LatencyStats
 from omniflatten_jax.inference.timeline import Envelope

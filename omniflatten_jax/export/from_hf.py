@@ -14,7 +14,7 @@ A folder that we exported ourselves carries `token_layout.json`; its layout is u
 its stage description (`omniflatten.json`) and speech tokenizer come back with it.
 
 Weights holding NaN or infinite values are refused (nothing is written). The checkpoint is
-written beside `--out` and renamed into place at the end (`export.staging`); a non-empty
+written beside `--out` and renamed into place at the end (`checkpoint.staging`); a non-empty
 `--out` is refused, before anything is read, unless `--overwrite` says to replace it.
 """
 
@@ -33,7 +33,7 @@ from omniflatten_jax import checkpoint
 from omniflatten_jax.config.token_layout import LAYOUT_FILENAME, LayoutMismatchError, TokenLayout
 from omniflatten_jax.distributed import paths
 from omniflatten_jax.export import hf_config, weight_map
-from omniflatten_jax.export.staging import check_destination, staged_folder
+from omniflatten_jax.checkpoint.staging import check_destination, staged_folder
 from omniflatten_jax.export.to_hf import DESCRIPTION_FILE, SPEECH_TOKENIZER_FILE
 from omniflatten_jax.finite import check_finite
 from omniflatten_jax.model import transformer

@@ -13,7 +13,7 @@ part of the model. Only the padding rows that no token uses are dropped, so the 
 vocabulary is the layout's `used_size`.
 
 A checkpoint with NaN or infinite weights (a diverged run) is refused, naming the tensor. The
-folder is written beside `--out` and renamed into place at the end (`export.staging`); a
+folder is written beside `--out` and renamed into place at the end (`checkpoint.staging`); a
 non-empty `--out` is refused unless `--overwrite` says to replace it.
 """
 
@@ -30,7 +30,7 @@ from safetensors.flax import save_file
 from omniflatten_jax import checkpoint
 from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.export import hf_config, weight_map
-from omniflatten_jax.export.staging import check_destination, staged_folder
+from omniflatten_jax.checkpoint.staging import check_destination, staged_folder
 
 SPEECH_TOKENIZER_FILE = "speech_tokenizer.npz"
 DESCRIPTION_FILE = "omniflatten.json"  # the checkpoint's metadata (`CheckpointMeta.to_json`)

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 
 from etils import epath
 
-from omniflatten_jax import checkpoint
+from omniflatten_jax.checkpoint.store import training_step_within
 from omniflatten_jax.distributed import paths
 
 
@@ -62,7 +62,7 @@ def _refuse_to_delete(path: epath.Path, source: str | None) -> None:
             raise FileExistsError(
                 f"--out {path} holds the input being read ({source}): --overwrite would delete "
                 "it; choose another --out")
-    step = checkpoint.training_step_within(path)
+    step = training_step_within(path)
     if step is not None:
         raise FileExistsError(
             f"--out {path} holds a training run's checkpoints ({step} has an optimiser state): "
