@@ -20,10 +20,10 @@ and renamed into place (`checkpoint.staging`): a non-empty `out` is refused unle
 from __future__ import annotations
 
 from omniflatten_jax import checkpoint
-from omniflatten_jax.config import FlattenConfig
-from omniflatten_jax.distributed import paths
 from omniflatten_jax.checkpoint.staging import check_destination, staged_folder
+from omniflatten_jax.config import FlattenConfig
 from omniflatten_jax.config.stages import CHUNKED_STAGES, STAGES
+from omniflatten_jax.distributed import paths
 from omniflatten_jax.speech import load_speech_tokenizer
 from omniflatten_jax.tokens.chunk_layout import chunk_layout
 

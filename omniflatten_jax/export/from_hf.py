@@ -30,10 +30,10 @@ import numpy as np
 from safetensors import safe_open
 
 from omniflatten_jax import checkpoint
+from omniflatten_jax.checkpoint.staging import check_destination, staged_folder
 from omniflatten_jax.config.token_layout import LAYOUT_FILENAME, LayoutMismatchError, TokenLayout
 from omniflatten_jax.distributed import paths
 from omniflatten_jax.export import hf_config, weight_map
-from omniflatten_jax.checkpoint.staging import check_destination, staged_folder
 from omniflatten_jax.export.to_hf import DESCRIPTION_FILE, SPEECH_TOKENIZER_FILE
 from omniflatten_jax.finite import check_finite
 from omniflatten_jax.model import transformer

@@ -28,9 +28,9 @@ import numpy as np
 from safetensors.flax import save_file
 
 from omniflatten_jax import checkpoint
+from omniflatten_jax.checkpoint.staging import check_destination, staged_folder
 from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.export import hf_config, weight_map
-from omniflatten_jax.checkpoint.staging import check_destination, staged_folder
 
 SPEECH_TOKENIZER_FILE = "speech_tokenizer.npz"
 DESCRIPTION_FILE = "omniflatten.json"  # the checkpoint's metadata (`CheckpointMeta.to_json`)
