@@ -4,6 +4,7 @@ the good checkpoints survive."""
 
 import json
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -111,6 +112,25 @@ def test_a_held_stage_lock_stops_a_second_run_and_a_stale_one_is_taken_over(tmp_
         (stage / ".lock").write_text(json.dumps(dict(dead, host=socket.gethostname())))
         with locks.hold(str(stage)):
             assert json.loads((stage / ".lock").read_text())["pid"] == os.getpid()
+
+
+def test_an_empty_or_torn_lock_file_is_held_until_nobody_touches_it(tmp_path):
+    """A lock read between its holder's create and write, or torn by a crash, is not a stale
+    lock (issue #24: two runs trained one stage)."""
+    from omniflatten_jax.distributed import locks
+
+    stage = tmp_path / "alignment"
+    stage.mkdir()
+    for content in ("", '{"pid": 12'):
+        (stage / ".lock").write_text(content)
+        with pytest.raises(locks.WorkdirLockedError, match=r"cannot be read \(touched \d s ago"):
+            with locks.hold(str(stage)):
+                pass
+        assert (stage / ".lock").read_text() == content  # left to its holder
+    old = time.time() - locks.STALE_AFTER_S - 60
+    os.utime(stage / ".lock", (old, old))
+    with locks.hold(str(stage)):  # untouched for longer than a holder's heartbeat allows
+        assert json.loads((stage / ".lock").read_text())["pid"] == os.getpid()
 
 
 def test_errors_end_in_one_line_before_any_work(tmp_path):

@@ -5,8 +5,10 @@ Orbax, and both may even "succeed". The first run writes ``STAGE/.lock`` (JSON: 
 the process's start time, the command, when); a second run fails at once naming the holder.
 A lock is stale, and taken over with a warning, when its holder is gone: on this host, its
 pid no longer runs (or now belongs to another process, by start time); on another host (shared
-storage), it stopped refreshing the file's time for `STALE_AFTER_S`. On several hosts of one
-run, process 0 holds the lock for all of them.
+storage), it stopped refreshing the file's time for `STALE_AFTER_S`. A lock that cannot be
+read (empty: read between its holder's create and write, or torn by a crash) says nothing of
+its holder, so it is held until nobody has touched it for `STALE_AFTER_S`, like a remote one.
+On several hosts of one run, process 0 holds the lock for all of them.
 """
 
 from __future__ import annotations
@@ -58,7 +60,30 @@ def _alive(holder: dict) -> bool:
 def _stale(lock: epath.Path, holder: dict) -> bool:
     if holder.get("host") == socket.gethostname():
         return not _alive(holder)
-    return time.time() - lock.stat().mtime > STALE_AFTER_S
+    age = _age_s(lock)
+    return age is None or age > STALE_AFTER_S
+
+
+def _read_holder(lock: epath.Path, tries: int = 5, wait_s: float = 0.2) -> dict | None:
+    """The lock's holder; None if it stays unreadable for `tries` reads (a holder writes its
+    JSON right after creating the file, so an empty file is read again before giving up)."""
+    for attempt in range(tries):
+        try:
+            holder = json.loads(lock.read_text())
+            if isinstance(holder, dict) and holder:
+                return holder
+        except (OSError, ValueError):
+            pass
+        if attempt + 1 < tries:
+            time.sleep(wait_s)
+    return None
+
+
+def _age_s(lock: epath.Path) -> float | None:
+    try:
+        return time.time() - lock.stat().mtime
+    except OSError:  # gone meanwhile: its holder released it
+        return None
 
 
 def _describe(holder: dict) -> str:
@@ -86,17 +111,22 @@ def _acquire(lock: epath.Path) -> None:
                 with os.fdopen(fd, "w") as f:
                     f.write(json.dumps(me))
                 return
-        try:
-            holder = json.loads(lock.read_text())
-        except (OSError, ValueError):
-            holder = {}
-        if holder and not _stale(lock, holder):
+        holder = _read_holder(lock)
+        if holder is None:
+            age = _age_s(lock)
+            if age is not None and age <= STALE_AFTER_S:
+                raise WorkdirLockedError(
+                    f"{lock.parent} is in use by another run, or was: its lock {lock} cannot "
+                    f"be read (touched {age:.0f} s ago; an unreadable lock is taken over once "
+                    f"nobody has touched it for {STALE_AFTER_S / 60:.0f} minutes). Wait, or "
+                    f"give this run another --workdir; if no run uses this stage, delete {lock}.")
+        elif not _stale(lock, holder):
             raise WorkdirLockedError(
                 f"{lock.parent} is in use by another run: {_describe(holder)}. Wait for it to "
                 "finish or stop it, or give this run another --workdir. If that run is gone "
                 f"(its host is down), delete {lock}.")
         log.warning("taking over the stale lock of %s (%s)", lock.parent,
-                    _describe(holder) if holder else "unreadable")
+                    _describe(holder) if holder else "unreadable and untouched")
         lock.unlink(missing_ok=True)
     raise WorkdirLockedError(f"could not take the lock {lock}: another run took it meanwhile")
 
