@@ -55,7 +55,8 @@ def measure() -> None:
              "segment_ids": np.ones((b, t), np.int32), "loss_mask": np.ones((b, t), bool),
              "streams": np.ones((b, t), np.int32)}
     plain = jax.jit(functools.partial(train_step, model, tx))
-    guarded = jax.jit(functools.partial(guarded_train_step, model, tx, "stop"))
+    guarded = jax.jit(functools.partial(guarded_train_step, model, tx, "stop",
+                                        divergence_factor=cfg.train.divergence_factor))
     params = model.init(jax.random.key(0))
     state = {"plain": (params, tx.init(params)),
              "guarded": (params, tx.init(params), init_guard(0))}

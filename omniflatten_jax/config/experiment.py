@@ -251,6 +251,10 @@ class TrainConfig:
     # and stop once more than `max_skipped_steps` were skipped.
     on_nonfinite: str = "stop"
     max_skipped_steps: int = 10
+    # A finite loss diverged when it is more than this many times the recent average of the
+    # accepted steps' losses and above the run's first loss (`training.guard`); it is handled
+    # as a non-finite one. 0 turns the check off.
+    divergence_factor: float = 100.0
     # The loss at the assistant speech positions where it starts or stops speaking counts this
     # many times (`training.step.TurnWeight`): the speak/listen decisions are a few positions
     # among thousands that repeat the state before them.
@@ -267,6 +271,9 @@ class TrainConfig:
                  "stop or skip")
         _require(self.max_skipped_steps >= 0, "max_skipped_steps", self.max_skipped_steps,
                  ">= 0")
+        _require(_finite(self.divergence_factor) and (self.divergence_factor == 0
+                                                     or self.divergence_factor > 1),
+                 "divergence_factor", self.divergence_factor, "0 (off) or a number > 1")
         _require(_finite(self.turn_weight) and self.turn_weight > 0, "turn_weight",
                  self.turn_weight, "a finite number > 0")
 

@@ -37,6 +37,7 @@ class TrainProgram:
     batch_shape: tuple[int, int]  # global [batch, seq_len]
     on_nonfinite: str = "stop"  # `TrainConfig.on_nonfinite`
     turn: TurnWeight = TurnWeight()  # `TrainConfig.turn_weight`
+    divergence_factor: float = 0.0  # `TrainConfig.divergence_factor`
 
     @classmethod
     def build(cls, cfg: ExperimentConfig, train: TrainConfig, mesh: Mesh,
@@ -46,7 +47,8 @@ class TrainProgram:
         return cls(transformer(cfg.model, cfg.layout.vocab_size),
                    make_optimizer(cfg.optimizer, train.steps), mesh, tuple(cfg.mesh.rules),
                    (train.batch_size, train.seq_len), train.on_nonfinite,
-                   TurnWeight(train.turn_weight, cfg.layout.special("<silent_speech>")))
+                   TurnWeight(train.turn_weight, cfg.layout.special("<silent_speech>")),
+                   train.divergence_factor)
 
     @functools.cached_property
     def param_shardings(self):
@@ -101,7 +103,8 @@ class TrainProgram:
     @functools.cached_property
     def jitted_step(self):
         return jax.jit(functools.partial(guarded_train_step, self.model, self.tx,
-                                         self.on_nonfinite, turn=self.turn),
+                                         self.on_nonfinite, turn=self.turn,
+                                         divergence_factor=self.divergence_factor),
                        in_shardings=(self.param_shardings, self.opt_shardings, self.replicated,
                                      self.batch_shardings),
                        out_shardings=(self.param_shardings, self.opt_shardings, self.replicated,

@@ -11,7 +11,7 @@ import optax
 
 from omniflatten_jax.model import Params, Transformer
 from omniflatten_jax.tokens.sequence import Stream
-from omniflatten_jax.training.guard import Guard, apply_if_finite
+from omniflatten_jax.training.guard import Guard, apply_if_sound, sound
 from omniflatten_jax.training.loss import chunked_token_losses, token_losses
 
 Batch = dict[str, jax.Array]  # tokens, positions, segment_ids, loss_mask, streams: [B, T]
@@ -90,11 +90,12 @@ def train_step(model: Transformer, tx: optax.GradientTransformation, params: Par
 
 def guarded_train_step(model: Transformer, tx: optax.GradientTransformation, on_nonfinite: str,
                        params: Params, opt_state: optax.OptState, guard: Guard, batch: Batch,
-                       turn: TurnWeight = TurnWeight()):
-    """`train_step` whose update applies only when its loss and gradients are finite
-    (`training.guard`); returns ``(params, opt_state, guard, metrics)``."""
+                       turn: TurnWeight = TurnWeight(), divergence_factor: float = 0.0):
+    """`train_step` whose update applies only when its loss and gradients are finite and its
+    loss has not diverged (`training.guard`); returns ``(params, opt_state, guard, metrics)``."""
     new_params, new_opt_state, metrics = train_step(model, tx, params, opt_state, batch, turn)
-    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
-    (params, opt_state), guard = apply_if_finite(
-        on_nonfinite, guard, finite, (new_params, new_opt_state), (params, opt_state))
+    ok = sound(guard, metrics["loss"], metrics["grad_norm"], divergence_factor)
+    (params, opt_state), guard = apply_if_sound(
+        on_nonfinite, guard, ok, (new_params, new_opt_state), (params, opt_state),
+        metrics["loss"])
     return params, opt_state, guard, metrics
