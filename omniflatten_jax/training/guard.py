@@ -5,9 +5,9 @@ Every step computes, on device, whether its loss and gradient norm are finite (a
 gradient anywhere makes the norm non-finite) and whether its loss diverged though finite: more
 than `TrainConfig.divergence_factor` times the recent average of the accepted steps' losses
 and above the first loss of the run (what a model that learnt nothing yet scores), as a
-learning rate far too high does (6.4 -> 6,444 -> 958). It applies its update only if neither. The verdict
-is carried in a few device scalars (`Guard`) that the host reads where it syncs anyway (logged
-steps and saves), so the guard costs no extra host round trip:
+learning rate far too high does (6.4 -> 6,444 -> 958). It applies its update only if
+neither. The verdict is carried in a few device scalars (`Guard`) that the host reads where it
+syncs anyway (logged steps and saves), so the guard costs no extra host round trip:
 
 * ``on_nonfinite="stop"``: the first bad step freezes the weights (later steps change
   nothing) and the host stops the run at its next sync naming that step; nothing is saved
