@@ -65,7 +65,8 @@ def test_a_finite_loss_that_leaves_its_recent_range_is_a_divergence():
         for loss in losses:
             loss = jnp.float32(loss)
             ok = numerics.sound(guard, loss, jnp.float32(1.0), factor)
-            state, guard = numerics.apply_if_sound("stop", guard, ok, new, old, loss)
+            state, guard = numerics.apply_if_sound("stop", guard, ok, new, old, loss,
+                                                   jnp.isfinite(loss))
             applied.append(int(state[0]))
         return applied, guard
 

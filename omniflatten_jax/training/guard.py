@@ -26,8 +26,9 @@ from omniflatten_jax.config import TrainConfig
 from omniflatten_jax.finite import NonFiniteError
 
 # "step" (last step run), "skipped", "first_bad" (-1: none); the loss's "first" and "recent"
-# levels (0: none yet); "bad_loss" and "bad_recent" (the first bad step's loss and the recent
-# level it was judged against).
+# levels (0: none yet); "diverged" (1 when the first bad step was finite but diverged), with
+# "bad_loss" and "bad_recent" (its loss and the recent level it was judged against). No NaN in
+# the initial values: hosts check that what they place is equal, and NaN != NaN.
 Guard = dict[str, jax.Array]
 RECENT_DECAY = 0.9  # the recent level: an exponential average over about 10 accepted steps
 
@@ -39,8 +40,8 @@ class Diverged(NonFiniteError):
 
 def init_guard(step: int) -> Guard:
     return {"step": np.int32(step), "skipped": np.int32(0), "first_bad": np.int32(-1),
-            "first": np.float32(0), "recent": np.float32(0), "bad_loss": np.float32(np.nan),
-            "bad_recent": np.float32(np.nan)}
+            "first": np.float32(0), "recent": np.float32(0), "diverged": np.int32(0),
+            "bad_loss": np.float32(0), "bad_recent": np.float32(0)}
 
 
 def sound(guard: Guard, loss: jax.Array, grad_norm: jax.Array,
@@ -56,9 +57,10 @@ def sound(guard: Guard, loss: jax.Array, grad_norm: jax.Array,
 
 
 def apply_if_sound(on_nonfinite: str, guard: Guard, ok: jax.Array, new, old,
-                   loss: jax.Array | None = None):
+                   loss: jax.Array | None = None, finite: jax.Array | None = None):
     """``(state, guard)``: `new` where this step may update, else `old` (traced, in the step).
-    `loss` (when given) moves the recent level and is recorded for a first bad step."""
+    `loss` (when given) moves the recent level and is recorded for a first bad step, and
+    `finite` (its loss and gradients were finite) tells a divergence from a non-finite step."""
     allowed = ok if on_nonfinite == "skip" else ok & (guard["first_bad"] < 0)
     state = jax.tree.map(lambda n, o: jnp.where(allowed, n, o), new, old)
     step = guard["step"] + 1
@@ -75,6 +77,8 @@ def apply_if_sound(on_nonfinite: str, guard: Guard, ok: jax.Array, new, old,
             guard["recent"])
         out["bad_loss"] = jnp.where(first_bad, loss, guard["bad_loss"])
         out["bad_recent"] = jnp.where(first_bad, guard["recent"], guard["bad_recent"])
+        if finite is not None:
+            out["diverged"] = jnp.where(first_bad, finite.astype(jnp.int32), guard["diverged"])
     return state, out
 
 
@@ -84,8 +88,8 @@ def check(guard: Guard, train: TrainConfig, stage: str, checkpoints: str) -> int
     first, skipped = int(guard["first_bad"]), int(guard["skipped"])
     if first < 0:
         return 0
-    loss, recent = float(guard.get("bad_loss", np.nan)), float(guard.get("bad_recent", np.nan))
-    if np.isfinite(loss) and np.isfinite(recent) and recent > 0:
+    loss, recent = float(guard.get("bad_loss", 0)), float(guard.get("bad_recent", 0))
+    if int(guard.get("diverged", 0)) and recent > 0:
         what = (f"a diverged loss ({loss:.4g}, {loss / recent:,.0f} times the recent "
                 f"{recent:.4g}; train.divergence_factor={train.divergence_factor:g})")
     else:

@@ -95,7 +95,8 @@ def guarded_train_step(model: Transformer, tx: optax.GradientTransformation, on_
     loss has not diverged (`training.guard`); returns ``(params, opt_state, guard, metrics)``."""
     new_params, new_opt_state, metrics = train_step(model, tx, params, opt_state, batch, turn)
     ok = sound(guard, metrics["loss"], metrics["grad_norm"], divergence_factor)
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
     (params, opt_state), guard = apply_if_sound(
         on_nonfinite, guard, ok, (new_params, new_opt_state), (params, opt_state),
-        metrics["loss"])
+        metrics["loss"], finite)
     return params, opt_state, guard, metrics
