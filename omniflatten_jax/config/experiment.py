@@ -292,11 +292,11 @@ class EvalConfig:
     # Duplex stages choose their decoding policy's onset threshold among these, under each of
     # these onset memories, on the validation split's FDB clips (`evaluation.operating_curve`;
     # empty: keep `decoding.onset_threshold` / `.onset_memory`), at most this many clips per
-    # task (0 = all). Every point decodes every clip: 2 x 4 points x 48 clips cost the
-    # embedded default about a minute a stage.
+    # task (0 = all). Every point decodes every clip. All, by default: on 12 clips a task one
+    # clip moves a TOR by 0.083, and the choice flipped between seeds (docs/turn_taking.md).
     policy_onsets: tuple[float, ...] = (0.1, 0.2, 0.35, 0.5)
     policy_memories: tuple[float, ...] = (0.0, 0.8)
-    policy_samples_per_task: int = 12
+    policy_samples_per_task: int = 0
 
     def __post_init__(self):
         if self.params not in PARAM_PLACEMENTS:
