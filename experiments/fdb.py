@@ -46,7 +46,7 @@ def main() -> None:
     import time
 
     from omniflatten_jax.evaluation import fdb
-    from omniflatten_jax.evaluation.fdb_folders import REFERENCE_ROWS, TASKS, task_of
+    from omniflatten_jax.evaluation.fdb_folders import REFERENCE_ROWS, TASKS
     from omniflatten_jax.evaluation.fdb_score import format_table, not_scored, table_row
     from omniflatten_jax.inference.duplex import load_duplex
 
@@ -55,7 +55,8 @@ def main() -> None:
     log.setLevel(logging.INFO)
     log.propagate = False
     tasks = tuple(FLAGS.task or TASKS)
-    task_dirs = fdb.task_dirs(FLAGS.root)  # a wrong --root fails before the model loads
+    # Every folder, annotation and input header is checked before the model loads.
+    task_dirs = [task_dir for task_dir, _ in fdb.check_root(FLAGS.root, tasks)]
     if not FLAGS.scored_only:
         if not FLAGS.checkpoint:
             raise ValueError("--checkpoint is needed to decode (or give --scored_only)")
@@ -64,8 +65,7 @@ def main() -> None:
         log.info("decoding %s with %s", model.where, model.settings.policy.describe())
         source = fdb.output_source(model)
         for task_dir in task_dirs:
-            if task_of(task_dir) in tasks:
-                fdb.stream_samples(fdb.streamer(model), task_dir, source)
+            fdb.stream_samples(fdb.streamer(model), task_dir, source)
     start = time.perf_counter()
     result = fdb.score_root(FLAGS.root, tasks, FLAGS.words)
     log.info("scored in %.0f s (words: %s; segments: Silero VAD)", time.perf_counter() - start,

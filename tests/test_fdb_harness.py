@@ -3,6 +3,7 @@ duplex checkpoint by the command, output.wav beside each input.wav, fdb.json and
 
 import json
 import os
+import re
 import shutil
 
 import jax
@@ -139,3 +140,74 @@ def test_a_run_stopped_half_way_resumes_with_its_own_outputs_only(tmp_path):
     assert stream_samples(model_of("B"), str(task), {"checkpoint": "B"}) == 2
     assert outputs() == ["B", "B", "B"]
     assert stream_samples(model_of("B"), str(task), {"checkpoint": "B"}) == 0
+
+
+def test_fdb_on_a_malformed_annotation_names_it_before_streaming(checkpoint_dir, tmp_path):
+    root = tmp_path / "fdb"
+    clip = np.zeros(16_000, np.float32)
+    write_sample(root / "icc_backchannel" / "1", clip)
+    write_sample(root / "candor_turn_taking" / "1", clip, "turn_taking.json",
+                 [{"text": "[TURN-TAKING]", "timestamp": [0.5, 1.0]}])
+    write_sample(root / "candor_turn_taking" / "2", clip)
+    (root / "candor_turn_taking" / "2" / "turn_taking.json").write_text("")  # a torn write
+    run = run_command("fdb", "--checkpoint", checkpoint_dir, "--root", root, timeout=300)
+    assert run.returncode == 1
+    bad = root / "candor_turn_taking" / "2" / "turn_taking.json"
+    assert f"error: {bad} is not valid JSON" in run.stderr
+    assert "Traceback" not in run.stderr and "decoding" not in run.stderr  # no model loaded
+    assert not list(root.glob("*/*/output.wav"))  # nothing streamed
+
+
+@pytest.mark.parametrize("case, message", [
+    ("unknown annotation", "overlap.json is not an annotation this harness knows"),
+    ("no input", "2/input.wav is missing"),
+    ("mixed tasks", "2 is a backchannel sample in a folder of smooth_turn_taking samples"),
+    ("no timestamp", "interrupt.json holds the entry"),
+    ("past the input", "timestamp [1.5, 3.0] does not start inside input.wav (0 to 1.00 s)"),
+    ("interruption past the input", "interruption's end, 2.0 s, is past input.wav's"),
+    ("two backchannel folders", "would fill one column"),
+    ("damaged input", "2/input.wav is not a readable WAV file"),
+])
+def test_fdb_on_bad_sample_folders_names_the_file_and_the_fix(tmp_path, case, message):
+    from omniflatten_jax.evaluation.fdb import check_root
+
+    clip = np.zeros(16_000, np.float32)
+    turn = ("turn_taking.json", [{"text": "[TURN-TAKING]", "timestamp": [0.5, 1.0]}])
+    write_sample(tmp_path / "icc_backchannel" / "1", clip)
+    write_sample(tmp_path / "turns" / "1", clip, *turn)
+    (tmp_path / "notes").mkdir()  # not a task folder: ignored
+    second = tmp_path / "turns" / "2"
+    if case == "unknown annotation":  # FDB v1.5's, say: was scored as backchannel
+        write_sample(tmp_path / "overlaps" / "1", clip, "overlap.json", [{"timestamp": [0, 1]}])
+    elif case == "no input":
+        second.mkdir()
+    elif case == "mixed tasks":
+        write_sample(second, clip)
+    elif case == "no timestamp":
+        write_sample(tmp_path / "interruptions" / "1", clip, "interrupt.json",
+                     [{"context": "", "interrupt": "x"}])
+    elif case == "past the input":
+        write_sample(second, clip, turn[0], [{"timestamp": [1.5, 3.0]}])
+    elif case == "interruption past the input":  # the harness crops the output there
+        write_sample(tmp_path / "interruptions" / "1", clip, "interrupt.json",
+                     [{"context": "", "interrupt": "x", "timestamp": [0.5, 2.0]}])
+    elif case == "two backchannel folders":
+        write_sample(tmp_path / "more_backchannel" / "1", clip)
+    elif case == "damaged input":
+        write_sample(second, clip, *turn)
+        (second / "input.wav").write_bytes(b"RIFF\0\0")
+    with pytest.raises((ValueError, OSError), match=re.escape(message)):
+        check_root(str(tmp_path))
+
+
+def test_fdb_scores_only_the_tasks_asked_for_and_ignores_other_folders(tmp_path):
+    from omniflatten_jax.evaluation.fdb import check_root
+
+    write_sample(tmp_path / "icc_backchannel" / "1", np.zeros(16_000, np.float32))
+    write_sample(tmp_path / "turns" / "1", np.zeros(16_000, np.float32), "turn_taking.json",
+                 [{"text": "[TURN-TAKING]", "timestamp": [0.5, 1.0]}])
+    (tmp_path / "notes").mkdir()
+    assert check_root(str(tmp_path), ("backchannel",)) == [
+        (str(tmp_path / "icc_backchannel"), "backchannel")]
+    assert [task for _, task in check_root(str(tmp_path))] == ["backchannel",
+                                                               "smooth_turn_taking"]

@@ -33,10 +33,10 @@ from omniflatten_jax.evaluation.fdb_folders import (
     REFERENCE_ROWS,
     SOURCE,
     TASKS,
+    check_task,
     samples_of,
-    task_of,
 )
-from omniflatten_jax.evaluation.fdb_score import score_task
+from omniflatten_jax.evaluation.fdb_score import column_of, score_task
 from omniflatten_jax.inference.duplex import DuplexModel
 
 OUT_FILE = "fdb.json"
@@ -51,12 +51,35 @@ def task_dirs(root: str) -> list[str]:
         raise FileNotFoundError(f"{root} is not a folder of FDB samples")
     if samples_of(root):
         return [root]
-    found = [os.path.join(root, n) for n in sorted(os.listdir(root))
-             if os.path.isdir(os.path.join(root, n)) and samples_of(os.path.join(root, n))]
+    folders = [os.path.join(root, n) for n in sorted(os.listdir(root))
+               if os.path.isdir(os.path.join(root, n))]
+    found = [f for f in folders if samples_of(f)]
     if not found:
         raise FileNotFoundError(f"{root} holds no FDB task folders (numbered sample folders "
                                 "with input.wav, or folders of them)")
+    for folder in sorted(set(folders) - set(found)):
+        log.info("%s: not a task folder (no numbered sample folders): ignored", folder)
     return found
+
+
+def check_root(root: str, tasks=TASKS) -> list[tuple[str, str]]:
+    """(task folder, task) of every task folder under `root` whose task is among `tasks`, each
+    checked by `fdb_folders.check_task`, and no two filling one column of the published
+    table: everything that could fail the scoring, found before the first sample streams."""
+    checked, columns = [], {}
+    for task_dir in task_dirs(root):
+        task = check_task(task_dir)
+        if task not in tasks:
+            continue
+        name = os.path.basename(os.path.normpath(task_dir))
+        column = column_of(name, task)
+        if column in columns:
+            raise ValueError(f"task folders {columns[column]} and {task_dir} are both "
+                             f"{task} (by their annotations) and would fill one column of "
+                             "FDB's table: score them with separate --root or --task runs")
+        columns[column] = task_dir
+        checked.append((task_dir, task))
+    return checked
 
 
 def stream_samples(model, task_dir: str, source: dict | None = None) -> int:
@@ -114,10 +137,8 @@ def score_root(root: str, tasks=TASKS, words: str = "pocketsphinx") -> dict:
     ``task``), and of the recorded assistant channel where the samples keep it."""
     results = {}
     references: dict[str, dict] = {row: {} for row in REFERENCE_ROWS}
-    for task_dir in task_dirs(root):
-        task, name = task_of(task_dir), os.path.basename(os.path.normpath(task_dir))
-        if task not in tasks:
-            continue
+    for task_dir, _ in check_root(root, tasks):
+        name = os.path.basename(os.path.normpath(task_dir))
         results[name] = {"folder": task_dir, **score_task(task_dir, words)}
         for row, file in REFERENCE_ROWS.items():
             if all(os.path.exists(os.path.join(f, file)) for f in samples_of(task_dir)):

@@ -11,7 +11,6 @@ is asked for, from its ``output.json``; segments from Silero VAD. Metric definit
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -29,6 +28,7 @@ from omniflatten_jax.evaluation.fdb_folders import (
     ANNOTATION_OF,
     BACKCHANNEL_TRUTH,
     OUTPUT,
+    read_json,
     samples_of,
     task_of,
 )
@@ -76,8 +76,7 @@ def output_words(folder: str, wave: np.ndarray, source: str, from_s: float = 0.0
 
 
 def _annotation(folder: str, name: str) -> list:
-    with open(os.path.join(folder, name)) as f:
-        return json.load(f)
+    return read_json(os.path.join(folder, name))
 
 
 def score_task(task_dir: str, words: str = "pocketsphinx", output: str = OUTPUT) -> dict:
@@ -86,7 +85,7 @@ def score_task(task_dir: str, words: str = "pocketsphinx", output: str = OUTPUT)
     task = task_of(task_dir)
     turns, backchannels, jsds = [], [], []
     truth_path = os.path.join(task_dir, BACKCHANNEL_TRUTH)
-    truth = json.load(open(truth_path)) if os.path.exists(truth_path) else None
+    truth = read_json(truth_path) if os.path.exists(truth_path) else None
     for folder in samples_of(task_dir):
         wave = load_output(folder, output)
         source = words if output == OUTPUT else "pocketsphinx"
