@@ -22,7 +22,11 @@ from omniflatten_jax.speech.activity import speech_problem
 from omniflatten_jax.speech.audio import load_audio
 from omniflatten_jax.speech.kmeans import KMeansMelTokenizer
 from omniflatten_jax.stage_plan import plan_stage
-from omniflatten_jax.tokens.transcripts import normalize_transcript
+from omniflatten_jax.tokens.transcripts import (
+    clean_transcript,
+    foreign_script,
+    normalize_transcript,
+)
 from tests.helpers import small_config
 
 SR = 16_000
@@ -202,6 +206,63 @@ def test_bad_manifest_lines_and_non_speech_are_skipped_and_counted(tmp_path, spo
     for text in ("silence.wav", "sine.wav", "square.wav", "dc.wav", "beeps.wav", "huge.wav",
                  "m.jsonl:11", "m.jsonl:12", "m.jsonl:13", "data.check_speech_activity=false"):
         assert text in messages
+
+
+def test_a_transcript_pasted_from_a_terminal_trains_without_its_escapes():
+    """Before: "\x1b[31mhello\x1b[0m" trained as "31mhello 0m"."""
+    coloured = "\x1b[31mHello\x1b[0m there,\x07 \x1b]0;a title\x07friend\x00"
+    assert normalize_transcript(coloured) == "hello there friend"
+    assert clean_transcript(coloured) == "Hello there,  friend"  # normalize_text=false
+    assert clean_transcript("one\ttwo\r\nthree\x9b") == "one two  three"
+
+
+def test_text_in_another_script_than_the_recordings_language_is_rejected():
+    assert foreign_script("你好，今天天气很好", "en") == "CJK"
+    assert foreign_script("привет как дела", "en") == "Cyrillic"
+    assert foreign_script("hello how are you", "zh") == "Latin"
+    for text, language in [("hello there", "en"), ("café au lait très bien", "fr"),
+                           ("我用iPhone拍照", "zh"),  # a loanword inside Chinese
+                           ("Python", "zh"), ("你好", "en"),  # too short to tell
+                           ("12 34", "en"), ("hello there friend", "xx")]:  # unlisted: kept
+        assert foreign_script(text, language) is None, (text, language)
+
+
+def test_a_manifest_with_escapes_and_chinese_lines_for_english_audio(tmp_path, spoken_corpus):
+    """An English recording whose transcript was pasted in colour trains on its words; one
+    whose transcript is Chinese is skipped and counted (or stops the build, naming the line)."""
+    _, _, corpus_rows = spoken_corpus
+    rows = [{"id": r["id"], "audio": r["audio"], "text": r["text"], "split": "train"}
+            for r in corpus_rows[:4]]
+    rows[0]["text"] = f"\x1b[1;32m{rows[0]['text']}\x1b[0m"
+    rows[1]["text"] = "这是一段中文的文字记录"
+    path = manifest(tmp_path, rows, spoken_corpus)
+    prepared = prepare_speech_text(small_config(f"manifest:{path}"), str(tmp_path / "w"))
+    assert prepared.report["kept"] == {"train": 3}
+    assert prepared.report["skipped"] == {"train/wrong_script": 1}
+    assert ("written in CJK script, not in that of data.language='en' (Latin)"
+            in " ".join(prepared.report["first_skipped"]))
+    texts = [items.text for items in speech_text_items(DataConfig(source=f"manifest:{path}"))[
+        "train"]]
+    assert texts[0].startswith("\x1b")  # read as written; the builder cleans it
+    stop = dataclasses.replace(small_config(f"manifest:{path}"),
+                               data=DataConfig(source=f"manifest:{path}", on_bad_input="stop"))
+    with pytest.raises(BadInputError, match=r"utt01 .*written in CJK script.*on_bad_input"):
+        prepare_speech_text(stop, str(tmp_path / "w2"))
+
+
+def test_a_dialogue_turn_in_another_script_is_rejected_naming_the_turn(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [
+        GOOD, dialogue(("user", "hello"), ("assistant", "\x1b[31m我很好，谢谢你的关心\x1b[0m"))])
+    cfg = DialogueConfig(source=f"jsonl:{path}")
+    with pytest.raises(BadInputError, match=r"d.jsonl:2: turn 1 '我很好 谢谢你的关心' is written "
+                                            r"in CJK script, not in that of dialogue.language"):
+        text_dialogues(cfg, on_bad_input="stop")
+    # In Chinese, the English line is the one refused; the Chinese one is kept, cleaned.
+    chinese = dataclasses.replace(cfg, language="zh")
+    with pytest.raises(BadInputError, match=r"d.jsonl:1: turn 0 .* Latin script"):
+        text_dialogues(chinese, on_bad_input="stop")
+    assert text_dialogues(chinese)[0][1] == [("user", "hello"),
+                                             ("assistant", "我很好 谢谢你的关心")]
 
 
 # Speech activity ----------------------------------------------------------------------------

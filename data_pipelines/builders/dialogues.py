@@ -225,7 +225,7 @@ def entries_per_split(dialogues: dict[str, list]) -> dict[str, list]:
 
 
 class OmniflattenDialogues(common.RecipeBuilder):
-    VERSION = tfds.core.Version("1.5.0")  # bump when examples change: part of the cache key
+    VERSION = tfds.core.Version("1.6.0")  # bump when examples change: part of the cache key
     PROGRESS_EVERY = 500
 
     def _info(self):

@@ -29,7 +29,12 @@ from omniflatten_jax.speech.activity import speech_problem
 from omniflatten_jax.speech.audio import AudioError
 from omniflatten_jax.speech.tokenizer import SpeechTokenizer
 from omniflatten_jax.tokens.text_tokenizers import text_tokenizer
-from omniflatten_jax.tokens.transcripts import normalize_transcript
+from omniflatten_jax.tokens.transcripts import (
+    clean_transcript,
+    foreign_script,
+    normalize_transcript,
+    scripts_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +111,17 @@ def checked_text(item: Item, ctx: BuildContext, held_out: bool) -> str:
     if item.problem:
         raise BadInputError(*item.problem)
     cfg = ctx.data
-    text = normalize_transcript(item.text) if cfg.normalize_text else item.text.strip()
+    text = normalize_transcript(item.text) if cfg.normalize_text else clean_transcript(item.text)
     where = _where(item, item.audio)
     if not text:
         raise BadInputError("empty_text", f"{where}: the transcript is empty")
+    script = foreign_script(text, cfg.language)
+    if script:
+        raise BadInputError("wrong_script", f"{where}: the transcript {text[:40]!r} is "
+                            f"written in {script} script, not in that of data.language="
+                            f"{cfg.language!r} ({scripts_of(cfg.language)}): the text and its "
+                            "recording disagree; fix the line, or set data.language to the "
+                            "recordings' language")
     if held_out and normalize_transcript(item.text) in ctx.train_texts:
         raise BadInputError("text_seen_in_train", f"{where}: the transcript {text[:40]!r} "
                             "also occurs in the train split")
@@ -174,7 +186,7 @@ def make_example(item: Item, ctx: BuildContext, keep_audio: bool,
 
 
 class OmniflattenSpeechText(common.RecipeBuilder):
-    VERSION = tfds.core.Version("1.3.0")  # bump when examples change: part of the cache key
+    VERSION = tfds.core.Version("1.4.0")  # bump when examples change: part of the cache key
 
     # One BuilderConfig per cache key (see `build`): a new corpus, tokenizer or layout is a new
     # config, so a changed setting can never reuse stale tokens.

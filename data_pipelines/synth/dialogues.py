@@ -37,7 +37,12 @@ from data_pipelines.corpus import (
 from data_pipelines.records import ROLES
 from data_pipelines.synth.chatterbot import load_conversations
 from omniflatten_jax.config import DialogueConfig
-from omniflatten_jax.tokens.transcripts import normalize_transcript
+from omniflatten_jax.tokens.transcripts import (
+    clean_transcript,
+    foreign_script,
+    normalize_transcript,
+    scripts_of,
+)
 
 TextDialogue = list[tuple[str, str]]  # (role, text), in order
 DIALOGUE_LINE = '{"turns": [{"role": "user" or "assistant", "text": "..."}, ...]}'
@@ -76,8 +81,19 @@ def clean_dialogue(turns: TextDialogue, cfg: DialogueConfig, normalize_text: boo
     """The turns as they will be spoken and trained on (see the module docstring); raises
     BadInputError(reason, message) for one with no assistant turn. Cleaning twice changes
     nothing, so the builder can apply it to whatever it is given."""
-    worded = [(r, normalize_transcript(t) if normalize_text else t.strip()) for r, t in turns
-              if normalize_transcript(t)]
+    worded = []
+    for i, (role, text) in enumerate(turns):
+        if not normalize_transcript(text):
+            continue
+        text = normalize_transcript(text) if normalize_text else clean_transcript(text)
+        script = foreign_script(text, cfg.language)
+        if script:
+            raise BadInputError("wrong_script", f"{where}: turn {i} {text[:40]!r} is written "
+                                f"in {script} script, not in that of dialogue.language="
+                                f"{cfg.language!r} ({scripts_of(cfg.language)}): its voice "
+                                "could not speak it; fix the line, or set "
+                                "dialogue.language")
+        worded.append((role, text))
     merged = _merge(worded)
     if not any(r == "assistant" for r, _ in merged):
         raise BadInputError("no_assistant_turn", f"{where}: no assistant turn with words in "
@@ -173,7 +189,8 @@ def _cleaned(turns: TextDialogue | Rejected, cfg: DialogueConfig,
     try:
         return clean_dialogue(turns, cfg, normalize_text, where)
     except BadInputError as e:
-        bad_input = from_file and e.args[0] == "no_assistant_turn"
+        # A problem of the file itself (not of a cut the configuration asked for).
+        bad_input = from_file and e.args[0] in ("no_assistant_turn", "wrong_script")
         if bad_input and on_bad_input == "stop":
             raise stop_error(e.args[1]) from None
         return Rejected(*e.args, bad_input=bad_input)

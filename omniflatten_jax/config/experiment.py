@@ -152,7 +152,9 @@ class DataConfig:
     """Where speech-text data comes from and how it is checked, split and mixed."""
 
     source: str = "embedded"  # "embedded", "librispeech:DIR" or "manifest:FILE.jsonl"
-    language: str = "en"  # embedded corpus: "en" or "zh"
+    # The transcripts' language: the embedded corpus's ("en" or "zh"); any source's
+    # transcripts must be written in its script (`tokens.transcripts.SCRIPTS`).
+    language: str = "en"
     max_utterances: int = 0  # 0 = all
     max_text_chars: int = 100
     min_audio_seconds: float = 0.2
@@ -216,7 +218,7 @@ class DialogueConfig:
     """Spoken dialogues for the half_duplex and duplex stages."""
 
     source: str = "embedded"  # "embedded" (chatterbot-corpus) or "jsonl:FILE"
-    language: str = "en"
+    language: str = "en"  # the voices' language; turns must be written in its script
     max_dialogues: int = 0  # 0 = all
     max_turns: int = 8  # longer dialogues keep their first turns
     # Embedded corpus: consecutive conversations are joined until a dialogue has this many
