@@ -198,17 +198,27 @@ def speech_tokenizer(cfg: ExperimentConfig, data_root: str, items: dict,
     seed = plan_stage(cfg, ALIGNMENT).train.seed
     start = time.perf_counter()
     mel = cfg.speech.mel
-    waves = []
-    for item in items["train"][:cfg.speech.fit_max_utterances]:
+    waves, unreadable, not_speech = [], 0, 0
+    tried = items["train"][:cfg.speech.fit_max_utterances]
+    for item in tried:
         start_afresh_if_synthesised(item)  # the audio the dataset will hold
         for audio in dict.fromkeys((item.audio, item.tts_audio)):  # ordered: reproducible
             try:
                 wave = audio.load(mel.sample_rate, cfg.data.min_audio_seconds)
             except AudioError:
+                unreadable += 1
                 continue  # counted when the dataset is built
             if cfg.data.check_speech_activity and speech_problem(wave, mel.sample_rate):
+                not_speech += 1
                 continue  # silence or a 1e6-amplitude file would skew the k-means fit
             waves.append(wave)
+    if not waves:
+        raise ValueError(
+            f"no usable audio to fit the speech tokenizer on: of the {len(tried)} train "
+            f"utterances of {cfg.data.source} it read, {unreadable} recordings could not be "
+            f"read (or are shorter than data.min_audio_seconds={cfg.data.min_audio_seconds}) "
+            f"and {not_speech} are not speech (data.check_speech_activity); give a train split "
+            "with speech, or a fitted tokenizer (speech.tokenizer_path)")
     tok = KMeansMelTokenizer.fit(waves, mel, cfg.layout.num_speech_codes, seed,
                                  cfg.speech.fit_max_frames)
     with tempfile.TemporaryDirectory() as scratch:

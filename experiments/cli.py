@@ -22,6 +22,7 @@ No library or data module imports this package: it is the top of the house.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -42,6 +43,7 @@ LOGGERS = ("omniflatten_jax", "data_pipelines", "experiments", "__main__")
 # problems are `OSError`s; a missing optional package is an `ImportError` naming the extra to
 # install. Every command reports them alike.
 EXPECTED = (ValueError, OSError, ImportError)
+INTERRUPTED = 130  # 128 + SIGINT, the shell's status for a command stopped by Ctrl-C
 
 
 def run(main: Callable[..., None], define_flags: Callable[[], None] | None = None, *,
@@ -85,8 +87,13 @@ def one_line_errors(verbose: bool, expected: tuple[type[BaseException], ...] = E
     With `verbose` the traceback is printed as well."""
     try:
         yield
-    except (KeyboardInterrupt, SystemExit):
+    except SystemExit:
         raise
+    except KeyboardInterrupt as e:  # Ctrl-C: said once (training said where it stops first)
+        if verbose:
+            sys.stderr.write(traceback.format_exc())
+        print(f"stopped by Ctrl-C{': ' + one_line(e) if str(e) else ''}", file=sys.stderr)
+        sys.exit(INTERRUPTED)
     except Exception as e:  # noqa: BLE001  every failure ends in the one line
         text = traceback.format_exc()
         if verbose:
@@ -130,6 +137,8 @@ def workdir_logs() -> str:
 def define_experiment_flags() -> None:
     """The configuration and cluster flags shared by every command that reads an experiment
     (its tracebacks go to ``WORKDIR/logs``: `workdir_logs`)."""
+    from omniflatten_jax.distributed.hosts import JOIN_TIMEOUT_S
+
     flags.DEFINE_string("config", "embedded", "a named configuration (experiments/configs)")
     flags.DEFINE_string("workdir", "./workdir", "where data, checkpoints and metrics go: a "
                         "local folder or a gs:// bucket (on a pod: storage every host shares)")
@@ -145,6 +154,8 @@ def define_experiment_flags() -> None:
                         "process 0's coordinator")
     flags.DEFINE_integer("num_processes", None, "with --distributed: processes in the cluster")
     flags.DEFINE_integer("process_id", None, "with --distributed: this process's index")
+    flags.DEFINE_float("cluster_timeout_s", JOIN_TIMEOUT_S, "with --distributed: how long to "
+                       "wait for the coordinator to answer and every process to join")
 
 
 def config_overrides() -> list[str]:
@@ -158,9 +169,26 @@ def config_overrides() -> list[str]:
 
 
 def build_config(extra: list[str] = ()):
+    """The resolved configuration; on a cluster, hosts compare it setting by setting before
+    any work (a collective: every host calls it at the same point)."""
     from experiments.configs import get_config
+    from omniflatten_jax.config import to_dict
+    from omniflatten_jax.distributed import hosts
 
-    return get_config(FLAGS.config, config_overrides() + list(extra) + list(FLAGS.set))
+    cfg = get_config(FLAGS.config, config_overrides() + list(extra) + list(FLAGS.set))
+    hosts.agree_on_settings(_flat(to_dict(cfg)))
+    return cfg
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, str]:
+    """{"train.seed": "0", ...}: a nested config dict's leaves by dotted name, as JSON."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value)
+    return flat
 
 
 def start() -> None:
@@ -177,7 +205,8 @@ def start() -> None:
     if FLAGS.distributed:
         from omniflatten_jax.distributed import hosts
 
-        hosts.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        hosts.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                         FLAGS.cluster_timeout_s)
     elif any(v is not None for v in (FLAGS.coordinator_address, FLAGS.num_processes,
                                      FLAGS.process_id)):
         raise ValueError("--coordinator_address, --num_processes and --process_id need "

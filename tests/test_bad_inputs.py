@@ -4,6 +4,7 @@ nothing trains silently wrong, and real (synthesised) speech is never rejected."
 
 import dataclasses
 import json
+import re
 import shutil
 
 import numpy as np
@@ -263,6 +264,21 @@ def test_a_dialogue_turn_in_another_script_is_rejected_naming_the_turn(tmp_path)
         text_dialogues(chinese, on_bad_input="stop")
     assert text_dialogues(chinese)[0][1] == [("user", "hello"),
                                              ("assistant", "我很好 谢谢你的关心")]
+
+
+def test_a_train_split_without_speech_names_why_the_tokenizer_cannot_be_fitted(tmp_path):
+    """Before: "need at least one array to concatenate"."""
+    rows = []
+    for name in ("silence", "dc"):
+        soundfile.write(tmp_path / f"{name}.wav", signals()[name], SR, subtype="FLOAT")
+        rows.append({"id": name, "audio": f"{name}.wav", "text": "hello there",
+                     "split": "train"})
+    rows.append({"id": "gone", "audio": "missing.wav", "text": "hello there", "split": "train"})
+    path = write_jsonl(tmp_path / "m.jsonl", rows)
+    with pytest.raises(ValueError, match=re.escape(
+            f"no usable audio to fit the speech tokenizer on: of the 3 train utterances of "
+            f"manifest:{path} it read, 1 recordings could not be read") + ".* 2 are not speech"):
+        prepare_speech_text(small_config(f"manifest:{path}"), str(tmp_path / "w"))
 
 
 # Speech activity ----------------------------------------------------------------------------

@@ -3,6 +3,7 @@ family (Qwen2, Qwen3; tied and untied embeddings)."""
 
 import json
 import os
+import re
 
 import jax.numpy as jnp
 import numpy as np
@@ -188,6 +189,20 @@ def test_import_reports_missing_and_unknown_tensors(converted, tmp_path):
     os.remove(broken / "model.safetensors")
     with pytest.raises(FileNotFoundError, match="safetensors"):
         import_hf(str(broken), str(tmp_path / "out3"), text_tokenizer="bytes")
+
+
+def test_from_hf_on_a_truncated_or_damaged_download_names_the_file(converted, tmp_path):
+    root, _, _, _ = converted
+    whole = (root / "hf" / "model.safetensors").read_bytes()
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "config.json").write_text((root / "hf" / "config.json").read_text())
+    for name, data in [("truncated", whole[:len(whole) // 2]), ("garbage", b"<html>" * 10)]:
+        (cut / "model.safetensors").write_bytes(data)
+        with pytest.raises(ValueError, match=re.escape(
+                f"{cut / 'model.safetensors'} is not a whole safetensors file")):
+            import_hf(str(cut), str(tmp_path / name), text_tokenizer="bytes")
+        assert not (tmp_path / name).exists()  # nothing written
 
 
 def test_transformers_4_config_file_imports_the_same_weights(converted, tmp_path):

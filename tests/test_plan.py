@@ -160,3 +160,14 @@ def test_a_batch_that_does_not_divide_is_a_usage_error():
     proc = run_plan("--topology=v5p-8", "--set=mesh.fsdp=2", "--set=mesh.data=2",
                     "--set=train.batch_size=6", check=False)
     assert proc.returncode != 0 and "not a whole number of rows per chip" in proc.stderr
+
+
+@pytest.mark.parametrize("topology, message", [
+    ("v9z-3", "unknown topology 'v9z-3': use v5p-N"), ("v5p-7", "v5p-7: v5p-N counts "
+                                                               "TensorCores, 2 per chip"),
+    ("v5p:2x4", "v5p:2x4: a v5p grid has 3 dimensions")])
+def test_plan_on_an_unknown_topology_says_so_in_one_line(topology, message):
+    proc = run_plan(f"--topology={topology}", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {message}"), proc.stderr
+    assert "--per_chip_batch" not in proc.stderr + proc.stdout

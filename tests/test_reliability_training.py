@@ -267,7 +267,7 @@ def test_no_data_worker_outlives_its_run(spoken_corpus, tmp_path, how):
     assert proc.poll() is None and len(workers) >= 2, "training with 2 workers did not start"
     proc.send_signal(getattr(signal, how))
     try:
-        proc.communicate(timeout=300)
+        output = proc.communicate(timeout=300)[0]
     except subprocess.TimeoutExpired:  # say where it is stuck (cli.start: SIGUSR1)
         proc.send_signal(signal.SIGUSR1)
         time.sleep(3)
@@ -276,6 +276,11 @@ def test_no_data_worker_outlives_its_run(spoken_corpus, tmp_path, how):
         raise AssertionError(f"the run did not stop on {how}; its threads:\n{output[-6000:]}")
     gone, alive = psutil.wait_procs(workers, timeout=20)
     assert not alive, f"{len(alive)} data workers outlived the run ({how})"
+    if how == "SIGINT":  # Ctrl-C: where it stops, then one line (before: a 20-line traceback)
+        assert proc.returncode == 130, output[-3000:]
+        assert "Ctrl-C: stopping after this step" in output
+        assert "stopped by Ctrl-C: interrupted after step" in output
+        assert "Traceback" not in output, output[-3000:]
 
 
 def test_a_resume_with_another_data_worker_count_is_refused_naming_the_setting(

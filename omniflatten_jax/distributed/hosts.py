@@ -17,22 +17,76 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-class HostMismatchError(RuntimeError):
-    """Hosts that must hold the same value (data, tokenizer, batch) hold different ones."""
+class HostMismatchError(ValueError):
+    """Hosts that must hold the same value (settings, data, tokenizer, batch) hold different
+    ones: the hosts' inputs are wrong, so it is a ValueError, printed as one line."""
+
+
+# How long a process waits for the cluster (the coordinator to answer, every process to
+# register) unless told otherwise: JAX's own default.
+JOIN_TIMEOUT_S = 300
+_PROBE_EVERY_S = 1.0
+_REPORT_EVERY_S = 30.0
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> None:
+               process_id: int | None = None, timeout_s: float = JOIN_TIMEOUT_S) -> None:
     """Joins the cluster: explicit addresses when given, else JAX's auto-detection (TPU VMs,
-    SLURM, Open MPI, Kubernetes)."""
+    SLURM, Open MPI, Kubernetes). Flags are checked first, and a process other than 0 waits
+    for the coordinator's port itself (`reach_coordinator`): JAX aborts the whole process
+    with a C++ stack trace when the coordinator never answers."""
     given = [v is not None for v in (coordinator_address, num_processes, process_id)]
     if any(given) and not all(given):
         raise ValueError("give all of --coordinator_address, --num_processes and --process_id, "
                          "or none of them (auto-detection)")
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    if not timeout_s > 0:
+        raise ValueError(f"the cluster join timeout must be positive, not {timeout_s}")
+    if all(given):
+        if num_processes < 1:
+            raise ValueError(f"--num_processes={num_processes}: a cluster has at least one "
+                             "process")
+        if not 0 <= process_id < num_processes:
+            raise ValueError(f"--process_id={process_id} is not one of the cluster's "
+                             f"processes 0 to {num_processes - 1} (--num_processes="
+                             f"{num_processes}): number the hosts from 0")
+        if process_id != 0:
+            reach_coordinator(coordinator_address, timeout_s)
+    log.info("joining the cluster (waiting up to %.0f s for every process)", timeout_s)
+    jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                               initialization_timeout=max(1, int(round(timeout_s))))
     log.info("process %d of %d joined the cluster: %d local / %d global devices",
              jax.process_index(), jax.process_count(), jax.local_device_count(),
              jax.device_count())
+
+
+def reach_coordinator(address: str, timeout_s: float) -> None:
+    """Returns once process 0's coordinator accepts a connection at ``HOST:PORT``; a
+    ConnectionError naming the address after `timeout_s` (progress logged meanwhile)."""
+    import socket
+    import time
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--coordinator_address={address!r} is not HOST:PORT")
+    start = last_report = time.monotonic()
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=_PROBE_EVERY_S):
+                return
+        except OSError as e:
+            why = e
+        now = time.monotonic()
+        if now - start >= timeout_s:
+            raise ConnectionError(
+                f"the coordinator at {address} did not answer within {timeout_s:.0f} s "
+                f"({why}): start process 0 with the same --coordinator_address (it listens "
+                "there), check the host and port are reachable from this host, or wait longer "
+                "with --cluster_timeout_s")
+        if now - last_report >= _REPORT_EVERY_S:
+            last_report = now
+            log.warning("waiting for the coordinator at %s (%.0f of %.0f s): %s", address,
+                        now - start, timeout_s, why)
+        time.sleep(min(_PROBE_EVERY_S, max(0.0, timeout_s - (now - start))))
 
 
 def is_primary() -> bool:
@@ -83,3 +137,39 @@ def from_primary(value: str | None, max_bytes: int = 256) -> str:
     sent = multihost_utils.broadcast_one_to_all(np.frombuffer(raw.ljust(max_bytes, b"\0"),
                                                               np.uint8))
     return np.asarray(sent, np.uint8).tobytes().rstrip(b"\0").decode()
+
+
+# How much of each setting's value hosts exchange to show it in a mismatch message.
+_SHOWN_BYTES = 40
+
+
+def agree_on_settings(settings: dict[str, str]) -> None:
+    """Raises `HostMismatchError` naming every setting (a name -> its value as text) that is
+    not the same on every host, with process 0's value and the others': hosts given different
+    flags would otherwise fail later inside a collective, or train on different data."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    names = sorted(settings)
+    agree("the list of settings", "\n".join(names),
+          "every host must run the same commit of the code")
+    values = [str(settings[n]) for n in names]
+    sums = np.stack([digest(v) for v in values])
+    shown = np.stack([np.frombuffer(v.encode()[:_SHOWN_BYTES].ljust(_SHOWN_BYTES, b"\0"),
+                                    np.uint8) for v in values])
+    every_sum = np.asarray(multihost_utils.process_allgather(sums))
+    every_shown = np.asarray(multihost_utils.process_allgather(shown))
+    differ = []
+    for i, name in enumerate(names):
+        others = [p for p in range(len(every_sum)) if not np.array_equal(every_sum[p, i],
+                                                                          every_sum[0, i])]
+        if others:
+            text = lambda p: every_shown[p, i].tobytes().rstrip(b"\0").decode(  # noqa: E731
+                errors="replace")
+            differ.append(f"{name} is {text(0)} on process 0 but " + ", ".join(
+                f"{text(p)} on process {p}" for p in others))
+    if differ:
+        raise HostMismatchError(
+            f"hosts were given different settings: {'; '.join(differ)}. Every host must run "
+            "the same command (the same --config, --set and flags); nothing was done")

@@ -60,11 +60,17 @@ def read_safetensors(hf_dir: str) -> dict[str, np.ndarray]:
         raise FileNotFoundError(
             f"{hf_dir} holds no *.safetensors files (PyTorch .bin checkpoints: re-save them "
             "with save_pretrained(safe_serialization=True))")
+    from safetensors import SafetensorError
+
     tensors = {}
     for path in files:
-        with safe_open(path, framework="flax") as f:
-            for name in f.keys():
-                tensors[name] = np.asarray(f.get_tensor(name).astype(jnp.float32))
+        try:
+            with safe_open(path, framework="flax") as f:
+                for name in f.keys():
+                    tensors[name] = np.asarray(f.get_tensor(name).astype(jnp.float32))
+        except SafetensorError as e:
+            raise ValueError(f"{path} is not a whole safetensors file ({e}): it was cut short "
+                             "or damaged in the download; fetch it again") from None
     return tensors
 
 

@@ -49,6 +49,8 @@ class KMeansMelTokenizer:
         """Fits the codebook on (a seeded sample of at most `max_frames` of) the frames."""
         from sklearn.cluster import MiniBatchKMeans
 
+        if not len(waves):
+            raise ValueError("no audio to fit the speech tokenizer on")
         frames = np.concatenate([log_mel(w, cfg) for w in waves])
         if len(frames) < num_codes:
             raise ValueError(f"{len(frames)} frames of audio cannot fit {num_codes} codes; "
