@@ -3,8 +3,12 @@ error that is raised to the caller and drops exactly those echoes.
 
 A restore or save that fails leaves TensorStore completing the other arrays' reads and writes,
 each posting to an event loop Orbax has closed (``RuntimeError: Event loop is closed``, via
-`sys.unraisablehook` or `sys.excepthook`); asyncio then logs "exception was never retrieved"
-for the abandoned tasks, and Orbax logs the background save's traceback before re-raising it.
+`sys.unraisablehook` or `sys.excepthook`); the other arrays' read coroutines, abandoned with
+their own copy of the error, print it with TensorStore's whole spec when the garbage
+collector finds them (``Exception ignored in: <coroutine object
+_read_array_index_and_device_put>``, 60 lines each, in about a third of runs: it depends on
+when the collector runs); asyncio logs "exception was never retrieved" for the abandoned
+tasks, and Orbax logs the background save's traceback before re-raising it.
 """
 
 from __future__ import annotations
@@ -36,11 +40,19 @@ def _quiet_closed_event_loop() -> None:
         previous_unraisablehook = sys.unraisablehook
 
         def unraisablehook(unraisable):
-            if not closed_loop(unraisable.exc_value):
+            if not (closed_loop(unraisable.exc_value) or _abandoned_orbax_coroutine(unraisable)):
                 previous_unraisablehook(unraisable)
 
         unraisablehook._drops_closed_event_loop = True
         sys.unraisablehook = unraisablehook
+
+
+def _abandoned_orbax_coroutine(unraisable) -> bool:
+    """An Orbax coroutine collected with its exception never awaited: one of the other
+    arrays' reads or writes, left behind when the first failure was raised to the caller."""
+    code = getattr(unraisable.object, "cr_code", None)
+    return (code is not None and "orbax" in code.co_filename
+            and isinstance(unraisable.exc_value, Exception))
 
 
 def _unretrieved_after_failure(record: logging.LogRecord) -> bool:

@@ -313,7 +313,8 @@ def restore_items(manager, step: int, where: str, **items) -> dict:
             raise
         except Exception as e:  # noqa: BLE001  Orbax and TensorStore raise many kinds
             found = (epath.Path(where) / name).exists()
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            first = first.split(" See full TensorStore details")[0][:300]  # not its spec dump
             raise CorruptCheckpointError(
                 f"{where}/{name} {'cannot be read' if found else 'is missing'} "
                 f"({type(e).__name__}: {first}): the step is damaged or was not finished; use "
