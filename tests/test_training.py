@@ -285,3 +285,23 @@ def test_a_resumed_run_leaves_one_metrics_line_per_step(tmp_path):
     rows = read_metrics(str(tmp_path))
     assert [(r["step"], r["loss"]) for r in rows] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.5),
                                                       (5, 5.5)]
+    # TensorBoard purges earlier files' events from a restart marker's step on (checked with
+    # TensorBoard's EventAccumulator: it then shows 1-3 and 4.5, 5.5): each run marks its first.
+    starts = [[e.step for e in events(path) if e.HasField("session_log")]
+              for path in sorted((tmp_path / "tensorboard").iterdir())]
+    assert starts == [[1], [4]]
+
+
+def events(path):
+    """The events of a TensorBoard event file (TFRecord framing: length, its CRC, the event,
+    its CRC)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    data, found, at = path.read_bytes(), [], 0
+    while at < len(data):
+        (length,) = struct.unpack("<Q", data[at:at + 8])
+        found.append(event_pb2.Event.FromString(data[at + 12:at + 12 + length]))
+        at += 12 + length + 4
+    return found

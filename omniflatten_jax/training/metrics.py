@@ -9,6 +9,7 @@ whole there.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from etils import epath
@@ -19,7 +20,8 @@ from omniflatten_jax.distributed import paths
 class MetricsWriter:
     """One JSON line per logged step. A run that resumes from step `resumed_from` continues
     the same file without the lines of the steps after it, which a killed run logged and the
-    resumed one logs again: the file keeps one line per step."""
+    resumed one logs again: the file keeps one line per step. TensorBoard is told the same by
+    a restart marker at the first step logged again."""
 
     def __init__(self, stage_dir: str, enabled: bool = True, resumed_from: int = 0):
         self.enabled = enabled
@@ -36,8 +38,17 @@ class MetricsWriter:
             scratch.replace(self.path)
         self._jsonl = None if self._remote else self.path.open("a")
         from tensorboardX import SummaryWriter
+        from tensorboardX.proto import event_pb2
 
-        self._tb = SummaryWriter(paths.join(stage_dir, "tensorboard"))
+        # Event files are named by the second they open in: a resume within the same second
+        # must not reopen (and overwrite) the killed run's file.
+        self._tb = SummaryWriter(paths.join(stage_dir, "tensorboard"),
+                                 filename_suffix=f".{os.getpid()}.{resumed_from}")
+        # TensorBoard drops what earlier event files hold from this step on (its purge of a
+        # restarted run's orphaned data): the steps a killed run logged after its checkpoint.
+        restart = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+        self._tb.file_writer.add_event(event_pb2.Event(step=resumed_from + 1,
+                                                       session_log=restart))
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
