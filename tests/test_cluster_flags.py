@@ -41,16 +41,20 @@ def test_partial_or_impossible_cluster_flags_are_one_line(tmp_path, flags, messa
 
 
 def test_an_unreachable_coordinator_is_named_within_the_timeout(tmp_path):
+    def timed(*flags):
+        start = time.monotonic()
+        proc = subprocess.run(run_py(tmp_path, "--distributed", *flags), capture_output=True,
+                              text=True, cwd=ROOT, timeout=240)
+        return proc, time.monotonic() - start
+
+    # The same command refused at once: what starting Python and JAX costs on this machine now.
+    _, start_up = timed("--num_processes=2")
     address = f"127.0.0.1:{portpicker.pick_unused_port()}"  # nobody listens there
-    start = time.monotonic()
-    proc = subprocess.run(run_py(tmp_path, "--distributed", f"--coordinator_address={address}",
-                                 "--num_processes=2", "--process_id=1",
-                                 "--cluster_timeout_s=3"),
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
-    elapsed = time.monotonic() - start
+    proc, elapsed = timed(f"--coordinator_address={address}", "--num_processes=2",
+                          "--process_id=1", "--cluster_timeout_s=3")
     assert (f"error: the coordinator at {address} did not answer within 3 s"
             in one_line_error(proc))
-    assert elapsed < 60  # the 3 s wait and the imports, not JAX's 300 s
+    assert elapsed - start_up < 30, (elapsed, start_up)  # the 3 s wait, not JAX's 300 s
 
 
 def test_hosts_given_different_settings_name_every_setting_that_differs(tmp_path):
