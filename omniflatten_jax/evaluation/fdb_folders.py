@@ -63,7 +63,8 @@ def check_task(task_dir: str) -> str:
     """The task of a folder of samples once every sample is known to be scorable: its
     ``input.wav`` readable, no JSON file the contract does not name (an annotation this
     harness does not know would be scored as backchannel), one task for every sample, each
-    annotation a list of ``{"timestamp": [start, end]}`` inside the input, and the
+    annotation a list of ``{"timestamp": [start, end]}`` starting inside the input (an
+    interruption's also ending there: the output is scored from its end), and the
     backchannel ground truth readable. Cheap (headers and small files): the harness runs it on
     every folder before streaming the first sample, so a bad file fails in seconds, by name."""
     import soundfile
