@@ -31,9 +31,8 @@ from omniflatten_jax.speech.tokenizer import SpeechTokenizer
 from omniflatten_jax.tokens.text_tokenizers import text_tokenizer
 from omniflatten_jax.tokens.transcripts import (
     clean_transcript,
-    foreign_script,
     normalize_transcript,
-    scripts_of,
+    wrong_script,
 )
 
 log = logging.getLogger(__name__)
@@ -115,11 +114,9 @@ def checked_text(item: Item, ctx: BuildContext, held_out: bool) -> str:
     where = _where(item, item.audio)
     if not text:
         raise BadInputError("empty_text", f"{where}: the transcript is empty")
-    script = foreign_script(text, cfg.language)
-    if script:
-        raise BadInputError("wrong_script", f"{where}: the transcript {text[:40]!r} is "
-                            f"written in {script} script, not in that of data.language="
-                            f"{cfg.language!r} ({scripts_of(cfg.language)}): the text and its "
+    why = wrong_script(text, cfg.language, "data.language")
+    if why:
+        raise BadInputError("wrong_script", f"{where}: the transcript {why}: the text and its "
                             "recording disagree; fix the line, or set data.language to the "
                             "recordings' language")
     if held_out and normalize_transcript(item.text) in ctx.train_texts:

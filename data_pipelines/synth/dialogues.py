@@ -39,9 +39,8 @@ from data_pipelines.synth.chatterbot import load_conversations
 from omniflatten_jax.config import DialogueConfig
 from omniflatten_jax.tokens.transcripts import (
     clean_transcript,
-    foreign_script,
     normalize_transcript,
-    scripts_of,
+    wrong_script,
 )
 
 TextDialogue = list[tuple[str, str]]  # (role, text), in order
@@ -86,13 +85,10 @@ def clean_dialogue(turns: TextDialogue, cfg: DialogueConfig, normalize_text: boo
         if not normalize_transcript(text):
             continue
         text = normalize_transcript(text) if normalize_text else clean_transcript(text)
-        script = foreign_script(text, cfg.language)
-        if script:
-            raise BadInputError("wrong_script", f"{where}: turn {i} {text[:40]!r} is written "
-                                f"in {script} script, not in that of dialogue.language="
-                                f"{cfg.language!r} ({scripts_of(cfg.language)}): its voice "
-                                "could not speak it; fix the line, or set "
-                                "dialogue.language")
+        why = wrong_script(text, cfg.language, "dialogue.language")
+        if why:
+            raise BadInputError("wrong_script", f"{where}: turn {i} {why}: its voice could not "
+                                "speak it; fix the line, or set dialogue.language")
         worded.append((role, text))
     merged = _merge(worded)
     if not any(r == "assistant" for r, _ in merged):

@@ -71,6 +71,16 @@ def foreign_script(text: str, language: str) -> str | None:
     return _title(words.most_common(1)[0][0])
 
 
+def wrong_script(text: str, language: str, setting: str) -> str | None:
+    """Where `foreign_script` finds one, what the data builders say of it: "'...' is written
+    in CJK script, not in that of data.language='en' (Latin)"; else None."""
+    script = foreign_script(text, language)
+    if script is None:
+        return None
+    return (f"{text[:40]!r} is written in {script} script, not in that of {setting}="
+            f"{language!r} ({scripts_of(language)})")
+
+
 def scripts_of(language: str) -> str:
     """`language`'s scripts as messages name them ("Latin", "CJK, Hiragana, Katakana")."""
     return ", ".join(_title(s) for s in SCRIPTS.get(language, ()))
