@@ -57,12 +57,19 @@ def test_conversations_stream_in_audio_and_restart_on_their_own(stage_dir, speec
         np.testing.assert_array_equal(a.user_ids, b.user_ids)
         np.testing.assert_array_equal(a.assistant_ids, b.assistant_ids)
     # Heard live (no lookahead), the user's codes are those of the whole recording but for
-    # each chunk's last frame, whose analysis window reaches past the chunk.
-    whole = LAYOUT.speech_ids(model.speech.encode(np.concatenate(pieces), 16_000))
-    heard = np.concatenate([r.user_ids for r in first])
+    # each chunk's last frame, whose analysis window reaches past the chunk. Where two
+    # centroids lie equally near a frame (this tiny codebook has near-duplicates), the float
+    # noise of a shorter STFT (1e-6) may pick either: such a frame must be a tie in the whole
+    # recording's distances, not a different sound.
+    distances = model.speech.distances(np.concatenate(pieces), 16_000)
+    whole = distances.argmin(axis=1)
+    heard = np.concatenate([r.user_ids for r in first]) - LAYOUT.speech_offset
     inside = np.ones(len(heard), bool)
     inside[9::10] = False
-    np.testing.assert_array_equal(heard[inside], whole[inside])
+    frames = np.flatnonzero(inside)
+    gap = distances[frames, heard[frames]] - distances[frames, whole[frames]]
+    assert np.all(gap <= 1e-3), (frames[gap > 1e-3], gap[gap > 1e-3])
+    assert np.mean(heard[inside] == whole[inside]) > 0.5  # and most frames are no tie at all
     # A row without a conversation is refused, by name.
     with pytest.raises(ValueError, match=r"rows \[1\] have no conversation"):
         live.end(1)
@@ -75,3 +82,21 @@ def test_text_pieces_wait_for_whole_characters():
     assert pieces.add(word[:2]) == "n"  # the first half of "é" waits
     assert pieces.add(word[2:] + [LAYOUT.special("<silent_text>")]) == "é"
     assert pieces.add([LAYOUT.special("[EOT]")]) == "\n"
+
+
+def test_a_second_of_context_makes_a_chunks_features_those_of_the_whole(stage_dir, speech):  # noqa: F811,E501
+    """Why `CONTEXT_SECONDS` exists: the codebook above is coarse enough to hide a wrong
+    context, the log-mel features are not. With the live context, every frame of a chunk
+    but the last has the whole recording's features; cut off, the first frame does not."""
+    from omniflatten_jax.speech.kmeans import log_mel
+
+    live = LiveSession(load_duplex(str(stage_dir / "checkpoints")), rows=1)
+    cfg, n = live.tokenizer.cfg, live.chunk_samples
+    wave = np.pad(speech, (0, -len(speech) % n))
+    whole = log_mel(wave, cfg)
+    start = 3 * n  # a chunk in the middle of the words, after a second of them
+    heard = log_mel(wave[start - live.context:start + n], cfg)[-live.width:]
+    cut_off = log_mel(wave[start:start + n], cfg)
+    frames = slice(start // live.hop, start // live.hop + live.width)
+    np.testing.assert_allclose(heard[:-1], whole[frames][:-1], atol=1e-4)
+    assert np.abs(cut_off[0] - whole[frames][0]).max() > 0.1

@@ -65,10 +65,14 @@ class KMeansMelTokenizer:
         return cls(cfg, kmeans.cluster_centers_, mean, std)
 
     def encode(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
+        return self.distances(wave, sample_rate).argmin(axis=1).astype(np.int32)
+
+    def distances(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
+        """``[n_frames, num_codes]``: each frame's squared distance to each centroid, less the
+        frame's own squared norm (which does not change the nearest code)."""
         feats = (log_mel(resample(wave, sample_rate, self.cfg.sample_rate), self.cfg)
                  - self.mean) / self.std
-        dist = self._sq_norms[None, :] - 2.0 * feats @ self.centroids.T
-        return dist.argmin(axis=1).astype(np.int32)
+        return self._sq_norms[None, :] - 2.0 * feats @ self.centroids.T
 
     def decode(self, codes: np.ndarray, n_iter: int = 32) -> np.ndarray:
         """Codes -> exactly ``len(codes) * hop`` samples at `sample_rate` (Griffin-Lim on the
