@@ -45,12 +45,20 @@ def test_conversations_stream_in_audio_and_restart_on_their_own(stage_dir, speec
         assert set(replies) == set(audio)
         for reply in replies.values():
             assert reply.audio.shape == (live.chunk_samples,) and np.isfinite(reply.audio).all()
-            spoken = np.repeat(reply.assistant_ids != LAYOUT.special("<silent_speech>"), 640)
-            assert not np.any(reply.audio[~spoken])  # silence where the assistant listens
-            assert reply.speaking == bool(spoken.any()) and isinstance(reply.text, str)
+            silent = reply.assistant_ids == LAYOUT.special("<silent_speech>")
+            assert reply.speaking == (not silent.all()) and isinstance(reply.text, str)
         first.append(replies[0])
         if i >= 4:
             second.append(replies[1])
+    # Silence where the assistant listens: a spoken frame sounds over its analysis window,
+    # which the streaming decoder ends `audio_delay` (half a window) after the frame's centre.
+    assert live.audio_delay == 512
+    audio = np.concatenate([r.audio for r in first])
+    sounding = np.zeros(len(audio) + 1024, bool)
+    spoken = np.concatenate([r.assistant_ids for r in first]) != LAYOUT.special("<silent_speech>")
+    for frame in np.flatnonzero(spoken):
+        sounding[frame * 640:frame * 640 + 1024] = True
+    assert np.any(audio) and not np.any(audio[~sounding[:len(audio)]])
     # The second call heard the same audio from its start: the same tokens, chunk by chunk,
     # whatever the other row did and whenever it started.
     for a, b in zip(first, second):

@@ -11,8 +11,10 @@ A live caller has no lookahead: each chunk of user audio is tokenized with the r
 second of audio before it as context (`CONTEXT_SECONDS`) and nothing after it, so the last
 frame or so of a chunk (half an analysis window, 32 ms for the k-means tokenizer) may differ
 from tokenizing the whole recording at once; the file adapter (`inference.recording`) reads
-ahead and is exact. The assistant's speech ids of each chunk are voiced on their own (runs of
-speech padded to the decoder's shortest input), so a chunk's audio is ready when its step is.
+ahead and is exact. The assistant's speech ids of each chunk are voiced as soon as its step
+is done: with the k-means decoder, by a streaming inversion that carries the waveform across
+chunk edges (`speech.streaming`; the audio trails the ids by `audio_delay`, half an analysis
+window); with another decoder, each chunk's runs of speech on their own.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from omniflatten_jax.config.token_layout import TokenLayout
 from omniflatten_jax.inference.duplex import DuplexModel
 from omniflatten_jax.inference.session import DuplexSession
+from omniflatten_jax.speech.streaming import StreamingGriffinLim
 from omniflatten_jax.speech.tokenizer import SpeechDecoder, SpeechTokenizer
 from omniflatten_jax.tokens.sequence import Stream
 from omniflatten_jax.tokens.text_tokenizers import text_tokenizer
@@ -126,6 +129,14 @@ class LiveSession:
         self.silent = self.layout.special("<silent_speech>")
         self.keys = model.chunk.keys
         self.history = [np.zeros(0, np.float32) for _ in range(rows)]
+        # The k-means decoder streams across chunk edges; another decoder voices each
+        # chunk's runs of speech on their own.
+        self.streamer = None
+        if hasattr(tokenizer, "code_magnitudes"):
+            self.streamer = StreamingGriffinLim(
+                tokenizer.code_magnitudes(), n_fft=tokenizer.cfg.n_fft, hop=self.hop,
+                rows=rows, width=self.width)
+        self.audio_delay = self.streamer.delay if self.streamer is not None else 0
         self.text = [TextPieces(self.layout) for _ in range(rows)]
         self.user_text = [TextPieces(self.layout) for _ in range(rows)]
 
@@ -142,6 +153,8 @@ class LiveSession:
         self.session.start(rows, seeds)
         for row in [rows] if isinstance(rows, int) else rows:
             self.history[row] = np.zeros(0, np.float32)
+            if self.streamer is not None:
+                self.streamer.reset(row)
             self.text[row], self.user_text[row] = TextPieces(self.layout), TextPieces(self.layout)
 
     def end(self, rows: int | Sequence[int]) -> None:
@@ -159,15 +172,18 @@ class LiveSession:
         for row, samples in audio.items():
             user[row] = self._listen(row, np.asarray(samples, np.float32))
         out = self.session.step(user)
+        streams = {row: self.model.chunk.unflatten(np.concatenate([user[row], out[row]]))
+                   for row in sorted(started)}
+        speech = np.full((self.rows, self.width), self.silent, np.int32)
+        for row, parts in streams.items():
+            speech[row] = parts[Stream.ASSISTANT_SPEECH.key][0]
+        audio = self._speak(speech)
         replies = {}
-        for row in sorted(started):
-            streams = self.model.chunk.unflatten(np.concatenate([user[row], out[row]]))
-            speech = streams[Stream.ASSISTANT_SPEECH.key][0]
+        for row, parts in streams.items():
             replies[row] = Reply(
-                self._speak(speech), self._text(self.text[row], streams,
-                                                Stream.ASSISTANT_TEXT),
-                bool(np.any(speech != self.silent)), user[row], speech,
-                self._text(self.user_text[row], streams, Stream.USER_TEXT))
+                audio[row], self._text(self.text[row], parts, Stream.ASSISTANT_TEXT),
+                bool(np.any(speech[row] != self.silent)), user[row], speech[row],
+                self._text(self.user_text[row], parts, Stream.USER_TEXT))
         return replies
 
     def _listen(self, row: int, samples: np.ndarray) -> np.ndarray:
@@ -184,12 +200,18 @@ class LiveSession:
         return self.layout.speech_ids(codes[-self.width:]).astype(np.int32)
 
     def _speak(self, speech: np.ndarray) -> np.ndarray:
-        audio = np.zeros(self.chunk_samples, np.float32)
+        """``[rows, width]`` speech ids -> ``[rows, chunk_samples]`` audio, `audio_delay`
+        samples behind the ids."""
         spoken = speech != self.silent
-        edges = np.flatnonzero(np.diff(np.concatenate([[0], spoken.astype(int), [0]])))
-        for lo, hi in zip(edges[::2], edges[1::2]):
-            wave = voice(self.decoder, self.layout, speech[lo:hi])
-            audio[lo * self.hop:lo * self.hop + len(wave)] = np.clip(wave, -1.0, 1.0)
+        if self.streamer is not None:
+            codes = self.layout.speech_codes(np.where(spoken, speech, self.layout.speech_offset))
+            return self.streamer.step(codes, spoken)
+        audio = np.zeros((self.rows, self.chunk_samples), np.float32)
+        for row in np.flatnonzero(spoken.any(axis=1)):
+            edges = np.flatnonzero(np.diff(np.concatenate([[0], spoken[row].astype(int), [0]])))
+            for lo, hi in zip(edges[::2], edges[1::2]):
+                wave = voice(self.decoder, self.layout, speech[row, lo:hi])
+                audio[row, lo * self.hop:lo * self.hop + len(wave)] = np.clip(wave, -1.0, 1.0)
         return audio
 
     def _text(self, pieces: TextPieces, streams: dict, stream: Stream) -> str:

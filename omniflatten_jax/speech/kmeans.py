@@ -97,6 +97,17 @@ class KMeansMelTokenizer:
         peak = np.abs(wave).max()
         return (wave / peak * 0.9 if peak > 0 else wave).astype(np.float32)
 
+    def code_magnitudes(self) -> np.ndarray:
+        """``[num_codes, n_fft // 2 + 1]``: each code's linear STFT magnitude (its centroid's
+        mel spectrum inverted), the table a streaming decoder inverts chunk by chunk
+        (`speech.streaming`). Computed once per call: keep the result."""
+        import librosa
+
+        mel = np.exp(self.centroids * self.std + self.mean).T - LOG_FLOOR
+        stft = librosa.feature.inverse.mel_to_stft(
+            np.maximum(mel, 0.0), sr=self.cfg.sample_rate, n_fft=self.cfg.n_fft)
+        return stft.T.astype(np.float32)
+
     def save(self, path: str) -> None:
         config = json.dumps({"kind": KIND, **dataclasses.asdict(self.cfg)})
         with open(path, "wb") as f:  # a file object: np.savez must not append ".npz"
