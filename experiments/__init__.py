@@ -23,6 +23,8 @@ COMMANDS = {
     "operating_curve": "a trained duplex stage's operating curve under other decoding settings",
     "diagnose_turns": "teacher-forced P(speak) around turn ends, pauses and backchannels",
     "show_example": "print one flattened dialogue, chunk by chunk",
+    "serve": "a live server: talk to a duplex stage from a browser page, many at once",
+    "serve_bench": "conversations at once on the live server: step time, late chunks, latency",
     "synthesize_recording": "synthesise a user recording to talk to the duplex command",
     "benchmark_train_step": "time the train step (tokens/s, MFU) per attention backend",
     "benchmark_vs_torch": "our train step against transformers + torch.compile",

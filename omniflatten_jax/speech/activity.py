@@ -101,3 +101,17 @@ def measure(wave: np.ndarray, sample_rate: int) -> Activity:
 def speech_problem(wave: np.ndarray, sample_rate: int) -> tuple[str, str] | None:
     """("bad_amplitude" | "no_speech", why) when `wave` cannot be the speech of a transcript."""
     return measure(wave, sample_rate).problem()
+
+
+VOICED_DBFS = -40.0  # a frame louder than this counts as someone speaking, live
+
+
+def voiced_frames(wave: np.ndarray, frame: int, threshold_dbfs: float = VOICED_DBFS
+                  ) -> np.ndarray:
+    """``[len(wave) // frame]`` bools: frames of `frame` samples whose RMS level is above
+    `threshold_dbfs`. The live server's cheap "is the user talking" (its timeline, barge-in
+    and latency), not a speech detector: a loud noise counts too."""
+    wave = np.asarray(wave, np.float64)
+    frames = wave[:len(wave) // frame * frame].reshape(-1, frame)
+    level = 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-20)
+    return level > threshold_dbfs
