@@ -229,6 +229,37 @@ def test_late_audio_is_padded_and_told_and_too_fast_is_refused(live, voices):
     assert code == 1008 and "faster than real time" in texts[-1]["reason"]
 
 
+def test_a_conversation_ends_at_the_servers_limit(live, voices):
+    async def scenario():
+        engine, app = serve(live, max_seconds=0.8)
+        runner, address = await started(app)
+        texts, code = await exchange(address, HELLO, float_to_pcm(voices[0]))
+        await runner.cleanup()
+        return texts, code, engine.metrics
+
+    texts, code, metrics = asyncio.run(scenario())
+    assert [t["index"] for t in texts if t["type"] == "chunk"] == [0, 1]
+    assert code == 1000 and "limit of 0.8 s" in texts[-1]["reason"]
+    assert metrics.closed["limit"] == 1 and metrics.slots_in_use == 0
+
+
+def test_a_caller_who_never_talks_gives_its_slot_back(live, monkeypatch):
+    from omniflatten_jax.serving import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "FIRST_AUDIO_S", 0.5)
+
+    async def scenario():
+        engine, app = serve(live)
+        runner, address = await started(app)
+        texts, code = await exchange(address, HELLO, float_to_pcm(np.zeros(3200)))
+        await runner.cleanup()
+        return texts, code, engine.metrics
+
+    texts, code, metrics = asyncio.run(scenario())
+    assert code == 1008 and "no whole chunk of audio within 0.5 s" in texts[-1]["reason"]
+    assert metrics.slots_in_use == 0
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

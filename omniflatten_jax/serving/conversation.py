@@ -35,6 +35,7 @@ class Conversation:
         self.pending: list[np.ndarray] = []
         self.waiting = 0  # samples received, not yet taken
         self.completed: list[float] = []  # when each whole chunk waiting completed
+        self.admitted = 0.0  # when it took its slot (the engine's clock)
         self.joined = False  # the session row is started: the clock steps it every tick
         self.chunks = 0  # chunks stepped
         self.late = 0

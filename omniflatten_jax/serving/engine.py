@@ -32,6 +32,7 @@ from omniflatten_jax.serving.protocol import SAMPLE_RATE, CloseCode, float_to_pc
 from omniflatten_jax.speech.activity import voiced_frames
 
 log = logging.getLogger(__name__)
+FIRST_AUDIO_S = 10.0  # a caller holds a slot this long before its first chunk must be in
 
 
 class Busy(Exception):
@@ -68,6 +69,7 @@ class Engine:
             chunk_samples=self.live.chunk_samples,
             buffer_samples=int(self.cfg.buffer_seconds * SAMPLE_RATE) + self.live.chunk_samples,
             max_chunks=self.max_chunks)
+        conversation.admitted = self.clock()
         self.slots[free[0]] = conversation
         self.metrics.conversations += 1
         self.metrics.slots_in_use = sum(c is not None for c in self.slots)
@@ -128,6 +130,13 @@ class Engine:
         for conversation in [c for c in self.slots if c is not None and c.ending]:
             self.release(conversation, conversation.ending)
         now = self.clock()
+        for conversation in [c for c in self.slots if c is not None and not c.joined]:
+            if now - conversation.admitted > FIRST_AUDIO_S and not conversation.ready:
+                reason = (f"limit: no whole chunk of audio within {FIRST_AUDIO_S:g} s of "
+                          "\"ready\": the slot goes to the next caller")
+                conversation.close_code = CloseCode.POLICY
+                conversation.send(message("end", reason=reason))
+                self.release(conversation, reason)
         audio, chunks = {}, {}
         for conversation in [c for c in self.slots if c is not None]:
             if not conversation.joined:
