@@ -31,7 +31,13 @@ def define_flags() -> None:
 
     d = ServeConfig()
     flags.DEFINE_string("checkpoint", None, "a duplex stage's checkpoints folder or one step "
-                        "folder in it", required=True)
+                        "folder in it")
+    flags.DEFINE_string("config", None, "instead of --checkpoint, for benchmarks: a named "
+                        "configuration with random weights (a step costs the same whatever "
+                        "they are); needs --speech_tokenizer")
+    flags.DEFINE_string("stage", "duplex_2", "with --config: the stage whose chunk layout")
+    flags.DEFINE_string("speech_tokenizer", None, "a speech tokenizer file to use instead of "
+                        "the checkpoint's own (same number of codes)")
     flags.DEFINE_string("host", d.host, "the interface to listen on (0.0.0.0: every one)")
     flags.DEFINE_integer("port", d.port, "the TCP port")
     flags.DEFINE_integer("sessions", d.sessions, "conversations at once (the step's batch); "
@@ -74,6 +80,30 @@ def tls_context():
     return context
 
 
+def random_model():
+    """`--config`'s model with random weights and `--speech_tokenizer` (a benchmark's)."""
+    import jax
+
+    from experiments.configs import get_config
+    from omniflatten_jax.inference.duplex import DuplexModel, DuplexSettings
+    from omniflatten_jax.model import transformer
+    from omniflatten_jax.model.placement import PlacedModel
+    from omniflatten_jax.speech.tokenizer import load_speech_tokenizer
+    from omniflatten_jax.stage_plan import plan_stage
+
+    if not FLAGS.speech_tokenizer:
+        raise ValueError("--config needs --speech_tokenizer (random weights come with none)")
+    cfg = get_config(FLAGS.config, [])
+    speech = load_speech_tokenizer(FLAGS.speech_tokenizer)
+    if speech.num_codes != cfg.layout.num_speech_codes:
+        raise ValueError(f"{FLAGS.speech_tokenizer} has {speech.num_codes} codes; "
+                         f"{FLAGS.config} has {cfg.layout.num_speech_codes}")
+    model = transformer(cfg.model, cfg.layout.vocab_size)
+    placed = PlacedModel.create(model, model.init(jax.random.key(0)), cfg.mesh, FLAGS.params)
+    return DuplexModel(placed, cfg.layout, DuplexSettings.of_plan(plan_stage(cfg, FLAGS.stage)),
+                       speech, where=f"{FLAGS.config} (random weights)", stage=FLAGS.stage)
+
+
 def main() -> None:
     from omniflatten_jax.inference.duplex import load_duplex
     from omniflatten_jax.inference.live import LiveSession
@@ -81,7 +111,12 @@ def main() -> None:
     from omniflatten_jax.serving.engine import Engine
 
     cfg, tls = serve_config(), tls_context()
-    model = load_duplex(FLAGS.checkpoint, placement=FLAGS.params)
+    if bool(FLAGS.checkpoint) == bool(FLAGS.config):
+        raise ValueError("give --checkpoint (a trained duplex stage) or, for a benchmark, "
+                         "--config with --speech_tokenizer")
+    model = (load_duplex(FLAGS.checkpoint, placement=FLAGS.params,
+                         speech_tokenizer=FLAGS.speech_tokenizer)
+             if FLAGS.checkpoint else random_model())
     model = model.with_policy(cli.policy_from_flags(model.settings.policy))
     live = LiveSession(model, rows=cfg.sessions)
     seconds = live.compile()

@@ -92,7 +92,7 @@ def test_text_pieces_wait_for_whole_characters():
     assert pieces.add([LAYOUT.special("[EOT]")]) == "\n"
 
 
-def test_a_second_of_context_makes_a_chunks_features_those_of_the_whole(stage_dir, speech):  # noqa: F811,E501
+def test_the_live_context_makes_a_chunks_features_those_of_the_whole(stage_dir, speech):  # noqa: F811,E501
     """Why `CONTEXT_SECONDS` exists: the codebook above is coarse enough to hide a wrong
     context, the log-mel features are not. With the live context, every frame of a chunk
     but the last has the whole recording's features; cut off, the first frame does not."""
@@ -102,7 +102,7 @@ def test_a_second_of_context_makes_a_chunks_features_those_of_the_whole(stage_di
     cfg, n = live.tokenizer.cfg, live.chunk_samples
     wave = np.pad(speech, (0, -len(speech) % n))
     whole = log_mel(wave, cfg)
-    start = 3 * n  # a chunk in the middle of the words, after a second of them
+    start = 2 * n  # a chunk in the middle of the words
     heard = log_mel(wave[start - live.context:start + n], cfg)[-live.width:]
     cut_off = log_mel(wave[start:start + n], cfg)
     frames = slice(start // live.hop, start // live.hop + live.width)

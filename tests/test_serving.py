@@ -81,7 +81,7 @@ async def talk(http, address, wave, seed, *, chunks=None, hang_up_after=None):
             elif msg.type == aiohttp.WSMsgType.TEXT:
                 m = json.loads(msg.data)
                 if m["type"] == "chunk":
-                    got.append({k: v for k, v in m.items() if k not in ("time", "step_ms")})
+                    got.append({k: v for k, v in m.items() if k not in ("time", "step_ms", "busy_ms")})
                     if hang_up_after is not None and m["index"] + 1 == hang_up_after:
                         return got  # leaves without a word: the socket just closes
                     if m["index"] + 1 == (chunks or n):

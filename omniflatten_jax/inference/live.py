@@ -8,7 +8,7 @@ for that same chunk, the text it completed, and whether it is speaking. What a c
 is what the model decided one chunk ago: the latency of a chunk's step is the system's.
 
 A live caller has no lookahead: each chunk of user audio is tokenized with the row's last
-second of audio before it as context (`CONTEXT_SECONDS`) and nothing after it, so the last
+100 ms of audio before it as context (`CONTEXT_SECONDS`) and nothing after it, so the last
 frame or so of a chunk (half an analysis window, 32 ms for the k-means tokenizer) may differ
 from tokenizing the whole recording at once; the file adapter (`inference.recording`) reads
 ahead and is exact. The assistant's speech ids of each chunk are voiced as soon as its step
@@ -32,7 +32,10 @@ from omniflatten_jax.speech.tokenizer import SpeechDecoder, SpeechTokenizer
 from omniflatten_jax.tokens.sequence import Stream
 from omniflatten_jax.tokens.text_tokenizers import text_tokenizer
 
-CONTEXT_SECONDS = 1.0  # of the user's earlier audio the tokenizer sees with each chunk
+# Of the user's earlier audio the tokenizer sees with each chunk: more than half an analysis
+# window (32 ms for the k-means tokenizer), so that every frame of the chunk but the last is
+# analysed over real audio; more only costs time (it was 1 s: 3.5 times the frames).
+CONTEXT_SECONDS = 0.1
 
 
 def samples_per_frame(tokenizer: SpeechTokenizer) -> int:
@@ -159,6 +162,10 @@ class LiveSession:
 
     def end(self, rows: int | Sequence[int]) -> None:
         self.session.end(rows)
+
+    def prepare(self) -> None:
+        """The session's slides due before the next step, done now (`DuplexSession.prepare`)."""
+        self.session.prepare()
 
     def step(self, audio: Mapping[int, np.ndarray]) -> dict[int, Reply]:
         """One chunk of user audio (mono float32 at the tokenizer's rate, `chunk_samples`

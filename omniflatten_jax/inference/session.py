@@ -151,9 +151,7 @@ class DuplexSession:
             raise ValueError(f"a step takes [{self.rows}, {self.width}] user speech ids, got "
                              f"{list(user_chunk.shape)}")
         active = self.started.copy()
-        full = active & (self.in_cache == self.context_chunks)
-        if full.any():
-            self._slide(full)
+        self.prepare()
         out, self.cache, self.state, self.keys = self._feed(
             self.cache, self.placed.put(user_chunk, batch=True), self.state, self.keys,
             self.placed.put(active))
@@ -164,6 +162,15 @@ class DuplexSession:
         self.in_cache[active] += 1
         self.chunks_done += 1
         return out
+
+    def prepare(self) -> None:
+        """Slides every started row whose context is full, as the next `step` would first.
+        A server calls it after sending a step's replies, so that a slide (a prefill of the
+        kept chunks for the whole batch) is not between a caller and its next chunk's reply;
+        each row slides at the same point of its conversation either way."""
+        full = self.started & (self.in_cache == self.context_chunks)
+        if full.any():
+            self._slide(full)
 
     def _feed(self, cache, user: jax.Array, state, keys, active):
         return feed_and_generate(self.placed, cache, user, self.fed_valid, self.legal,

@@ -9,7 +9,8 @@ import dataclasses
 
 import numpy as np
 
-from omniflatten_jax.serving.protocol import CloseCode, ProtocolError
+from omniflatten_jax.serving.protocol import SAMPLE_RATE, CloseCode, ProtocolError
+from omniflatten_jax.speech.activity import LiveVoiceActivity
 
 
 @dataclasses.dataclass
@@ -27,7 +28,7 @@ class Conversation:
     audio it sent from its first sample, whenever it connected."""
 
     def __init__(self, number: int, slot: int, seed: int | None, *, chunk_samples: int,
-                 buffer_samples: int, max_chunks: int):
+                 buffer_samples: int, max_chunks: int, frame_samples: int):
         self.number, self.slot, self.seed = number, slot, seed
         self.chunk_samples, self.buffer_samples = chunk_samples, buffer_samples
         self.max_chunks = max_chunks
@@ -42,6 +43,7 @@ class Conversation:
         self.ending: str | None = None  # why it ends, once it does
         self.close_code = CloseCode.NORMAL  # the socket's, when it closes
         self.assistant_speaking = False
+        self.voice = LiveVoiceActivity(frame_samples, SAMPLE_RATE)  # the user's, per frame
         self.user_stopped_at: float | None = None  # the user went quiet, no answer yet
 
     def receive(self, samples: np.ndarray, now: float) -> None:

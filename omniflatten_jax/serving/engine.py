@@ -29,7 +29,6 @@ from omniflatten_jax.inference.live import LiveSession
 from omniflatten_jax.serving.conversation import Conversation
 from omniflatten_jax.serving.metrics import Metrics
 from omniflatten_jax.serving.protocol import SAMPLE_RATE, CloseCode, float_to_pcm, message
-from omniflatten_jax.speech.activity import voiced_frames
 
 log = logging.getLogger(__name__)
 FIRST_AUDIO_S = 10.0  # a caller holds a slot this long before its first chunk must be in
@@ -52,7 +51,7 @@ class Engine:
         self.period = live.chunk_seconds
         self.max_chunks = max(1, int(cfg.max_seconds / self.period))
         self.worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="step")
-        self.step_seconds: list[float] = []  # every step's time, for the benchmark
+        self.busy_ms = 0.0  # the last tick's work: its step, replies and slides
 
     # Slots.
 
@@ -68,7 +67,7 @@ class Engine:
             self.started, free[0], seed,
             chunk_samples=self.live.chunk_samples,
             buffer_samples=int(self.cfg.buffer_seconds * SAMPLE_RATE) + self.live.chunk_samples,
-            max_chunks=self.max_chunks)
+            max_chunks=self.max_chunks, frame_samples=self.live.hop)
         conversation.admitted = self.clock()
         self.slots[free[0]] = conversation
         self.metrics.conversations += 1
@@ -152,10 +151,12 @@ class Engine:
         replies = await loop.run_in_executor(self.worker, self.live.step, audio)
         sent = self.clock()
         self.metrics.observe_step(sent - started)
-        self.step_seconds.append(sent - started)
         for slot, reply in replies.items():
             self._deliver(self.slots[slot], chunks[slot], reply, tick=now, sent=sent,
                           step_seconds=sent - started)
+        # The slides due before the next step, after the replies: off the reply's path.
+        await loop.run_in_executor(self.worker, self.live.prepare)
+        self.busy_ms = round(1000 * (self.clock() - started), 1)
 
     def _deliver(self, conversation: Conversation, chunk, reply, *, tick: float, sent: float,
                  step_seconds: float) -> None:
@@ -165,7 +166,7 @@ class Engine:
         if chunk.late:
             self.metrics.chunks_late += 1
             conversation.send(message("late", index=index, chunks=conversation.late))
-        user = voiced_frames(chunk.audio, hop)
+        user = conversation.voice(chunk.audio)
         assistant = reply.assistant_ids != self.live.silent
         if conversation.assistant_speaking and not reply.speaking and user.any():
             conversation.send(message("barge_in", index=index))
@@ -190,7 +191,8 @@ class Engine:
             "chunk", index=index, speaking=reply.speaking, text=reply.text,
             user_text=reply.user_text, user=_bits(user), assistant=_bits(assistant),
             late=chunk.late,
-            step_ms=round(1000 * step_seconds, 1), time=round(time.time(), 3)))
+            step_ms=round(1000 * step_seconds, 1), busy_ms=self.busy_ms,
+            time=round(time.time(), 3)))
         conversation.send(float_to_pcm(reply.audio))
         if conversation.chunks >= conversation.max_chunks:
             reason = (f"limit: the conversation reached this server's limit of "

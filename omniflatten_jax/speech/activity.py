@@ -30,6 +30,7 @@ Separately, float samples beyond `MAX_ABS_SAMPLE` in absolute value are not audi
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 import numpy as np
@@ -103,15 +104,33 @@ def speech_problem(wave: np.ndarray, sample_rate: int) -> tuple[str, str] | None
     return measure(wave, sample_rate).problem()
 
 
-VOICED_DBFS = -40.0  # a frame louder than this counts as someone speaking, live
 
+class LiveVoiceActivity:
+    """Which frames of a live stream someone speaks in: the live server's cheap "is the user
+    talking" (its timeline, barge-in and latency), not a speech detector (a loud noise counts).
 
-def voiced_frames(wave: np.ndarray, frame: int, threshold_dbfs: float = VOICED_DBFS
-                  ) -> np.ndarray:
-    """``[len(wave) // frame]`` bools: frames of `frame` samples whose RMS level is above
-    `threshold_dbfs`. The live server's cheap "is the user talking" (its timeline, barge-in
-    and latency), not a speech detector: a loud noise counts too."""
-    wave = np.asarray(wave, np.float64)
-    frames = wave[:len(wave) // frame * frame].reshape(-1, frame)
-    level = 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-20)
-    return level > threshold_dbfs
+    A fixed level cannot do it: the held-out recordings' background sits anywhere from -47 to
+    -38 dBFS and their speech from -25 to -15. A frame is voiced when it is `ABOVE_FLOOR_DB`
+    over the stream's floor (the 10th percentile of the last `HISTORY_S` of frame levels), or
+    louder than `LOUD_DBFS` whatever the floor (speech from the first frame on, before there
+    is a floor to measure)."""
+
+    ABOVE_FLOOR_DB = 10.0
+    LOUD_DBFS = -30.0
+    QUIET_DBFS = -60.0  # never voiced below this
+    HISTORY_S = 5.0
+
+    def __init__(self, frame: int, sample_rate: int):
+        self.frame = frame
+        self.levels: collections.deque[float] = collections.deque(
+            maxlen=max(1, int(self.HISTORY_S * sample_rate / frame)))
+
+    def __call__(self, wave: np.ndarray) -> np.ndarray:
+        """``[len(wave) // frame]`` bools for the next stretch of the stream."""
+        wave = np.asarray(wave, np.float64)
+        frames = wave[:len(wave) // self.frame * self.frame].reshape(-1, self.frame)
+        level = 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-20)
+        self.levels.extend(level.tolist())
+        floor = float(np.percentile(self.levels, 10))
+        return (level > self.QUIET_DBFS) & ((level > floor + self.ABOVE_FLOOR_DB)
+                                            | (level > self.LOUD_DBFS))
