@@ -89,14 +89,19 @@ async def caller(address: str, wave, seconds: float, phase: float, results: list
 
             async def send():
                 start = time.monotonic()
-                for i in range(0, total, PIECE):
-                    await asyncio.sleep(max(0.0, start + i / 16_000 - time.monotonic()))
-                    await ws.send_bytes(float_to_pcm(audio[i:i + PIECE]))
-                await answered.wait()
-                await ws.send_str(json.dumps({"type": "end"}))
+                try:
+                    for i in range(0, total, PIECE):
+                        await asyncio.sleep(max(0.0, start + i / 16_000 - time.monotonic()))
+                        await ws.send_bytes(float_to_pcm(audio[i:i + PIECE]))
+                    await answered.wait()
+                    await ws.send_str(json.dumps({"type": "end"}))
+                except ConnectionError:  # the server ended it: its "end" says why
+                    pass
 
             sender = asyncio.create_task(send())
             async for msg in ws:
+                if got["ended"]:
+                    sender.cancel()
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     continue
                 m = json.loads(msg.data)
@@ -111,7 +116,7 @@ async def caller(address: str, wave, seconds: float, phase: float, results: list
                     got["latency"].append(m)
                 elif m["type"] == "end":
                     got["ended"] = m["reason"]
-            await sender
+            sender.cancel()
     results.append(got)
 
 
@@ -224,7 +229,12 @@ def main() -> None:
         if n == counts[0]:
             print("  server: " + next((line for line in banner if "compiled" in line), ""),
                   flush=True)
-        if s["late"]:
+        dropped = [c["ended"] for c in r["callers"]
+                   if c["ended"] and not c["ended"].startswith("hang_up")]
+        if dropped:
+            print(f"  the server ended {len(dropped)} of {n} conversations: {dropped[0]}",
+                  flush=True)
+        if s["late"] or dropped:
             break
         held = n
     print(f"most conversations held with no late chunk: {held} (of those tried: "

@@ -50,9 +50,10 @@ class Conversation:
         """Audio from the client; more than the buffer bound waiting is refused."""
         if self.waiting + len(samples) > self.buffer_samples:
             seconds = self.buffer_samples / self.chunk_samples
-            raise ProtocolError(CloseCode.POLICY, "the client sends faster than real time: "
-                                f"more than {self.buffer_samples} samples ({seconds:g} chunks)"
-                                " of audio would wait for the chunk clock")
+            raise ProtocolError(CloseCode.POLICY, f"more than {seconds:g} chunks of audio "
+                                "would wait for the chunk clock: the client sends faster than "
+                                "real time, or the server is behind (a step longer than a "
+                                "chunk: fewer --sessions)")
         self.pending.append(samples)
         before = self.waiting // self.chunk_samples
         self.waiting += len(samples)

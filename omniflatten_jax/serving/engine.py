@@ -29,6 +29,7 @@ from omniflatten_jax.inference.live import LiveSession
 from omniflatten_jax.serving.conversation import Conversation
 from omniflatten_jax.serving.metrics import Metrics
 from omniflatten_jax.serving.protocol import SAMPLE_RATE, CloseCode, float_to_pcm, message
+from omniflatten_jax.tokens.sequence import Stream
 
 log = logging.getLogger(__name__)
 FIRST_AUDIO_S = 10.0  # a caller holds a slot this long before its first chunk must be in
@@ -80,7 +81,8 @@ class Engine:
                        audio_delay_samples=self.live.audio_delay, slot=conversation.slot,
                        seed=self.live.session.policy.seed if conversation.seed is None
                        else conversation.seed, max_seconds=self.cfg.max_seconds,
-                       buffer_seconds=self.cfg.buffer_seconds)
+                       buffer_seconds=self.cfg.buffer_seconds, stage=self.live.model.stage,
+                       text=Stream.ASSISTANT_TEXT.key in self.live.keys)
 
     def hang_up(self, conversation: Conversation, reason: str) -> None:
         """From a socket: the conversation ends. A row in the session is ended by the clock

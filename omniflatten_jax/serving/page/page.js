@@ -73,7 +73,8 @@ function receive(data) {
   if (data instanceof ArrayBuffer) return play(new Int16Array(data));
   const m = JSON.parse(data);
   if (m.type === "ready") {
-    status(`Talking (slot ${m.slot}, chunks of ${m.chunk_samples / RATE * 1000} ms).`);
+    status(`Talking to ${m.stage} (slot ${m.slot}, chunks of ${m.chunk_samples / RATE * 1000} ms).`);
+    $("transcript").textContent = m.text ? "" : `${m.stage} has no text stream: it only speaks.`;
     $("end").disabled = false;
     capture();
   } else if (m.type === "chunk") {
