@@ -105,7 +105,9 @@ class TextPieces:
 class Reply:
     """What one row's conversation did in one chunk."""
 
-    audio: np.ndarray  # float32, the chunk's length at the tokenizer's rate: silence or speech
+    # float32, the chunk's length at the tokenizer's rate: silence or speech, the stream
+    # `LiveSession.audio_delay` samples behind the chunk's ids
+    audio: np.ndarray
     text: str  # the assistant text completed in this chunk ("\n" where a turn ended)
     speaking: bool  # the assistant spoke in this chunk
     user_ids: np.ndarray  # the user's speech ids the model heard
