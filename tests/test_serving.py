@@ -26,6 +26,7 @@ from tests.test_duplex_cli import stage_dir  # noqa: F401  (the shared fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELLO = {"type": "hello", "protocol": 1, "sample_rate": 16000}
+TIMINGS = ("time", "step_ms", "busy_ms")  # wall-clock fields: the rest must repeat exactly
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ async def started(app):
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    port = runner.addresses[0][1]
     return runner, f"127.0.0.1:{port}"
 
 
@@ -81,7 +82,7 @@ async def talk(http, address, wave, seed, *, chunks=None, hang_up_after=None):
             elif msg.type == aiohttp.WSMsgType.TEXT:
                 m = json.loads(msg.data)
                 if m["type"] == "chunk":
-                    got.append({k: v for k, v in m.items() if k not in ("time", "step_ms", "busy_ms")})
+                    got.append({k: v for k, v in m.items() if k not in TIMINGS})
                     if hang_up_after is not None and m["index"] + 1 == hang_up_after:
                         return got  # leaves without a word: the socket just closes
                     if m["index"] + 1 == (chunks or n):
