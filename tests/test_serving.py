@@ -304,3 +304,41 @@ def test_the_command_closes_every_conversation_on_sigterm(stage_dir):  # noqa: F
     assert started_at  # the port is free again: a new server could take it
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
+
+
+def test_the_command_serves_https_and_wss_with_a_certificate(stage_dir, tmp_path):  # noqa: F811
+    import shutil
+
+    if not shutil.which("openssl"):
+        pytest.skip("needs openssl to make a certificate")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-keyout", str(tmp_path / "key.pem"),
+                    "-out", str(tmp_path / "cert.pem")], check=True, capture_output=True)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "experiments/serve.py", f"--checkpoint={stage_dir / 'checkpoints'}",
+         f"--port={port}", "--sessions=1", "--token=abc", f"--tls_cert={tmp_path / 'cert.pem'}",
+         f"--tls_key={tmp_path / 'key.pem'}"], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+
+    async def scenario():
+        async with aiohttp.ClientSession() as http:
+            for _ in range(600):
+                try:
+                    page = await http.get(f"https://127.0.0.1:{port}/", ssl=False)
+                    break
+                except aiohttp.ClientConnectorError:
+                    await asyncio.sleep(0.2)
+            async with http.ws_connect(f"wss://127.0.0.1:{port}/ws?token=abc", ssl=False) as ws:
+                await ws.send_str(json.dumps(HELLO))
+                ready = json.loads((await ws.receive()).data)
+                await ws.send_bytes(float_to_pcm(np.zeros(6400)))
+                chunk = json.loads((await ws.receive()).data)
+            return page.status, ready["type"], chunk["type"]
+
+    try:
+        assert asyncio.run(scenario()) == (200, "ready", "chunk")
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=60)[0]
+    assert f"serving https://127.0.0.1:{port}/?token=..." in out
