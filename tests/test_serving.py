@@ -342,3 +342,47 @@ def test_the_command_serves_https_and_wss_with_a_certificate(stage_dir, tmp_path
         proc.terminate()
         out = proc.communicate(timeout=60)[0]
     assert f"serving https://127.0.0.1:{port}/?token=..." in out
+
+
+def test_barge_in_and_latency_messages_follow_who_speaks(live):
+    """The engine's rules on made-up replies: the model stops while the user talks ->
+    barge_in; the user stops, then the model's first audio -> one latency message."""
+    from omniflatten_jax.inference.live import Reply
+    from omniflatten_jax.serving.conversation import Chunk
+
+    engine, _ = serve(live)
+    conversation = engine.admit(seed=None)
+    silent = np.full(10, live.silent, np.int32)
+    speech = np.full(10, live.layout.speech_offset, np.int32)
+    # A voice at -20 dBFS throughout (the live flags count any frame louder than -30).
+    talk = 0.1 * np.random.default_rng(0).standard_normal(6400).astype(np.float32)
+    quiet = np.zeros(6400, np.float32)
+    stops = np.concatenate([talk[:3200], quiet[:3200]])  # the user stops mid-chunk
+
+    def step(user_audio, speaking, audio, at):
+        reply = Reply(audio, "", speaking, silent, speech if speaking else silent)
+        conversation.chunks += 1
+        engine._deliver(conversation, Chunk(user_audio, False, at), reply, tick=at,
+                        sent=at + 0.05, step_seconds=0.05)
+        out = []
+        while not conversation.outbox.empty():
+            item = conversation.outbox.get_nowait()
+            if isinstance(item, str):
+                out.append(json.loads(item)["type"])
+                if out[-1] == "latency":
+                    latency.append(json.loads(item))
+        return out
+
+    latency = []
+
+    loud = np.full(6400, 0.1, np.float32)
+    assert step(talk, True, loud, 0.0) == ["chunk"]  # both talk
+    assert step(talk, False, quiet, 0.4) == ["barge_in", "chunk"]  # it yields to the user
+    assert step(stops, False, quiet, 0.8) == ["chunk"]
+    assert step(quiet, True, loud, 1.2) == ["latency", "chunk"]  # it takes its turn
+    assert step(quiet, True, loud, 1.6) == ["chunk"]  # once
+    # The user went quiet at 0.8 - 0.2 s (half the chunk before its end); the audio was sent
+    # at 1.25 s with sound from its first sample: 650 ms. The server's part: a chunk, the
+    # 50 ms step and the decoder's 32 ms.
+    assert latency == [{"type": "latency", "index": 3, "turn_ms": 650, "first_audio_ms": 482,
+                        "clock_wait_ms": 0}]
